@@ -1,0 +1,1 @@
+"""The web front: Falcon answers the protocol's endpoints itself."""

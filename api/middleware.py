@@ -1,0 +1,57 @@
+"""Request-scoped plumbing: one DB session per request, bounded JSON bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import orjson
+
+from shared.db import Database
+from shared.errors import SyncError
+
+
+class InvalidBody:
+    """Stands for a body that is not a JSON object; validation refuses it in turn."""
+
+
+class DBSession:
+    """Open a session per request: commit on success, roll back on failure, close."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.session = self._db.sessionmaker()
+
+    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:  # type: ignore[no-untyped-def]
+        session = req.context.get("session")
+        if session is None:
+            return
+        try:
+            if req_succeeded and resp.status_code < 400:
+                session.commit()
+            else:
+                session.rollback()
+        finally:
+            session.close()
+
+
+def read_json(req: falcon.Request, limit: int) -> Any:
+    """Read at most ``limit`` bytes and parse them; 413 beyond, InvalidBody if not JSON."""
+    if req.content_length is not None and req.content_length > limit:
+        raise SyncError("too_large", "Request body too large")
+    raw = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise SyncError("too_large", "Request body too large")
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return InvalidBody()
+    return body if isinstance(body, dict) else InvalidBody()
+
+
+def remote_ip(req: falcon.Request, trust_forwarded: bool) -> str:
+    if trust_forwarded and req.access_route:
+        return req.access_route[0]
+    return req.remote_addr or "unknown"

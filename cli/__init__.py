@@ -1,0 +1,1 @@
+"""The ``dbsync`` operator command."""

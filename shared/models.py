@@ -1,0 +1,235 @@
+"""Declare the service's own tables: connections, transfers, audit, settings, outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+STATUSES = ("pending", "active", "suspended", "revoked", "expired")
+INCOMING_MODES = ("auto_accept", "require_approval", "require_password", "deny_all")
+STRATEGIES = ("skip", "overwrite", "merge", "append")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Connection(Base):
+    """One side of a pairing: a sender lets its peer pull, a receiver pulls."""
+
+    __tablename__ = "dbsync_connections"
+    __table_args__ = (
+        UniqueConstraint("site_url", "direction", name="uq_dbsync_connections_site_dir"),
+        UniqueConstraint(
+            "auth_token_hash", "direction", name="uq_dbsync_connections_hash_dir"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(255))
+    direction: Mapped[str] = mapped_column(String(10), index=True)
+    site_url: Mapped[str] = mapped_column(String(2048))
+    auth_token_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+
+    allowed_tables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    excluded_tables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[dt.datetime | None]
+    max_downloads: Mapped[int | None]
+    downloads_used: Mapped[int] = mapped_column(default=0)
+    max_records_total: Mapped[int | None] = mapped_column(BigInteger)
+    records_downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_records_per_request: Mapped[int] = mapped_column(default=10_000)
+    rate_limit_requests_per_minute: Mapped[int] = mapped_column(default=60)
+    ip_allowlist: Mapped[list[str]] = mapped_column(JSON, default=list)
+    allowed_hours_start: Mapped[int | None]
+    allowed_hours_end: Mapped[int | None]
+
+    default_conflict_strategy: Mapped[str] = mapped_column(String(20), default="skip")
+    create_missing_tables: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    approved_at: Mapped[dt.datetime | None]
+    suspended_at: Mapped[dt.datetime | None]
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+    expired_at: Mapped[dt.datetime | None]
+    last_connected_at: Mapped[dt.datetime | None]
+    last_transfer_at: Mapped[dt.datetime | None]
+    total_transfers: Mapped[int] = mapped_column(default=0)
+    total_records_transferred: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_bytes_transferred: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    # Outcome of registering at the receiver (sender side): queued, registered,
+    # pending, failed; with the peer's reason when it failed.
+    registration_status: Mapped[str | None] = mapped_column(String(20))
+    registration_error: Mapped[str | None] = mapped_column(Text)
+    # State of the last notification (status change) sent to the peer.
+    peer_sync_status: Mapped[str | None] = mapped_column(String(20))
+    peer_sync_error: Mapped[str | None] = mapped_column(Text)
+    peer_sync_at: Mapped[dt.datetime | None]
+    # Self-healing verification.
+    last_verified_at: Mapped[dt.datetime | None]
+    last_verify_attempt_at: Mapped[dt.datetime | None]
+    last_verify_error: Mapped[str | None] = mapped_column(Text)
+    verify_not_found_count: Mapped[int] = mapped_column(default=0)
+    remote_status: Mapped[str | None] = mapped_column(String(20))
+
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Transfer(Base):
+    """A pull of one or more tables: ``receive`` on the puller, ``send`` on the owner."""
+
+    __tablename__ = "dbsync_transfers"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    direction: Mapped[str] = mapped_column(String(10), index=True)
+    connection_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("dbsync_connections.id", ondelete="SET NULL"), index=True
+    )
+    connection_name: Mapped[str | None] = mapped_column(String(255))
+    remote_site_url: Mapped[str | None] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    conflict_strategy: Mapped[str | None] = mapped_column(String(20))
+    create_missing: Mapped[bool] = mapped_column(Boolean, default=True)
+    requester_ip: Mapped[str | None] = mapped_column(String(64))
+    records_expected: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_transferred: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_created: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_updated: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_transferred: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_per_second: Mapped[float | None]
+    eta_seconds: Mapped[float | None]
+    error_message: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None]
+    completed_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class TransferTable(Base):
+    """Progress and checkpoint of one table inside a receive transfer."""
+
+    __tablename__ = "dbsync_transfer_tables"
+    __table_args__ = (UniqueConstraint("transfer_id", "table_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("dbsync_transfers.id", ondelete="CASCADE"), index=True
+    )
+    table_name: Mapped[str] = mapped_column(String(255))
+    position: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    cursor: Mapped[Any | None] = mapped_column(JSON)
+    pages_done: Mapped[int] = mapped_column(default=0)
+    rows_expected: Mapped[int | None] = mapped_column(BigInteger)
+    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    created: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AuditEvent(Base):
+    """Who changed what and why; never a secret."""
+
+    __tablename__ = "dbsync_audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    connection_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    connection_name: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModuleSettings(Base):
+    """The site's switches; one row. Safe defaults: disabled, require approval."""
+
+    __tablename__ = "dbsync_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    incoming_mode: Mapped[str] = mapped_column(String(20), default="require_approval")
+    incoming_password_hash: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PeerNotice(Base):
+    """A call owed to a peer, kept until delivered so no restart or outage loses it.
+
+    ``payload`` carries the raw token and password of a registration only until
+    the registration reaches a final outcome; they are wiped then.
+    """
+
+    __tablename__ = "dbsync_peer_notices"
+    __table_args__ = (Index("ix_dbsync_peer_notices_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    connection_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    connection_name: Mapped[str | None] = mapped_column(String(255))
+    site_url: Mapped[str] = mapped_column(String(2048))
+    auth_token_hash: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None]
+
+
+class Counter(Base):
+    """A fixed-window counter shared by all web processes (throttles, rate limits)."""
+
+    __tablename__ = "dbsync_counters"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[dt.datetime]
+    count: Mapped[int] = mapped_column(default=0)
+
+
+OWN_TABLES = frozenset(Base.metadata.tables)

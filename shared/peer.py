@@ -1,0 +1,112 @@
+"""Call other sites' APIs: the guarded URL, the protocol's headers, clear outcomes.
+
+Transient failures (no connection, timeout, 5xx, 429) raise PeerUnavailable so
+the caller can retry later; every other answer is returned as it came.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from shared.security import UnsafeURL, check_url
+from shared.settings import Settings
+
+log = logging.getLogger("dbsync.peer")
+
+USER_AGENT = "dbsync/0.1 (PhoenixKit-Sync compatible)"
+
+
+class PeerUnavailable(Exception):
+    """The peer could not answer now; worth trying again later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PeerRefused(Exception):
+    """The call may not be made at all (the URL fails the guard)."""
+
+
+@dataclass(frozen=True)
+class PeerResponse:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def error(self) -> str:
+        text = self.body.get("error") if isinstance(self.body, dict) else None
+        return str(text) if text else f"HTTP error {self.status}"
+
+
+class PeerClient:
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None):
+        self._settings = settings
+        self._prefix = settings.url_prefix
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(settings.http_timeout_seconds, connect=10.0),
+            headers={"user-agent": USER_AGENT, "accept": "application/json"},
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def endpoint_url(self, site_url: str, endpoint: str) -> str:
+        return f"{site_url.rstrip('/')}{self._prefix}/sync/api/{endpoint}"
+
+    def guard(self, site_url: str) -> None:
+        try:
+            check_url(
+                site_url,
+                allow_private=self._settings.allow_private_urls,
+                own_url=self._settings.site_url,
+            )
+        except UnsafeURL as ex:
+            raise PeerRefused(f"peer URL refused: {ex}") from None
+
+    def post(self, site_url: str, endpoint: str, body: dict[str, Any]) -> PeerResponse:
+        self.guard(site_url)
+        url = self.endpoint_url(site_url, endpoint)
+        try:
+            resp = self._client.post(url, json=body)
+        except httpx.TimeoutException:
+            raise PeerUnavailable(f"{endpoint}: timed out") from None
+        except httpx.TransportError as ex:
+            raise PeerUnavailable(f"{endpoint}: {type(ex).__name__}") from None
+        if resp.status_code == 429 or resp.status_code >= 500:
+            retry_after = _retry_after(resp.headers.get("retry-after"))
+            raise PeerUnavailable(
+                f"{endpoint}: HTTP {resp.status_code} {_error_text(resp)}".strip(),
+                retry_after,
+            )
+        try:
+            data = resp.json()
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        log.info("peer call endpoint=%s status=%s", endpoint, resp.status_code)
+        return PeerResponse(resp.status_code, data)
+
+
+def _retry_after(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _error_text(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return ""
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return data["error"][:200]
+    return ""

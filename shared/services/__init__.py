@@ -1,0 +1,1 @@
+"""Domain services: connection lifecycle, peer notices, verification, audit."""

@@ -1,0 +1,325 @@
+"""Operate on connections: create, approve, suspend, reactivate, revoke, delete.
+
+Every change is audited and, when made here, owed to the peer as a PeerNotice
+written in the same transaction, so it reaches the peer however long it is down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.context import Site
+from shared.db import utcnow
+from shared.errors import SyncError
+from shared.models import STRATEGIES, Connection
+from shared.security import UnsafeURL, check_url, hash_token, new_token
+from shared.services import audit, notices
+
+MODULE_DISABLED_REASON = "DB Sync module disabled"
+
+
+@dataclass
+class SenderOptions:
+    """Per-connection controls an operator may set on a sender connection."""
+
+    allowed_tables: list[str] = field(default_factory=list)
+    excluded_tables: list[str] = field(default_factory=list)
+    expires_at: dt.datetime | None = None
+    max_downloads: int | None = None
+    max_records_total: int | None = None
+    max_records_per_request: int = 10_000
+    rate_limit_requests_per_minute: int = 60
+    ip_allowlist: list[str] = field(default_factory=list)
+    allowed_hours_start: int | None = None
+    allowed_hours_end: int | None = None
+
+    def check(self) -> None:
+        for cidr in self.ip_allowlist:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SyncError("bad_request", f"Invalid CIDR: {cidr}") from None
+        for name in ("max_downloads", "max_records_total"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise SyncError("bad_request", f"{name} must be >= 0")
+        if not 1 <= self.max_records_per_request <= 1_000_000:
+            raise SyncError("bad_request", "max_records_per_request must be 1..1000000")
+        if self.rate_limit_requests_per_minute < 1:
+            raise SyncError("bad_request", "rate_limit must be >= 1")
+        hours = (self.allowed_hours_start, self.allowed_hours_end)
+        if (hours[0] is None) != (hours[1] is None):
+            raise SyncError("bad_request", "allowed hours need a start and an end")
+        for h in hours:
+            if h is not None and not 0 <= h <= 23:
+                raise SyncError("bad_request", "allowed hours are 0..23 (UTC)")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise SyncError("bad_request", "expires_at needs a time zone offset")
+
+
+def get(session: Session, connection_id: str | uuid.UUID) -> Connection:
+    try:
+        key = uuid.UUID(str(connection_id))
+    except ValueError:
+        key = None
+    conn = session.get(Connection, key) if key is not None else None
+    if conn is None:
+        raise SyncError("not_found", f"No connection {connection_id}")
+    return conn
+
+
+def list_all(session: Session) -> list[Connection]:
+    return list(
+        session.scalars(select(Connection).order_by(Connection.created_at, Connection.name))
+    )
+
+
+def create_sender(
+    session: Session,
+    site: Site,
+    *,
+    name: str,
+    url: str,
+    password: str | None = None,
+    options: SenderOptions | None = None,
+    actor: str = "operator",
+) -> tuple[Connection, str]:
+    """Create a sender connection and owe the receiver its registration.
+
+    Returns the connection and its raw token, which is shown this once only.
+    """
+    options = options or SenderOptions()
+    options.check()
+    if not name.strip():
+        raise SyncError("bad_request", "A connection needs a name")
+    try:
+        site_url = check_url(
+            url,
+            allow_private=site.settings.allow_private_urls,
+            own_url=site.settings.site_url,
+        )
+    except UnsafeURL as ex:
+        raise SyncError("bad_request", f"Invalid URL: {ex}") from None
+    clash = session.scalar(
+        select(Connection).where(
+            Connection.site_url == site_url, Connection.direction == "sender"
+        )
+    )
+    if clash is not None:
+        raise SyncError("conflict", f"A sender connection to {site_url} already exists")
+    token = new_token()
+    conn = Connection(
+        id=uuid.uuid4(),
+        name=name.strip(),
+        direction="sender",
+        site_url=site_url,
+        auth_token_hash=hash_token(token),
+        status="pending",
+        registration_status="queued",
+        meta={},
+        **vars(options),
+    )
+    session.add(conn)
+    session.flush()
+    audit.record(session, actor, "connection.created", conn, direction="sender")
+    payload: dict[str, Any] = {"auth_token": token, "connection_name": conn.name}
+    if password:
+        payload["password"] = password
+    notices.owe(session, site, conn, "register", payload)
+    return conn, token
+
+
+def approve(session: Session, site: Site, conn: Connection, actor: str = "operator") -> None:
+    if conn.status != "pending":
+        raise SyncError("conflict", f"Connection is {conn.status}, not pending")
+    conn.status = "active"
+    conn.approved_at = utcnow()
+    audit.record(session, actor, "connection.approved", conn)
+    if conn.direction == "receiver":
+        # The sender activates its side when we ask for its status.
+        notices.owe(session, site, conn, "poll_status", {})
+    else:
+        notices.owe(session, site, conn, "update_status", {"status": "active"})
+
+
+def suspend(
+    session: Session,
+    site: Site,
+    conn: Connection,
+    reason: str | None = None,
+    actor: str = "operator",
+    notify: bool = True,
+) -> None:
+    if conn.status != "active":
+        raise SyncError("conflict", f"Connection is {conn.status}, not active")
+    conn.status = "suspended"
+    conn.suspended_at = utcnow()
+    conn.suspended_reason = reason or "Suspended by operator"
+    audit.record(session, actor, "connection.suspended", conn, reason=conn.suspended_reason)
+    if notify:
+        notices.owe(
+            session, site, conn, "update_status",
+            {"status": "suspended", "reason": conn.suspended_reason},
+        )
+
+
+def reactivate(
+    session: Session, site: Site, conn: Connection, actor: str = "operator"
+) -> None:
+    if conn.status != "suspended":
+        raise SyncError("conflict", f"Connection is {conn.status}, not suspended")
+    conn.status = "active"
+    conn.suspended_at = None
+    conn.suspended_reason = None
+    conn.verify_not_found_count = 0
+    audit.record(session, actor, "connection.reactivated", conn)
+    notices.owe(session, site, conn, "update_status", {"status": "active"})
+
+
+def revoke(
+    session: Session,
+    site: Site,
+    conn: Connection,
+    reason: str | None = None,
+    actor: str = "operator",
+    notify: bool = True,
+) -> None:
+    if conn.status == "revoked":
+        raise SyncError("conflict", "Connection is already revoked")
+    conn.status = "revoked"
+    conn.revoked_at = utcnow()
+    conn.revoked_reason = reason or "Revoked by operator"
+    audit.record(session, actor, "connection.revoked", conn, reason=conn.revoked_reason)
+    if notify:
+        notices.owe(
+            session, site, conn, "update_status",
+            {"status": "revoked", "reason": conn.revoked_reason},
+        )
+
+
+def delete(session: Session, site: Site, conn: Connection, actor: str = "operator") -> None:
+    audit.record(session, actor, "connection.deleted", conn)
+    notices.owe(session, site, conn, "delete", {})
+    notices.cancel_for(session, conn.id, keep_kind="delete")
+    session.delete(conn)
+
+
+def bulk(
+    session: Session, site: Site, action: str, reason: str | None = None
+) -> list[Connection]:
+    """Suspend or revoke every connection it applies to; one notice per peer."""
+    if action == "suspend":
+        targets = session.scalars(select(Connection).where(Connection.status == "active"))
+        changed = list(targets)
+        for conn in changed:
+            suspend(session, site, conn, reason)
+    elif action == "revoke":
+        targets = session.scalars(select(Connection).where(Connection.status != "revoked"))
+        changed = list(targets)
+        for conn in changed:
+            revoke(session, site, conn, reason)
+    else:
+        raise SyncError("bad_request", f"unknown bulk action {action}")
+    return changed
+
+
+def set_enabled(session: Session, site: Site, enabled: bool) -> list[Connection]:
+    """Switch the module; peers hear of it through their connections' status.
+
+    Disabling suspends every active connection (one notice per peer);
+    enabling again reactivates exactly those it suspended.
+    """
+    from shared.services import module
+
+    row = module.get(session)
+    if row.enabled == enabled:
+        return []
+    row.enabled = enabled
+    audit.record(session, "operator", "module.enabled" if enabled else "module.disabled", None)
+    if not enabled:
+        return bulk(session, site, "suspend", MODULE_DISABLED_REASON)
+    revived = list(
+        session.scalars(
+            select(Connection).where(
+                Connection.status == "suspended",
+                Connection.suspended_reason == MODULE_DISABLED_REASON,
+            )
+        )
+    )
+    for conn in revived:
+        reactivate(session, site, conn)
+    return revived
+
+
+def set_receiver_options(
+    conn: Connection, *, strategy: str | None = None, create_missing: bool | None = None
+) -> None:
+    if strategy is not None:
+        if strategy not in STRATEGIES:
+            raise SyncError("bad_request", f"strategy must be one of {', '.join(STRATEGIES)}")
+        conn.default_conflict_strategy = strategy
+    if create_missing is not None:
+        conn.create_missing_tables = create_missing
+
+
+def describe(conn: Connection) -> dict[str, Any]:
+    """What an operator sees of a connection (never its token hash)."""
+
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    registration = conn.registration_status
+    if registration == "failed" and conn.registration_error:
+        registration = f"failed: {conn.registration_error}"
+    return {
+        "id": str(conn.id),
+        "name": conn.name,
+        "direction": conn.direction,
+        "site_url": conn.site_url,
+        "status": conn.status,
+        "registration": registration,
+        "remote_status": conn.remote_status,
+        "peer_sync": conn.peer_sync_status,
+        "peer_sync_error": conn.peer_sync_error,
+        "suspended_reason": conn.suspended_reason,
+        "revoked_reason": conn.revoked_reason,
+        "allowed_tables": conn.allowed_tables,
+        "excluded_tables": conn.excluded_tables,
+        "expires_at": iso(conn.expires_at),
+        "max_downloads": conn.max_downloads,
+        "downloads_used": conn.downloads_used,
+        "max_records_total": conn.max_records_total,
+        "records_downloaded": conn.records_downloaded,
+        "max_records_per_request": conn.max_records_per_request,
+        "rate_limit_requests_per_minute": conn.rate_limit_requests_per_minute,
+        "ip_allowlist": conn.ip_allowlist,
+        "allowed_hours": (
+            None
+            if conn.allowed_hours_start is None
+            else f"{conn.allowed_hours_start}-{conn.allowed_hours_end}"
+        ),
+        "default_conflict_strategy": conn.default_conflict_strategy,
+        "create_missing_tables": conn.create_missing_tables,
+        "last_verified_at": iso(conn.last_verified_at),
+        "last_verify_error": conn.last_verify_error,
+        "last_connected_at": iso(conn.last_connected_at),
+        "last_transfer_at": iso(conn.last_transfer_at),
+        "total_transfers": conn.total_transfers,
+        "total_records_transferred": conn.total_records_transferred,
+        "created_at": iso(conn.created_at),
+        "approved_at": iso(conn.approved_at),
+        "suspended_at": iso(conn.suspended_at),
+        "revoked_at": iso(conn.revoked_at),
+        "metadata": conn.meta,
+    }
+
+
+def parse_ids(values: Iterable[str]) -> list[str]:
+    return [v.strip() for v in values if v and v.strip()]

@@ -1,0 +1,62 @@
+"""Fixed-window counters shared by every web process, kept in the state database.
+
+Each call runs in its own short transaction so a refusal that rolls back the
+request still counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from shared.db import utcnow
+from shared.models import Counter
+
+
+def _load(session: Session, key: str, window: int) -> Counter:
+    stmt = select(Counter).where(Counter.key == key)
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.scalar(stmt)
+    now = utcnow()
+    if row is None:
+        row = Counter(key=key, window_start=now, count=0)
+        session.add(row)
+    elif row.window_start + dt.timedelta(seconds=window) <= now:
+        row.window_start = now
+        row.count = 0
+    return row
+
+
+def retry_after(engine: Engine, key: str, limit: int, window: int) -> int | None:
+    """Seconds until the window resets when ``limit`` is already reached, else None."""
+    with Session(engine) as session:
+        row = session.get(Counter, key)
+        if row is None:
+            return None
+        remaining = (row.window_start + dt.timedelta(seconds=window) - utcnow()).total_seconds()
+        if remaining <= 0 or row.count < limit:
+            return None
+        return max(1, int(remaining + 0.999))
+
+
+def hit(engine: Engine, key: str, window: int) -> tuple[int, int]:
+    """Count one event; return (count in window, seconds left in window)."""
+    with Session(engine) as session, session.begin():
+        row = _load(session, key, window)
+        row.count += 1
+        left = (row.window_start + dt.timedelta(seconds=window) - utcnow()).total_seconds()
+        return row.count, max(1, int(left + 0.999))
+
+
+def take(engine: Engine, key: str, limit: int, window: int) -> int | None:
+    """Count one request if the window has room; else return seconds to wait."""
+    with Session(engine) as session, session.begin():
+        row = _load(session, key, window)
+        left = (row.window_start + dt.timedelta(seconds=window) - utcnow()).total_seconds()
+        if row.count >= limit:
+            return max(1, int(left + 0.999))
+        row.count += 1
+        return None

@@ -1,0 +1,131 @@
+"""Heal pairs where one side missed a change: verify each connection, expire old ones."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from shared.context import Site
+from shared.db import utcnow
+from shared.models import Connection
+from shared.peer import PeerClient, PeerRefused, PeerUnavailable
+from shared.security import short_hash
+from shared.services import audit
+
+log = logging.getLogger("dbsync.healing")
+
+NOT_FOUND_REASON = "Remote site reports connection not found"
+NOT_FOUND_LIMIT = 2
+
+
+def verifiable(site: Site) -> list[str]:
+    """Connections worth asking the peer about."""
+    with site.db.session() as session:
+        rows = session.scalars(
+            select(Connection.id).where(
+                Connection.status.in_(("active", "suspended", "expired", "pending")),
+                or_(
+                    Connection.direction == "receiver",
+                    Connection.registration_status.in_(("registered", "pending")),
+                ),
+            )
+        )
+        ids = [str(r) for r in rows]
+    return ids
+
+
+def verify(site: Site, client: PeerClient, connection_id: str) -> str:
+    """Ask the peer about one connection and record what it says.
+
+    An unreachable peer never changes a status; two definite 404s in a row
+    suspend the connection.
+    """
+    with site.db.session() as session:
+        conn = session.get(Connection, uuid.UUID(connection_id))
+        if conn is None or conn.status == "revoked":
+            return "skipped"
+        if conn.direction == "receiver" and conn.status == "pending":
+            return "skipped"  # asking would activate the sender before we approve
+        own = site.settings.site_url
+        conn.last_verify_attempt_at = utcnow()
+        try:
+            if conn.direction == "sender":
+                resp = client.post(
+                    conn.site_url,
+                    "verify-connection",
+                    {"sender_url": own, "auth_token_hash": conn.auth_token_hash},
+                )
+            else:
+                resp = client.post(
+                    conn.site_url,
+                    "get-connection-status",
+                    {"receiver_url": own, "auth_token_hash": conn.auth_token_hash},
+                )
+        except (PeerUnavailable, PeerRefused) as ex:
+            conn.last_verify_error = str(ex)[:500]
+            log.info("verify unreachable connection=%s hash=%s", conn.id,
+                     short_hash(conn.auth_token_hash))
+            return "unreachable"
+        if resp.status == 404:
+            conn.verify_not_found_count += 1
+            conn.last_verify_error = "Connection not found at the peer"
+            if conn.verify_not_found_count >= NOT_FOUND_LIMIT and conn.status in (
+                "active", "pending", "expired"
+            ):
+                _suspend(session, conn)
+                return "suspended"
+            return "not_found"
+        if resp.status != 200:
+            conn.last_verify_error = resp.error[:500]
+            return "error"
+        conn.verify_not_found_count = 0
+        conn.last_verify_error = None
+        conn.last_verified_at = utcnow()
+        if conn.direction == "receiver":
+            remote = str(resp.body.get("status") or "")[:20]
+            conn.remote_status = remote or None
+            if remote == "revoked":
+                conn.status, conn.revoked_at = "revoked", utcnow()
+                conn.revoked_reason = "Revoked by the sender site"
+                audit.record(session, "system", "connection.revoked", conn,
+                             reason=conn.revoked_reason)
+                return "revoked"
+        return "ok"
+
+
+def _suspend(session: Session, conn: Connection) -> None:
+    conn.status = "suspended"
+    conn.suspended_at = utcnow()
+    conn.suspended_reason = NOT_FOUND_REASON
+    audit.record(session, "system", "connection.suspended", conn, reason=NOT_FOUND_REASON)
+
+
+def expire(site: Site) -> int:
+    """Mark active connections past their expiry or their limits as expired."""
+    now = utcnow()
+    with site.db.session() as session:
+        rows = list(
+            session.scalars(
+                select(Connection).where(
+                    Connection.status == "active",
+                    or_(
+                        Connection.expires_at <= now,
+                        Connection.downloads_used >= Connection.max_downloads,
+                        Connection.records_downloaded >= Connection.max_records_total,
+                    ),
+                )
+            )
+        )
+        for conn in rows:
+            mark_expired(session, conn)
+    return len(rows)
+
+
+def mark_expired(session: Session, conn: Connection) -> None:
+    conn.status = "expired"
+    conn.expired_at = utcnow()
+    reason = "expired" if conn.expires_at and conn.expires_at <= utcnow() else "limit reached"
+    audit.record(session, "system", "connection.expired", conn, reason=reason)

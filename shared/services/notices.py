@@ -1,0 +1,258 @@
+"""Deliver what a site owes its peers: registrations, status changes, deletions.
+
+A notice is a row written in the same transaction as the change it reports, so
+it survives a crash, a restart and a peer that is down for hours. A worker
+delivers it right after commit; transient failures are retried with
+exponential backoff and jitter until the configured horizon; the beat sweep
+re-dispatches any notice whose retry was lost with a killed worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.context import Site
+from shared.db import after_commit, utcnow
+from shared.models import Connection, PeerNotice
+from shared.peer import PeerClient, PeerRefused, PeerResponse, PeerUnavailable
+from shared.security import short_hash
+
+log = logging.getLogger("dbsync.notices")
+
+OPEN_STATES = ("queued", "retrying")
+ENDPOINTS = {
+    "register": "register-connection",
+    "update_status": "update-status",
+    "delete": "delete-connection",
+    "poll_status": "get-connection-status",
+}
+
+
+def owe(
+    session: Session, site: Site, conn: Connection, kind: str, payload: dict[str, Any]
+) -> PeerNotice:
+    """Record a call owed to the peer and dispatch it once this transaction commits."""
+    if kind == "update_status":
+        # Only the newest status matters; an older one still queued is moot.
+        session.execute(
+            update(PeerNotice)
+            .where(
+                PeerNotice.connection_id == conn.id,
+                PeerNotice.kind == "update_status",
+                PeerNotice.state.in_(OPEN_STATES),
+            )
+            .values(state="superseded", payload={})
+        )
+    notice = PeerNotice(
+        kind=kind,
+        connection_id=conn.id,
+        connection_name=conn.name,
+        site_url=conn.site_url,
+        auth_token_hash=conn.auth_token_hash,
+        payload=payload,
+        state="queued",
+        next_attempt_at=utcnow(),
+    )
+    session.add(notice)
+    session.flush()
+    if kind in ("update_status", "delete"):
+        conn.peer_sync_status = "queued"
+        conn.peer_sync_error = None
+    notice_id = notice.id
+    after_commit(session, lambda: site.dispatcher.deliver_notice(notice_id))
+    return notice
+
+
+def cancel_for(session: Session, connection_id: uuid.UUID, keep_kind: str) -> None:
+    session.execute(
+        update(PeerNotice)
+        .where(
+            PeerNotice.connection_id == connection_id,
+            PeerNotice.kind != keep_kind,
+            PeerNotice.state.in_(OPEN_STATES),
+        )
+        .values(state="cancelled", payload={})
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    retry_in: float | None = None
+
+
+def backoff(site: Site, attempts: int, hint: float | None = None) -> float:
+    """Exponential backoff with full jitter in [delay/2, delay], capped."""
+    s = site.settings
+    delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** max(0, attempts - 1))
+    delay = random.uniform(delay / 2, delay)
+    if hint:
+        delay = max(delay, min(hint, s.retry_max_seconds))
+    return delay
+
+
+def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
+    """Try one notice once; say whether and when to try again."""
+    with site.db.session() as session:
+        stmt = select(PeerNotice).where(PeerNotice.id == notice_id)
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        notice = session.scalar(stmt)
+        if notice is None or notice.state not in OPEN_STATES:
+            return Outcome("done")
+        now = utcnow()
+        if notice.next_attempt_at > now + dt.timedelta(seconds=1):
+            return Outcome("not_due")
+        conn = session.get(Connection, notice.connection_id) if notice.connection_id else None
+        body = _request_body(site, notice)
+        try:
+            resp = client.post(notice.site_url, ENDPOINTS[notice.kind], body)
+        except PeerRefused as ex:
+            _finish(notice, conn, "failed", str(ex))
+            return Outcome("failed")
+        except PeerUnavailable as ex:
+            notice.attempts += 1
+            notice.last_error = str(ex)[:500]
+            horizon = notice.created_at + dt.timedelta(
+                seconds=site.settings.retry_horizon_seconds
+            )
+            delay = backoff(site, notice.attempts, ex.retry_after)
+            if now + dt.timedelta(seconds=delay) > horizon:
+                _finish(notice, conn, "gave_up", f"peer unreachable: {ex}")
+                log.warning(
+                    "notice gave up id=%s kind=%s hash=%s attempts=%s",
+                    notice.id, notice.kind, short_hash(notice.auth_token_hash),
+                    notice.attempts,
+                )
+                return Outcome("gave_up")
+            notice.state = "retrying"
+            notice.next_attempt_at = now + dt.timedelta(seconds=delay)
+            if conn is not None and notice.kind in ("update_status", "delete"):
+                conn.peer_sync_status = "retrying"
+                conn.peer_sync_error = notice.last_error
+            log.info(
+                "notice retry id=%s kind=%s hash=%s attempt=%s in=%.1fs",
+                notice.id, notice.kind, short_hash(notice.auth_token_hash),
+                notice.attempts, delay,
+            )
+            return Outcome("retrying", delay)
+        notice.attempts += 1
+        notice.http_status = resp.status
+        state = _apply(session, notice, conn, resp)
+        log.info(
+            "notice %s id=%s kind=%s hash=%s http=%s",
+            state, notice.id, notice.kind, short_hash(notice.auth_token_hash), resp.status,
+        )
+        return Outcome(state)
+
+
+def _request_body(site: Site, notice: PeerNotice) -> dict[str, Any]:
+    own = site.settings.site_url
+    if notice.kind == "register":
+        body = {
+            "sender_url": own,
+            "connection_name": notice.payload.get("connection_name") or notice.connection_name,
+            "auth_token": notice.payload.get("auth_token"),
+        }
+        if notice.payload.get("password"):
+            body["password"] = notice.payload["password"]
+        return body
+    if notice.kind == "poll_status":
+        return {"receiver_url": own, "auth_token_hash": notice.auth_token_hash}
+    body = {"sender_url": own, "auth_token_hash": notice.auth_token_hash}
+    if notice.kind == "update_status":
+        body["status"] = notice.payload["status"]
+        if notice.payload.get("reason"):
+            body["reason"] = notice.payload["reason"]
+    return body
+
+
+def _finish(
+    notice: PeerNotice, conn: Connection | None, state: str, error: str | None
+) -> None:
+    notice.state = state
+    notice.last_error = error[:500] if error else None
+    notice.payload = {}  # wipes a registration's raw token and password
+    if state == "delivered":
+        notice.delivered_at = utcnow()
+    if conn is None:
+        return
+    if notice.kind == "register":
+        if state != "delivered":
+            conn.registration_status = "failed"
+            conn.registration_error = error
+    elif notice.kind in ("update_status", "delete"):
+        conn.peer_sync_status = state
+        conn.peer_sync_error = error
+        conn.peer_sync_at = utcnow()
+
+
+def _apply(
+    session: Session, notice: PeerNotice, conn: Connection | None, resp: PeerResponse
+) -> str:
+    from shared.services import audit
+
+    ok = resp.status == 200 and resp.body.get("success") is True
+    if notice.kind == "register":
+        if not ok:
+            _finish(notice, conn, "failed", resp.error)
+            if conn is not None:
+                audit.record(session, "system", "connection.registration_failed", conn,
+                             reason=resp.error)
+            return "failed"
+        _finish(notice, conn, "delivered", None)
+        if conn is not None:
+            pending = resp.body.get("connection_status") == "pending"
+            conn.registration_status = "pending" if pending else "registered"
+            conn.registration_error = None
+            conn.meta = {
+                **(conn.meta or {}),
+                "remote_connection_uuid": resp.body.get("connection_uuid"),
+                "registered_at": utcnow().isoformat(),
+            }
+            audit.record(session, "system", "connection.registered", conn,
+                         remote_status=conn.registration_status)
+        return "delivered"
+    if notice.kind == "delete":
+        # Already gone at the peer is as good as deleted.
+        if ok or resp.status == 404:
+            _finish(notice, conn, "delivered", None)
+            return "delivered"
+        _finish(notice, conn, "failed", resp.error)
+        return "failed"
+    if notice.kind == "poll_status":
+        if ok:
+            _finish(notice, None, "delivered", None)
+            if conn is not None:
+                conn.remote_status = str(resp.body.get("status"))[:20]
+                conn.last_verified_at = utcnow()
+            return "delivered"
+        _finish(notice, None, "failed", resp.error)
+        return "failed"
+    if ok:
+        _finish(notice, conn, "delivered", None)
+        return "delivered"
+    _finish(notice, conn, "failed", resp.error)
+    return "failed"
+
+
+def due(site: Site, grace_seconds: float) -> list[int]:
+    """Open notices whose time has passed by more than the grace: their retry was lost."""
+    cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
+    with site.db.session() as session:
+        return list(
+            session.scalars(
+                select(PeerNotice.id)
+                .where(PeerNotice.state.in_(OPEN_STATES), PeerNotice.next_attempt_at <= cutoff)
+                .order_by(PeerNotice.id)
+                .limit(1000)
+            )
+        )

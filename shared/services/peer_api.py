@@ -1,0 +1,231 @@
+"""Answer the control calls peers make: register, status, update, delete, verify.
+
+Each handler checks in the protocol's order and raises SyncError with its exact
+wording; the web front only parses and serialises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.context import Site
+from shared.db import utcnow
+from shared.errors import SyncError, disabled, not_found
+from shared.models import Connection
+from shared.security import (
+    UnsafeURL,
+    check_url,
+    hash_token,
+    normalise_url,
+    same_secret,
+    verify_password,
+)
+from shared.services import audit, counters, module, notices
+from shared.validation import Field, validate
+
+TOKEN_HASH = Field("auth_token_hash", str, required=True, max_length=128)
+REGISTER_FIELDS = [
+    Field("sender_url", str, required=True, max_length=2048),
+    Field("connection_name", str, required=True, max_length=255),
+    Field("auth_token", str, required=True, max_length=512),
+    Field("password", str, max_length=1024),
+]
+PEER_FIELDS = [Field("sender_url", str, required=True, max_length=2048), TOKEN_HASH]
+UPDATE_FIELDS = PEER_FIELDS + [Field("status", str, required=True, max_length=32)]
+STATUS_FIELDS = [Field("receiver_url", str, required=True, max_length=2048), TOKEN_HASH]
+PEER_STATUSES = ("active", "suspended", "revoked")
+
+
+def require_enabled(session: Session) -> None:
+    if not module.get(session).enabled:
+        raise disabled()
+
+
+def register(
+    session: Session,
+    site: Site,
+    body: Mapping[str, Any],
+    *,
+    remote_ip: str,
+    user_agent: str | None,
+) -> dict[str, Any]:
+    settings = module.get(session)
+    if not settings.enabled:
+        raise disabled()
+    if settings.incoming_mode == "deny_all":
+        raise SyncError("forbidden", "Incoming connections are not allowed")
+    data = validate(body, REGISTER_FIELDS)
+    try:
+        sender_url = check_url(
+            data["sender_url"],
+            allow_private=site.settings.allow_private_urls,
+            own_url=site.settings.site_url,
+        )
+    except UnsafeURL:
+        raise SyncError("bad_request", "Invalid sender_url") from None
+    if settings.incoming_mode == "require_password":
+        _check_password(site, settings.incoming_password_hash, data["password"], remote_ip)
+    clash = session.scalar(
+        select(Connection.id).where(
+            Connection.site_url == sender_url, Connection.direction == "receiver"
+        )
+    )
+    if clash is not None:
+        raise SyncError("conflict", "A connection already exists")
+    pending = settings.incoming_mode == "require_approval"
+    now = utcnow()
+    conn = Connection(
+        name=data["connection_name"],
+        direction="receiver",
+        site_url=sender_url,
+        auth_token_hash=hash_token(data["auth_token"]),
+        status="pending" if pending else "active",
+        approved_at=None if pending else now,
+        last_connected_at=now,
+        meta={
+            "registered_via": "api",
+            "registered_at": now.isoformat(),
+            "remote_ip": remote_ip,
+            "user_agent": (user_agent or "unknown")[:255],
+        },
+    )
+    session.add(conn)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise SyncError("conflict", "A connection already exists") from None
+    audit.record(session, "peer", "connection.registered", conn,
+                 incoming_mode=settings.incoming_mode)
+    if not pending:
+        # Tell the sender we accepted: it activates its side when we poll it.
+        notices.owe(session, site, conn, "poll_status", {})
+    message = (
+        "Connection registered and awaiting approval"
+        if pending
+        else "Connection registered and activated"
+    )
+    return {
+        "success": True,
+        "message": message,
+        "connection_status": conn.status,
+        "connection_uuid": str(conn.id),
+    }
+
+
+def _check_password(
+    site: Site, password_hash: str | None, password: str | None, remote_ip: str
+) -> None:
+    s = site.settings
+    key = f"register-fail:{remote_ip}"
+    wait = counters.retry_after(
+        site.db.engine, key, s.register_max_failures, s.register_failure_window_seconds
+    )
+    if wait is not None:
+        raise SyncError("throttled", "Too many failed attempts", retry_after=wait)
+    if not password_hash or not password:
+        counters.hit(site.db.engine, key, s.register_failure_window_seconds)
+        raise SyncError("unauthorized", "Password required")
+    if not verify_password(password_hash, password):
+        counters.hit(site.db.engine, key, s.register_failure_window_seconds)
+        raise SyncError("unauthorized", "Invalid password")
+
+
+def _by_site_and_hash(session: Session, site_url: str, token_hash: str) -> Connection:
+    try:
+        url = normalise_url(site_url)
+    except ValueError:
+        raise not_found() from None
+    for conn in session.scalars(
+        select(Connection).where(
+            Connection.site_url == url, Connection.auth_token_hash == token_hash
+        )
+    ):
+        if same_secret(conn.auth_token_hash, token_hash):
+            return conn
+    raise not_found()
+
+
+def connection_status(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+    require_enabled(session)
+    data = validate(body, STATUS_FIELDS)
+    conn = session.scalar(
+        select(Connection).where(
+            Connection.auth_token_hash == data["auth_token_hash"],
+            Connection.direction == "sender",
+        )
+    )
+    if conn is None or not same_secret(conn.auth_token_hash, data["auth_token_hash"]):
+        raise not_found()
+    now = utcnow()
+    conn.last_connected_at = now
+    if conn.status == "pending":
+        conn.status = "active"
+        conn.approved_at = now
+        conn.meta = {
+            **(conn.meta or {}),
+            "auto_activated": True,
+            "auto_activated_at": now.isoformat(),
+            "auto_activated_reason": "receiver queried connection status",
+        }
+        audit.record(session, "peer", "connection.activated", conn,
+                     reason="receiver queried connection status")
+    return {"success": True, "status": conn.status, "name": conn.name}
+
+
+def update_status(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+    require_enabled(session)
+    data = validate(body, UPDATE_FIELDS)
+    status = data["status"]
+    if status not in PEER_STATUSES:
+        raise SyncError("bad_request", "Invalid status value")
+    conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
+    if conn.status == "revoked" and status != "revoked":
+        raise SyncError("conflict", "Connection is revoked")
+    conn.remote_status = status
+    now = utcnow()
+    changed = False
+    if status == "revoked" and conn.status != "revoked":
+        conn.status, conn.revoked_at = "revoked", now
+        conn.revoked_reason = "Revoked by the peer site"
+        changed = True
+    elif status == "suspended" and conn.status == "active":
+        conn.status, conn.suspended_at = "suspended", now
+        conn.suspended_reason = "Suspended by the peer site"
+        changed = True
+    elif status == "active" and conn.status == "suspended":
+        conn.status, conn.suspended_at, conn.suspended_reason = "active", None, None
+        changed = True
+    # A pending connection stays pending: approval is this site's decision.
+    if changed:
+        audit.record(session, "peer", f"connection.{_verb(status)}", conn,
+                     reason=f"peer set status {status}")
+    return {"success": True, "message": f"Status updated to {status}"}
+
+
+def _verb(status: str) -> str:
+    return {"active": "reactivated", "suspended": "suspended", "revoked": "revoked"}[status]
+
+
+def delete(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+    require_enabled(session)
+    data = validate(body, PEER_FIELDS)
+    conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
+    audit.record(session, "peer", "connection.deleted", conn, reason="deleted by the peer site")
+    notices.cancel_for(session, conn.id, keep_kind="")
+    session.delete(conn)
+    return {"success": True, "message": "Connection deleted"}
+
+
+def verify(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+    require_enabled(session)
+    data = validate(body, PEER_FIELDS)
+    try:
+        conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
+    except SyncError:
+        raise not_found("Connection not found", exists=False) from None
+    conn.last_connected_at = utcnow()
+    return {"success": True, "exists": True}

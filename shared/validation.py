@@ -1,0 +1,68 @@
+"""Check request bodies field by field, in the protocol's order and wording."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from shared.errors import bad_request
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: type | tuple[type, ...] = str
+    required: bool = False
+    max_length: int = 2048
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def validate(body: Mapping[str, Any], fields: list[Field]) -> dict[str, Any]:
+    """Return the declared fields, or raise a 400 naming what is wrong.
+
+    Missing required fields come first, all named in field order; then the
+    first field of the wrong type or size. Unknown fields are ignored.
+    """
+    if not isinstance(body, Mapping):
+        raise bad_request("Invalid JSON body")
+    missing = [f.name for f in fields if f.required and is_missing(body.get(f.name))]
+    if missing:
+        raise bad_request("Missing required fields", fields=missing)
+    out: dict[str, Any] = {}
+    for f in fields:
+        value = body.get(f.name)
+        if is_missing(value):
+            out[f.name] = None
+            continue
+        out[f.name] = check_value(f, value)
+    return out
+
+
+def check_value(f: Field, value: Any) -> Any:
+    kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+    if int in kinds and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)  # PhoenixKit peers send numeric strings for limits
+    if isinstance(value, bool) and bool not in kinds:
+        raise _wrong(f)
+    if not isinstance(value, kinds):
+        raise _wrong(f)
+    if isinstance(value, str) and len(value) > f.max_length:
+        raise bad_request(f"Field {f.name} is too long", field=f.name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if f.minimum is not None and value < f.minimum:
+            raise bad_request(f"Field {f.name} must be >= {f.minimum}", field=f.name)
+        if f.maximum is not None and value > f.maximum:
+            raise bad_request(f"Field {f.name} must be <= {f.maximum}", field=f.name)
+    return value
+
+
+def _wrong(f: Field):  # type: ignore[no-untyped-def]
+    names = {str: "a string", int: "an integer", list: "a list", bool: "a boolean"}
+    kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+    want = " or ".join(names.get(k, k.__name__) for k in kinds)
+    return bad_request(f"Field {f.name} must be {want}", field=f.name)

@@ -1,0 +1,1 @@
+"""Celery workers: calls to peers, table pulls, and beat's healing jobs."""
