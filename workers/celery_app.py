@@ -7,7 +7,7 @@ from functools import cached_property
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from shared.context import Site
 from shared.db import Database
@@ -55,7 +55,10 @@ def make_app(settings: Settings) -> Celery:
     celery = Celery("dbsync", broker=settings.broker_url, include=["workers.tasks"])
     celery.conf.update(
         task_default_queue=settings.peer_queue,
-        task_queues=[Queue(settings.peer_queue), Queue(settings.pull_queue)],
+        task_queues=[
+            Queue(q, Exchange(q, type="direct"), routing_key=q)
+            for q in (settings.peer_queue, settings.pull_queue)
+        ],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

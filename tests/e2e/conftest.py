@@ -1,0 +1,190 @@
+"""Two real sites on loopback: gunicorn, a Celery worker and beat each, own
+PostgreSQL database and own Redis database, driven through the `dbsync` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from tests.pg import REDIS_URL, create_database, drop_database
+
+BIN = Path(sys.executable).parent
+DBSYNC = str(BIN / "dbsync")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30, every: float = 0.3) -> Any:
+    """Return check()'s first truthy value, or fail with its last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+class SiteProcesses:
+    """One dbsync site: its environment, its processes and a CLI to drive it."""
+
+    def __init__(self, name: str, workdir: Path, redis_db: int, **env: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_name = f"dbsync_e2e_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.db_url = create_database(self.db_name)
+        self.redis_url = f"{REDIS_URL}/{redis_db}"
+        redis.Redis.from_url(self.redis_url).flushdb()
+        self.home = workdir / name
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "SYNC_DATABASE_URL": self.db_url,
+            "SYNC_BROKER_URL": self.redis_url,
+            "SYNC_SITE_URL": self.url,
+            "SYNC_ALLOW_PRIVATE_URLS": "true",
+            "SYNC_HOME": str(self.home),
+            "SYNC_VERIFY_INTERVAL_SECONDS": "3",
+            "SYNC_EXPIRE_INTERVAL_SECONDS": "3",
+            "SYNC_OUTBOX_SWEEP_SECONDS": "3",
+            "SYNC_RETRY_BASE_SECONDS": "1",
+            "SYNC_RETRY_MAX_SECONDS": "2",
+            "SYNC_HTTP_TIMEOUT_SECONDS": "5",
+            "SYNC_LOG_LEVEL": "DEBUG",
+            **env,
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.cli("db", "upgrade")
+
+    # -- processes ---------------------------------------------------------------
+
+    def _spawn(self, role: str, *args: str) -> None:
+        with open(self.home / f"{role}.log", "ab") as log:
+            self.procs[role] = subprocess.Popen(
+                [DBSYNC, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=self.home,
+            )
+
+    def start(self, web: bool = True, worker: bool = True, beat: bool = True) -> None:
+        if web:
+            self._spawn("web", "serve", "--port", str(self.port), "--workers", "2")
+        if worker:
+            self._spawn("worker", "worker", "--concurrency", "2")
+        if beat:
+            self._spawn("beat", "beat")
+        if web:
+            eventually(self._answers, timeout=30)
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/sync/api/status", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, *roles: str, sig: int = signal.SIGTERM) -> None:
+        for role in roles or list(self.procs):
+            proc = self.procs.pop(role, None)
+            if proc is None:
+                continue
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                continue
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted(self.home.glob("*.log")):
+            out.append(f"--- {self.name}/{path.name} (tail) ---")
+            out.extend(path.read_text(errors="replace").splitlines()[-60:])
+        return "\n".join(out)
+
+    def all_logs(self) -> str:
+        """What the site's own processes logged (not this harness's CLI transcript)."""
+        return "\n".join(
+            p.read_text(errors="replace")
+            for p in self.home.glob("*.log")
+            if p.name != "cli.log"
+        )
+
+    # -- the operator's CLI ------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True, stdin: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [DBSYNC, *args], env=self.env, capture_output=True, text=True,
+            input=stdin, timeout=60, cwd=self.home,
+        )
+        with open(self.home / "cli.log", "a") as log:
+            log.write(f"$ dbsync {' '.join(args)}\n{result.stdout}{result.stderr}"
+                      f"[exit {result.returncode}]\n")
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"dbsync {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+            )
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def connections(self) -> list[dict[str, Any]]:
+        return self.cli_json("connections", "list")
+
+    def only_connection(self) -> dict[str, Any] | None:
+        rows = self.connections()
+        assert len(rows) <= 1, rows
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        self.stop()
+        drop_database(self.db_name)
+
+
+@pytest.fixture
+def two_sites(tmp_path: Path, request: pytest.FixtureRequest
+              ) -> Iterator[tuple[SiteProcesses, SiteProcesses]]:
+    """A sender site and a receiver site, both running, module enabled on both."""
+    overrides = getattr(request, "param", {}) or {}
+    sender = SiteProcesses("sender", tmp_path, 13, **overrides.get("sender", {}))
+    receiver = SiteProcesses("receiver", tmp_path, 14, **overrides.get("receiver", {}))
+    try:
+        for site in (sender, receiver):
+            site.cli("settings", "set", "enabled", "true")
+            site.start()
+        yield sender, receiver
+    finally:
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            print(sender.logs())
+            print(receiver.logs())
+        sender.close()
+        receiver.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
