@@ -197,3 +197,20 @@ def test_logs_of_a_full_lifecycle_hold_no_secret(two_sites) -> None:
         assert token not in text
         assert token_hash[:9] not in text
         assert "pa55-word-xyz" not in text
+
+
+def test_a_status_change_survives_losing_the_worker_and_its_queue(two_sites) -> None:
+    """The notice row is the source of truth: with the worker gone and every
+    queued message lost, the beat sweep still delivers the change."""
+    sender, receiver = two_sites
+    pair(sender, receiver)
+    sender.stop("worker")
+    sender.cli("connections", "suspend", field(sender, "id"))
+    import redis
+
+    redis.Redis.from_url(sender.redis_url).flushdb()  # the message is gone
+    assert field(sender, "peer_sync") == "queued"
+    assert field(receiver, "status") == "active"
+    sender.start(web=False, worker=True, beat=False)
+    eventually(lambda: field(receiver, "status") == "suspended", timeout=45)
+    eventually(lambda: field(sender, "peer_sync") == "delivered")
