@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -41,8 +42,23 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.timezone.utc)
 
 
+class _NoRowEcho(logging.Filter):
+    """Drop SQLAlchemy's DEBUG row echo: rows may hold token hashes and payloads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (record.levelno <= logging.DEBUG and msg.startswith(("Row ", "Col ")))
+
+
+logging.getLogger("sqlalchemy.engine.Engine").addFilter(_NoRowEcho())
+
+
 def make_engine(url: str, **kwargs: object) -> Engine:
-    """Build an engine; SQLite gets WAL and a busy timeout so processes share it."""
+    """Build an engine; SQLite gets WAL and a busy timeout so processes share it.
+
+    Parameters are hidden from logs and error texts: they include token hashes.
+    """
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 

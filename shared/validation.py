@@ -53,6 +53,8 @@ def check_value(f: Field, value: Any) -> Any:
         raise _wrong(f)
     if isinstance(value, str) and len(value) > f.max_length:
         raise bad_request(f"Field {f.name} is too long", field=f.name)
+    if isinstance(value, str) and "\x00" in value:
+        raise bad_request(f"Field {f.name} contains a NUL character", field=f.name)
     if isinstance(value, int) and not isinstance(value, bool):
         if f.minimum is not None and value < f.minimum:
             raise bad_request(f"Field {f.name} must be >= {f.minimum}", field=f.name)
