@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import falcon
+import falcon.media
+import orjson
 
 from api import errors
 from api.middleware import DBSession
-from api.resources import control
+from api.resources import control, data
 from shared.context import Site
 from shared.errors import SyncError
 
@@ -14,10 +16,12 @@ from shared.errors import SyncError
 def create_app(site: Site) -> falcon.App:
     app = falcon.App(middleware=[DBSession(site.db)])
     app.req_options.auto_parse_form_urlencoded = False
+    json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.set_error_serializer(errors.serialize_http_error)
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(SyncError, errors.handle_sync_error)
     prefix = site.settings.api_prefix
-    for name, resource in control.routes(site).items():
+    for name, resource in {**control.routes(site), **data.routes(site)}.items():
         app.add_route(f"{prefix}/{name}", resource)
     return app

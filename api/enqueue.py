@@ -22,6 +22,9 @@ class CeleryDispatcher:
     def deliver_notice(self, notice_id: int) -> None:
         self._send("dbsync.deliver_notice", [notice_id], self._settings.peer_queue)
 
+    def run_pull(self, transfer_id: str) -> None:
+        self._send("dbsync.run_pull", [transfer_id], self._settings.pull_queue)
+
     def _send(self, name: str, args: list[object], queue: str) -> None:
         # The notice or transfer row is durable; a broker hiccup only delays it
         # until the beat sweep re-dispatches, so it must not fail the request.

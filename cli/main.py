@@ -420,6 +420,242 @@ def connections_verify(connection_id: str, as_json: bool) -> None:
     emit(data, as_json, lambda d: click.echo(f"verify: {d['outcome']} (status {d['status']})"))
 
 
+# -- pulling from a sender ------------------------------------------------------
+
+
+def _receiver(session, connection_id: str):  # type: ignore[no-untyped-def]
+    from shared.services import connections as svc
+
+    conn = svc.get(session, connection_id)
+    if conn.direction != "receiver":
+        raise click.ClickException("that is a sender connection; pull from a receiver one")
+    return conn
+
+
+def _ask(connection_id: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Call the sender of a receiver connection directly (operator preview)."""
+    from shared.peer import PeerRefused, PeerUnavailable
+    from workers.celery_app import runtime
+
+    site = _site()
+    with site.db.session() as session:
+        conn = _receiver(session, connection_id)
+        url, token_hash = conn.site_url, conn.auth_token_hash
+    try:
+        resp = runtime.peer.post(url, endpoint, {"auth_token_hash": token_hash, **body})
+    except (PeerUnavailable, PeerRefused) as ex:
+        raise click.ClickException(f"sender unreachable: {ex}") from None
+    if resp.status != 200 or resp.body.get("success") is not True:
+        raise click.ClickException(f"sender refused ({resp.status}): {resp.error}")
+    return resp.body
+
+
+@main.command()
+@click.argument("connection_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def tables(connection_id: str, as_json: bool) -> None:
+    """The tables a sender offers to this receiver connection."""
+    data = _ask(connection_id, "list-tables", {})["tables"]
+
+    def render(items: list[dict[str, Any]]) -> None:
+        table = Table("name", "rows", "bytes", "primary key", "depends on", "checksum")
+        for t in items:
+            table.add_row(t["name"], str(t.get("row_count")), str(t.get("size_bytes")),
+                          ",".join(t.get("primary_key") or []),
+                          ",".join(t.get("depends_on") or []),
+                          (t.get("checksum") or "-")[:16])
+        console.print(table)
+
+    emit(data, as_json, render)
+
+
+@main.command()
+@click.argument("connection_id")
+@click.argument("table_name")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def schema(connection_id: str, table_name: str, as_json: bool) -> None:
+    """A sender table's columns, keys and references."""
+    data = _ask(connection_id, "table-schema", {"table_name": table_name})["schema"]
+
+    def render(d: dict[str, Any]) -> None:
+        table = Table("column", "type", "nullable", "pk", "default")
+        for c in d["columns"]:
+            table.add_row(c["name"], c["type"], str(c["nullable"]), str(c["primary_key"]),
+                          str(c.get("default") or ""))
+        console.print(table)
+        for fk in d.get("foreign_keys") or []:
+            click.echo(f"foreign key ({', '.join(fk['columns'])}) -> "
+                       f"{fk['references_table']} ({', '.join(fk['references_columns'])})")
+
+    emit(data, as_json, render)
+
+
+@main.command()
+@click.argument("connection_id")
+@click.argument("table_name")
+@click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0)
+@click.option("--ids", default=None, help="primary-key values, comma-separated")
+@click.option("--range", "id_range", default=None, help="A:B on the primary key")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def preview(connection_id: str, table_name: str, limit: int, offset: int,
+            ids: str | None, id_range: str | None, as_json: bool) -> None:
+    """A few records of a sender table."""
+    body: dict[str, Any] = {"table_name": table_name, "limit": limit, "offset": offset}
+    if ids:
+        body["ids"] = _csv(ids)
+    if id_range:
+        start, _, end = id_range.partition(":")
+        if start:
+            body["id_start"] = start
+        if end:
+            body["id_end"] = end
+    data = _ask(connection_id, "table-records", body)
+    records = data["records"]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo("(no records)")
+            return
+        table = Table(*rows[0].keys())
+        for r in rows:
+            table.add_row(*(json.dumps(v, default=str) if not isinstance(v, str) else v
+                            for v in r.values()))
+        console.print(table)
+        if data.get("has_more"):
+            click.echo("(more records follow)")
+
+    emit(records, as_json, render)
+
+
+@main.command()
+@click.argument("connection_id")
+@click.argument("table_names", nargs=-1)
+@click.option("--all", "all_tables", is_flag=True, help="every table the sender offers")
+@click.option("--strategy", type=click.Choice(["skip", "overwrite", "merge", "append"]),
+              default=None, help="default: the connection's default strategy")
+@click.option("--create-missing/--no-create-missing", default=None,
+              help="create tables missing here from the sender's schema")
+@click.option("--wait", is_flag=True, help="show progress until the transfer ends")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def pull(connection_id: str, table_names: tuple[str, ...], all_tables: bool,
+         strategy: str | None, create_missing: bool | None, wait: bool,
+         as_json: bool) -> None:
+    """Pull tables from the sender of a receiver connection (done by pull workers)."""
+    from shared.services import pulls, transfers
+
+    site = _site()
+    with site.db.session() as session:
+        conn = _receiver(session, connection_id)
+        transfer = pulls.start(session, site, conn, table_names, all_tables=all_tables,
+                               strategy=strategy, create_missing=create_missing)
+        transfer_id = str(transfer.id)
+    if not wait:
+        emit({"id": transfer_id, "status": "pending"}, as_json,
+             lambda d: click.echo(f"transfer {d['id']} queued"))
+        return
+    final = _watch(site, transfer_id, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(final, indent=2, default=str))
+    else:
+        _summary(final)
+    if final["status"] != "completed":
+        sys.exit(1)
+
+
+def _watch(site, transfer_id: str, quiet: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+
+    from shared.services import transfers
+
+    def load() -> dict[str, Any]:
+        with site.db.session() as session:
+            return transfers.describe(transfers.get(session, transfer_id))
+
+    if quiet:
+        while (data := load())["status"] not in ("completed", "failed", "cancelled"):
+            time.sleep(0.5)
+        return data
+    bars: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                  console=console) as progress:
+        while True:
+            data = load()
+            for t in data["tables"]:
+                if t["table"] not in bars:
+                    bars[t["table"]] = progress.add_task(t["table"], total=t["rows_expected"],
+                                                         rate="")
+                progress.update(bars[t["table"]], completed=t["rows_done"],
+                                total=max(t["rows_expected"] or 0, t["rows_done"]),
+                                rate=f"{data['rows_per_second'] or 0:,.0f} rows/s")
+            if data["status"] in ("completed", "failed", "cancelled"):
+                return data
+            time.sleep(0.5)
+
+
+def _summary(data: dict[str, Any]) -> None:
+    table = Table("table", "status", "rows", "created", "updated", "skipped", "failed",
+                  title=f"transfer {data['id']}: {data['status']}")
+    for t in data["tables"]:
+        table.add_row(t["table"], t["status"], str(t["rows_done"]), str(t["created"]),
+                      str(t["updated"]), str(t["skipped"]), str(t["failed"]))
+    console.print(table)
+    if data.get("error"):
+        click.echo(f"error: {data['error']}")
+    for t in data["tables"]:
+        for err in t["errors"][:5]:
+            click.echo(f"{t['table']}: {err}")
+
+
+@main.group()
+def transfers() -> None:
+    """Pulls made by this site (receive) and served by it (send)."""
+
+
+@transfers.command("list")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def transfers_list(limit: int, as_json: bool) -> None:
+    from shared.services import transfers as svc
+
+    site = _site()
+    with site.db.session() as session:
+        rows = [svc.describe(t, with_tables=False) for t in svc.newest(session, limit)]
+
+    def render(items: list[dict[str, Any]]) -> None:
+        table = Table("id", "direction", "connection", "status", "strategy", "rows",
+                      "created", "updated", "skipped", "failed", "started")
+        for t in items:
+            table.add_row(t["id"], t["direction"], t["connection"] or "", t["status"],
+                          t["strategy"] or "", f"{t['records_transferred']}",
+                          str(t["records_created"]), str(t["records_updated"]),
+                          str(t["records_skipped"]), str(t["records_failed"]),
+                          t["started_at"] or "")
+        console.print(table)
+
+    emit(rows, as_json, render)
+
+
+@transfers.command("show")
+@click.argument("transfer_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def transfers_show(transfer_id: str, as_json: bool) -> None:
+    from shared.services import transfers as svc
+
+    site = _site()
+    with site.db.session() as session:
+        data = svc.describe(svc.get(session, transfer_id))
+    emit(data, as_json, _summary)
+
+
 @main.command()
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)

@@ -14,3 +14,20 @@ class Site:
     settings: Settings
     db: Database
     dispatcher: Dispatcher
+
+    def catalog(self):  # type: ignore[no-untyped-def]
+        """A fresh view of the offered tables of this site's data database.
+
+        Build one per request or per pull: a Catalog caches table descriptions.
+        """
+        from shared.catalog import Catalog
+        from shared.checkpoints import CHECKPOINT_TABLE
+        from shared.models import OWN_TABLES
+
+        engine = self.db.data_engine
+        return Catalog(
+            engine,
+            schema=self.settings.data_schema if engine.dialect.name == "postgresql" else None,
+            excluded=set(OWN_TABLES) | {CHECKPOINT_TABLE} | set(self.settings.excluded_tables),
+            checksum_row_limit=self.settings.checksum_row_limit,
+        )

@@ -8,6 +8,8 @@ from typing import Protocol
 class Dispatcher(Protocol):
     def deliver_notice(self, notice_id: int) -> None: ...
 
+    def run_pull(self, transfer_id: str) -> None: ...
+
 
 
 class DeferredDispatcher:
@@ -19,6 +21,10 @@ class DeferredDispatcher:
 
     def __init__(self) -> None:
         self.notices: list[int] = []
+        self.pulls: list[str] = []
 
     def deliver_notice(self, notice_id: int) -> None:
         self.notices.append(notice_id)
+
+    def run_pull(self, transfer_id: str) -> None:
+        self.pulls.append(transfer_id)

@@ -119,6 +119,9 @@ class Transfer(Base):
     )
     connection_name: Mapped[str | None] = mapped_column(String(255))
     remote_site_url: Mapped[str | None] = mapped_column(String(2048))
+    # The one table of a ``send`` transfer; receive transfers list theirs in
+    # dbsync_transfer_tables.
+    table_name: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
     conflict_strategy: Mapped[str | None] = mapped_column(String(20))
     create_missing: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -133,6 +136,11 @@ class Transfer(Base):
     rows_per_second: Mapped[float | None]
     eta_seconds: Mapped[float | None]
     error_message: Mapped[str | None] = mapped_column(Text)
+    # A running pull holds a lease it renews after every page; a worker killed
+    # mid-pull lets it lapse and the sweep hands the pull to another worker.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None]

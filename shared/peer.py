@@ -23,9 +23,16 @@ USER_AGENT = "dbsync/0.1 (PhoenixKit-Sync compatible)"
 class PeerUnavailable(Exception):
     """The peer could not answer now; worth trying again later."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status
+
+
+class RateLimited(PeerUnavailable):
+    """The peer asked us to slow down (429); not a failure."""
 
 
 class PeerRefused(Exception):
@@ -81,9 +88,11 @@ class PeerClient:
             raise PeerUnavailable(f"{endpoint}: {type(ex).__name__}") from None
         if resp.status_code == 429 or resp.status_code >= 500:
             retry_after = _retry_after(resp.headers.get("retry-after"))
-            raise PeerUnavailable(
+            kind = RateLimited if resp.status_code == 429 else PeerUnavailable
+            raise kind(
                 f"{endpoint}: HTTP {resp.status_code} {_error_text(resp)}".strip(),
                 retry_after,
+                resp.status_code,
             )
         try:
             data = resp.json()

@@ -83,6 +83,8 @@ class Settings:
     excluded_tables: tuple[str, ...] = ()
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
+    pull_lease_seconds: int = 300
+    pull_max_attempts: int = 12
     queue_prefix: str = ""
     home: str = field(default_factory=lambda: str(_default_home()))
 

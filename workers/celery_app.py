@@ -47,6 +47,9 @@ class TaskDispatcher:
             "dbsync.deliver_notice", args=[notice_id], queue=self._settings.peer_queue
         )
 
+    def run_pull(self, transfer_id: str) -> None:
+        app.send_task("dbsync.run_pull", args=[transfer_id], queue=self._settings.pull_queue)
+
 
 runtime = Runtime()
 

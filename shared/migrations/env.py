@@ -12,6 +12,13 @@ config = context.config
 target_metadata = Base.metadata
 
 
+def include_name(name, type_, parent_names):  # type: ignore[no-untyped-def]
+    """Only ever compare our own tables: the data database may share this one."""
+    if type_ == "table":
+        return name in target_metadata.tables
+    return True
+
+
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
@@ -19,6 +26,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()
@@ -29,6 +37,7 @@ def run_migrations_online() -> None:
             connection=conn,
             target_metadata=target_metadata,
             render_as_batch=conn.dialect.name == "sqlite",
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -4,6 +4,7 @@ PostgreSQL database and own Redis database, driven through the `dbsync` CLI."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -157,6 +158,18 @@ class SiteProcesses:
         assert len(rows) <= 1, rows
         return rows[0] if rows else None
 
+    def sql(self, statement: str, **params: Any) -> list[Any]:
+        """Run SQL on the site's database; return the rows, if any."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.db_url)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(statement), params)
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
     def close(self) -> None:
         self.stop()
         drop_database(self.db_name)
@@ -188,3 +201,25 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+def create(sender: SiteProcesses, receiver: SiteProcesses, *extra: str) -> dict[str, Any]:
+    data = sender.cli_json("connections", "create", "--name", "to-receiver",
+                           "--url", receiver.url, *extra)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", data["token"])
+    assert data["status"] == "pending"
+    assert data["registration"] == "queued"
+    return data
+
+
+def field(site: SiteProcesses, key: str) -> Any:
+    conn = site.only_connection()
+    return conn[key] if conn else None
+
+
+def pair(sender: SiteProcesses, receiver: SiteProcesses, *extra: str) -> dict[str, Any]:
+    receiver.cli("settings", "set", "incoming_mode", "auto_accept")
+    created = create(sender, receiver, *extra)
+    eventually(lambda: field(sender, "status") == "active")
+    eventually(lambda: field(receiver, "status") == "active")
+    return created

@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
-from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import SiteProcesses, eventually
+from tests.e2e.conftest import create, eventually, field, pair
 
 pytestmark = pytest.mark.e2e
-
-
-def create(sender: SiteProcesses, receiver: SiteProcesses, *extra: str) -> dict[str, Any]:
-    data = sender.cli_json("connections", "create", "--name", "to-receiver",
-                           "--url", receiver.url, *extra)
-    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", data["token"])
-    assert data["status"] == "pending"
-    assert data["registration"] == "queued"
-    return data
-
-
-def field(site: SiteProcesses, key: str) -> Any:
-    conn = site.only_connection()
-    return conn[key] if conn else None
-
-
-def pair(sender: SiteProcesses, receiver: SiteProcesses) -> dict[str, Any]:
-    receiver.cli("settings", "set", "incoming_mode", "auto_accept")
-    created = create(sender, receiver)
-    eventually(lambda: field(sender, "status") == "active")
-    eventually(lambda: field(receiver, "status") == "active")
-    return created
 
 
 def test_auto_accept_activates_both_sides(two_sites) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from workers.celery_app import app, runtime
-from shared.services import healing, notices
+from shared.services import healing, notices, pulls
 
 log = logging.getLogger("dbsync.tasks")
 
@@ -30,7 +30,10 @@ def sweep_notices() -> int:
     ids = notices.due(runtime.site, grace_seconds=runtime.settings.outbox_sweep_seconds)
     for notice_id in ids:
         runtime.site.dispatcher.deliver_notice(notice_id)
-    return len(ids)
+    stalled = pulls.due(runtime.site, grace_seconds=runtime.settings.outbox_sweep_seconds)
+    for transfer_id in stalled:
+        runtime.site.dispatcher.run_pull(transfer_id)
+    return len(ids) + len(stalled)
 
 
 @app.task(name="dbsync.verify_all", acks_late=True, time_limit=60)

@@ -1,0 +1,33 @@
+"""The data plane: what a receiver may see of this site's tables, and pull."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import falcon
+
+from api.middleware import read_json, remote_ip
+from shared.context import Site
+from shared.services import data_api
+
+
+class DataCall:
+    """A data call: parse the bounded body, hand it with the caller's IP to a service."""
+
+    def __init__(self, site: Site, handler: Callable) -> None:  # type: ignore[type-arg]
+        self._site = site
+        self._handler = handler
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self._site.settings.max_body_bytes)
+        ip = remote_ip(req, self._site.settings.trust_forwarded)
+        resp.media = self._handler(req.context.session, self._site, body, ip)
+
+
+def routes(site: Site) -> dict[str, object]:
+    return {
+        "list-tables": DataCall(site, data_api.list_tables),
+        "table-schema": DataCall(site, data_api.table_schema),
+        "table-records": DataCall(site, data_api.table_records),
+        "pull-data": DataCall(site, data_api.pull_data),
+    }

@@ -1,0 +1,158 @@
+"""Answer the data calls a receiver makes: list-tables, table-schema,
+table-records (preview) and pull-data (keyset pages).
+
+Every call passes every connection control first (shared.services.access).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared import catalog as cat
+from shared.context import Site
+from shared.db import utcnow
+from shared.errors import SyncError, bad_request
+from shared.models import STRATEGIES, Connection, Transfer
+from shared.services import access
+from shared.services.peer_api import TOKEN_HASH, require_enabled
+from shared.validation import Field, is_missing, validate
+
+TABLE = Field("table_name", str, required=True, max_length=255)
+PREVIEW_MAX = 100
+
+
+def _authorise(
+    session: Session, site: Site, body: Mapping[str, Any], fields: list[Field], ip: str,
+    new_download: bool = False,
+) -> tuple[Connection, dict[str, Any]]:
+    require_enabled(session)
+    data = validate(body, [TOKEN_HASH, *fields])
+    conn = access.authorise(
+        session, site, data["auth_token_hash"], access.Caller(ip, new_download)
+    )
+    return conn, data
+
+
+def _table(site: Site, conn: Connection, name: str) -> cat.Catalog:
+    """Check the table rules, then that the table is offered; return the catalog."""
+    access.check_table(conn, name)
+    catalog = site.catalog()
+    if name not in catalog.offered_tables():
+        raise SyncError("not_found", "Table not found")
+    return catalog
+
+
+def list_tables(session: Session, site: Site, body: Mapping[str, Any], ip: str
+                ) -> dict[str, Any]:
+    conn, _ = _authorise(session, site, body, [], ip)
+    catalog = site.catalog()
+    names = [t for t in catalog.offered_tables() if access.table_allowed(conn, t)]
+    conn.last_connected_at = utcnow()
+    return {"success": True, "tables": catalog.table_summaries(names)}
+
+
+def table_schema(session: Session, site: Site, body: Mapping[str, Any], ip: str
+                 ) -> dict[str, Any]:
+    conn, data = _authorise(session, site, body, [TABLE], ip)
+    catalog = _table(site, conn, data["table_name"])
+    return {
+        "success": True,
+        "table": data["table_name"],
+        "schema": catalog.schema_payload(data["table_name"]),
+    }
+
+
+PREVIEW_FIELDS = [
+    TABLE,
+    Field("limit", int, minimum=1),
+    Field("offset", int, minimum=0, maximum=10**12),
+    Field("ids", list),
+    Field("id_start", (str, int, float)),
+    Field("id_end", (str, int, float)),
+]
+
+
+def table_records(session: Session, site: Site, body: Mapping[str, Any], ip: str
+                  ) -> dict[str, Any]:
+    conn, data = _authorise(session, site, body, PREVIEW_FIELDS, ip)
+    name = data["table_name"]
+    catalog = _table(site, conn, name)
+    limit = min(data["limit"] or 10, PREVIEW_MAX, conn.max_records_per_request)
+    offset = data["offset"] or 0
+    ids = data["ids"]
+    if ids is not None and len(ids) > 1000:
+        raise bad_request("Field ids may hold at most 1000 values", field="ids")
+    try:
+        rows, has_more = catalog.preview(
+            name, limit=limit, offset=offset, ids=ids or None,
+            id_start=data["id_start"], id_end=data["id_end"],
+        )
+    except cat.BadFilter as ex:
+        raise bad_request(f"Invalid filter: {ex}") from None
+    return {"success": True, "table": name, "records": rows, "limit": limit,
+            "offset": offset, "has_more": has_more}
+
+
+PULL_FIELDS = [
+    TABLE,
+    Field("conflict_strategy", str, max_length=32),
+    Field("after", list),
+    Field("limit", int, minimum=1),
+]
+
+
+def pull_data(session: Session, site: Site, body: Mapping[str, Any], ip: str
+              ) -> dict[str, Any]:
+    new_download = isinstance(body, Mapping) and is_missing(body.get("after"))
+    conn, data = _authorise(session, site, body, PULL_FIELDS, ip, new_download)
+    name = data["table_name"]
+    catalog = _table(site, conn, name)
+    strategy = data["conflict_strategy"] or "skip"
+    if strategy not in STRATEGIES:
+        raise bad_request("Invalid conflict_strategy", field="conflict_strategy")
+    limit = min(data["limit"] or conn.max_records_per_request,
+                conn.max_records_per_request, site.settings.json_page_cap)
+    if conn.max_records_total is not None:
+        limit = max(1, min(limit, conn.max_records_total - conn.records_downloaded))
+    try:
+        page = catalog.fetch_page(name, after=data["after"], limit=limit)
+    except cat.BadCursor as ex:
+        raise bad_request(f"Invalid cursor: {ex}", field="after") from None
+    except cat.NoPrimaryKey as ex:
+        raise SyncError("conflict", str(ex)) from None
+    count = len(page.rows)
+    access.count_page(session, conn, count, new_download, 0)
+    _record_send(session, conn, name, strategy, count, new_download, page.has_more, ip)
+    return {"success": True, "table": name, "data": page.rows, "count": count,
+            "has_more": page.has_more, "next_cursor": page.next_cursor}
+
+
+def _record_send(session: Session, conn: Connection, table: str, strategy: str,
+                 count: int, new_download: bool, has_more: bool, ip: str) -> None:
+    """Keep one ``send`` transfer per pull with its counts and timestamps."""
+    now = utcnow()
+    transfer = None
+    if not new_download:
+        transfer = session.scalar(
+            select(Transfer).where(
+                Transfer.direction == "send", Transfer.connection_id == conn.id,
+                Transfer.table_name == table, Transfer.status == "in_progress",
+            ).order_by(Transfer.created_at.desc()).limit(1)
+        )
+    if transfer is None:
+        transfer = Transfer(
+            id=uuid.uuid4(), direction="send", connection_id=conn.id,
+            connection_name=conn.name, remote_site_url=conn.site_url,
+            table_name=table, status="in_progress", conflict_strategy=strategy,
+            requester_ip=ip[:64], started_at=now, meta={"pages": 0}, records_transferred=0,
+        )
+        session.add(transfer)
+    transfer.records_transferred += count
+    transfer.meta = {**transfer.meta, "pages": int(transfer.meta.get("pages", 0)) + 1}
+    if not has_more:
+        transfer.status = "completed"
+        transfer.completed_at = now
