@@ -25,8 +25,10 @@ unchanged. The rules (PROTOCOL.md, "Values on the wire"), per column *kind*
   PostgreSQL reads it back with a plain ``::interval`` cast.
 - ``uuid``: canonical lower-case string.
 - ``bytea``: ``{"__phoenix_kit_binary__": "<base64>"}`` (PhoenixKit's convention).
-- ``json``: the JSON value itself (a SQL NULL and a JSON ``null`` both travel
-  as ``null``).
+- ``json``: the JSON value itself. A JSON ``null`` stored in a json column
+  travels as ``{"__dbsync_json_null__": true}`` so that it stays distinct from
+  SQL NULL (``null``); a receiver that does not know the marker stores it as
+  an object, which is the closest it can come.
 - ``array:<kind>``: a JSON list (nested for multi-dimensional arrays),
   elements encoded by their own kind, SQL NULL elements as ``null``.
 - ``enum``, ``text``, ``other``: a string.
@@ -173,9 +175,25 @@ def _enc_bytes(value: Any) -> Any:
     return {BINARY_KEY: base64.b64encode(bytes(value)).decode("ascii")}
 
 
+class _JsonNull:
+    """A JSON ``null`` held in a json column, as opposed to SQL NULL."""
+
+    def __repr__(self) -> str:
+        return "JSON_NULL"
+
+
+JSON_NULL = _JsonNull()
+JSON_NULL_MARKER = "__dbsync_json_null__"
+
+
 def _enc_json(value: Any) -> Any:
-    # psycopg2 parses json/jsonb itself; SQLite hands back the text.
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
+    # The catalog selects json as text (psycopg2 would parse 'null' to None);
+    # SQLite hands back the text too.
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+        if value is None:
+            return {JSON_NULL_MARKER: True}
+    return value
 
 
 def _enc_text(value: Any) -> Any:
@@ -438,6 +456,8 @@ def _dec_bytes(value: Any) -> bytes:
 
 
 def _dec_json(value: Any) -> Any:
+    if isinstance(value, dict) and value == {JSON_NULL_MARKER: True}:
+        return JSON_NULL
     return value
 
 
@@ -570,7 +590,7 @@ def pg_param(value: Any, kind: str) -> Any:
     if kind in ("date", "time", "timetz", "timestamp", "timestamptz"):
         return value.isoformat()
     if kind == "json":
-        return json.dumps(value, ensure_ascii=False)
+        return "null" if value is JSON_NULL else json.dumps(value, ensure_ascii=False)
     if kind == "bytea":
         return bytes(value)
     return value
@@ -631,5 +651,5 @@ def sqlite_param(value: Any, kind: str) -> Any:
     if kind in ("date", "time", "timetz", "timestamp", "timestamptz"):
         return value.isoformat()
     if kind == "json":
-        return json.dumps(value, ensure_ascii=False)
+        return "null" if value is JSON_NULL else json.dumps(value, ensure_ascii=False)
     return value

@@ -1,0 +1,48 @@
+"""Tables with every common PostgreSQL type and their edge values, for round trips."""
+
+from __future__ import annotations
+
+ALL_BYTES = bytes(range(256))
+UID = "0f8e7d6c-5b4a-4938-a716-554433221100"
+
+EVERYTHING = f"""
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE everything (
+    id integer PRIMARY KEY,
+    c_small smallint, c_int integer, c_big bigint,
+    c_num numeric, c_num_scaled numeric(12,2),
+    c_real real, c_double double precision,
+    c_text text NOT NULL DEFAULT '', c_varchar varchar(40), c_char char(5),
+    c_bool boolean DEFAULT true,
+    c_date date, c_time time, c_timetz timetz, c_ts timestamp, c_tstz timestamptz DEFAULT now(),
+    c_interval interval, c_uuid uuid, c_bytea bytea, c_json json, c_jsonb jsonb,
+    c_int_arr integer[], c_text_arr text[], c_mood mood
+);
+INSERT INTO everything VALUES
+ (1, 32767, 2147483647, -9223372036854775808,
+  12345678901234567890.123456789, 1234567890.12,
+  'NaN', 'Infinity',
+  'héllo wörld ✓ 🎉 日本', 'abc', 'ab', true,
+  '2024-02-29', '23:59:59.999999', '12:34:56+05:30', '2024-01-02 03:04:05.123456',
+  '2024-01-02 03:04:05+02', '1 year 2 months 3 days 04:05:06.5', '{UID}',
+  decode('{ALL_BYTES.hex()}', 'hex'), '{{"b": 1, "a": [1, 2.5, "x"]}}',
+  '{{"a": {{"b": [1, {{"c": null}}]}}, "z": "ü"}}', '{{}}', '{{{{a,b}},{{c,NULL}}}}', 'happy'),
+ (2, -32768, -2147483648, 9223372036854775807,
+  0.000000000000000001, -0.50,
+  '-Infinity', '-0',
+  '', '', 'abcde', false,
+  '0001-01-01', '00:00:00', '00:00:00-03', '1999-12-31 23:59:59',
+  '2024-06-30 23:00:00-07:30', '-1 year -2 months +3 days -04:05:06.5', '{UID.upper()}',
+  '', '"just a string"', '[]', '{{1,NULL,3}}',
+  '{{"with \\"quote\\"","back\\\\slash","",NULL,"a,b"}}', 'sad'),
+ (3, 0, 0, 0, 'NaN', 0, 3.25, 1e308, 'x', NULL, NULL, NULL,
+  '2024-03-10', '12:00:00', '12:00:00+00', '2024-03-10 12:00:00',
+  '2024-03-10 12:00:00+00', '0', NULL, NULL, 'null', '{{"k": 1.5e-7}}', '{{{{1,2}},{{3,4}}}}',
+  '{{}}', 'ok'),
+ (4, NULL, NULL, NULL, NULL, NULL, 'NaN', 'NaN', '', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+UPDATE everything SET c_bool = NULL, c_tstz = NULL WHERE id >= 4;
+UPDATE everything SET c_real = NULL, c_double = NULL WHERE id = 5;
+"""
