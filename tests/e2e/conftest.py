@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
-import redis
 
 from tests.pg import REDIS_URL, create_database, drop_database
 
@@ -52,8 +51,10 @@ class SiteProcesses:
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_name = f"dbsync_e2e_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.db_url = create_database(self.db_name)
+        # Queues are named after the site's database, so concurrent runs sharing
+        # the Redis database never see each other's tasks.
         self.redis_url = f"{REDIS_URL}/{redis_db}"
-        redis.Redis.from_url(self.redis_url).flushdb()
+        self.queue_prefix = f"{self.db_name}."
         self.home = workdir / name
         self.home.mkdir(parents=True, exist_ok=True)
         self.env = {
@@ -70,6 +71,7 @@ class SiteProcesses:
             "SYNC_RETRY_MAX_SECONDS": "2",
             "SYNC_HTTP_TIMEOUT_SECONDS": "5",
             "SYNC_LOG_LEVEL": "DEBUG",
+            "SYNC_QUEUE_PREFIX": self.queue_prefix,
             **env,
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -184,7 +184,8 @@ def test_a_status_change_survives_losing_the_worker_and_its_queue(two_sites) -> 
     sender.cli("connections", "suspend", field(sender, "id"))
     import redis
 
-    redis.Redis.from_url(sender.redis_url).flushdb()  # the message is gone
+    queue = redis.Redis.from_url(sender.redis_url)
+    assert queue.delete(f"{sender.queue_prefix}peer") == 1  # the message is gone
     assert field(sender, "peer_sync") == "queued"
     assert field(receiver, "status") == "active"
     sender.start(web=False, worker=True, beat=False)
