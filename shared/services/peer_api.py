@@ -6,6 +6,7 @@ wording; the web front only parses and serialises.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Mapping
 
 from sqlalchemy import select
@@ -38,6 +39,15 @@ PEER_FIELDS = [Field("sender_url", str, required=True, max_length=2048), TOKEN_H
 UPDATE_FIELDS = PEER_FIELDS + [Field("status", str, required=True, max_length=32)]
 STATUS_FIELDS = [Field("receiver_url", str, required=True, max_length=2048), TOKEN_HASH]
 PEER_STATUSES = ("active", "suspended", "revoked")
+
+
+TOUCH_EVERY = dt.timedelta(seconds=60)
+
+
+def touch(conn: Connection, now: dt.datetime) -> None:
+    """Record contact, at most once a minute: a frequent caller need not write."""
+    if conn.last_connected_at is None or now - conn.last_connected_at >= TOUCH_EVERY:
+        conn.last_connected_at = now
 
 
 def require_enabled(session: Session) -> None:
@@ -161,7 +171,7 @@ def connection_status(session: Session, body: Mapping[str, Any]) -> dict[str, An
     if conn is None or not same_secret(conn.auth_token_hash, data["auth_token_hash"]):
         raise not_found()
     now = utcnow()
-    conn.last_connected_at = now
+    touch(conn, now)
     if conn.status == "pending":
         conn.status = "active"
         conn.approved_at = now
@@ -227,5 +237,5 @@ def verify(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
         conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
     except SyncError:
         raise not_found("Connection not found", exists=False) from None
-    conn.last_connected_at = utcnow()
+    touch(conn, utcnow())
     return {"success": True, "exists": True}
