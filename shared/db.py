@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,6 +15,14 @@ from sqlalchemy.types import TypeDecorator
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def parse_uuid(value: object) -> uuid.UUID | None:
+    """The UUID an operator typed, or None when it is not one."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

@@ -191,8 +191,8 @@ def _enc_json(value: Any) -> Any:
     # SQLite hands back the text too.
     if isinstance(value, (str, bytes)):
         value = json.loads(value)
-        if value is None:
-            return {JSON_NULL_MARKER: True}
+    if value is None or value is JSON_NULL:
+        return {JSON_NULL_MARKER: True}
     return value
 
 

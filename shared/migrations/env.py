@@ -19,28 +19,25 @@ def include_name(name, type_, parent_names):  # type: ignore[no-untyped-def]
     return True
 
 
+def migrate(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        include_name=include_name,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-            include_name=include_name,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        migrate(connection)
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
     with engine.connect() as conn:
-        context.configure(
-            connection=conn,
-            target_metadata=target_metadata,
-            render_as_batch=conn.dialect.name == "sqlite",
-            include_name=include_name,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        migrate(conn)
     engine.dispose()
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.context import Site
-from shared.db import utcnow
+from shared.db import parse_uuid, utcnow
 from shared.errors import SyncError
 from shared.models import STRATEGIES, Connection
 from shared.security import UnsafeURL, check_url, hash_token, new_token
@@ -65,10 +65,7 @@ class SenderOptions:
 
 
 def get(session: Session, connection_id: str | uuid.UUID) -> Connection:
-    try:
-        key = uuid.UUID(str(connection_id))
-    except ValueError:
-        key = None
+    key = parse_uuid(connection_id)
     conn = session.get(Connection, key) if key is not None else None
     if conn is None:
         raise SyncError("not_found", f"No connection {connection_id}")

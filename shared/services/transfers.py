@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.db import parse_uuid
 from shared.errors import SyncError
 from shared.models import Transfer, TransferTable
 
 
 def get(session: Session, transfer_id: str) -> Transfer:
-    try:
-        key = uuid.UUID(str(transfer_id))
-    except ValueError:
-        key = None
+    key = parse_uuid(transfer_id)
     transfer = session.get(Transfer, key) if key is not None else None
     if transfer is None:
         raise SyncError("not_found", f"No transfer {transfer_id}")

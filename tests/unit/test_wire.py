@@ -279,7 +279,8 @@ json_values = st.recursive(
         st.tuples(st.binary(), st.just("bytea")),
         st.tuples(st.datetimes(timezones=st.timezones()), st.just("timestamptz")),
         st.tuples(st.times(), st.just("time")),
-        st.tuples(json_values, st.just("json")),
+        # The database hands json over as its text.
+        st.tuples(json_values.map(json.dumps), st.just("json")),
         st.tuples(
             st.lists(st.lists(st.integers() | st.none(), min_size=2, max_size=2)),
             st.just("array:int"),
@@ -291,7 +292,10 @@ def test_encode_decode_encode_is_stable(pair: tuple[Any, str]) -> None:
     if kind == "numeric" and isinstance(value, Decimal) and value.is_snan():
         return
     encoded = through_json(encode_value(value, kind))
-    assert encode_value(decode_value(encoded, kind), kind) == encoded
+    decoded = decode_value(encoded, kind)
+    if kind == "json":  # stored, json comes back from the database as its text
+        decoded = wire.pg_param(decoded, "json")
+    assert encode_value(decoded, kind) == encoded
 
 
 # --- SQLite catalog and importer ---------------------------------------------------
