@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from shared.errors import bad_request
+
+_INT_TEXT = re.compile(r"\s*-?[0-9]{1,18}\s*")
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def validate(body: Mapping[str, Any], fields: list[Field]) -> dict[str, Any]:
 
 def check_value(f: Field, value: Any) -> Any:
     kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
-    if int in kinds and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if int in kinds and isinstance(value, str) and _INT_TEXT.fullmatch(value):
         value = int(value)  # PhoenixKit peers send numeric strings for limits
     if isinstance(value, bool) and bool not in kinds:
         raise _wrong(f)

@@ -354,7 +354,7 @@ def _dec_float(value: Any) -> float:
 
 def _dec_text(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return _no_nul(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"expected a string, got {_show(value)}")
@@ -377,6 +377,13 @@ def _dec_bool(value: Any) -> bool:
 def _need_str(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected {what}, got {_show(value)}")
+    return _no_nul(value)
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here as a bad value.
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
     return value
 
 
