@@ -129,6 +129,28 @@ class Page:
     has_more: bool
 
 
+@dataclass(frozen=True)
+class PageExtent:
+    """Where a keyset page lies, found without reading its rows.
+
+    ``after`` holds the decoded key values the page starts after (None for the
+    first page); the page is the next ``count`` rows in key order.
+    """
+
+    after: list[Any] | None
+    count: int
+    next_cursor: list[Any] | None
+    has_more: bool
+
+
+# Session settings the wire encoding relies on (and that COPY text output
+# shares): ISO dates and intervals, instants in UTC.
+PG_READ_SETTINGS = (
+    "SET LOCAL intervalstyle = 'iso_8601'; SET LOCAL timezone = 'UTC';"
+    " SET LOCAL datestyle = 'ISO, YMD'"
+)
+
+
 def quote(identifier: str) -> str:
     """Quote an identifier for PostgreSQL and SQLite alike."""
     return '"' + identifier.replace('"', '""') + '"'
@@ -361,6 +383,50 @@ class Catalog:
         cursor = [rows[-1][c.name] for c in pk] if has_more else None
         return Page(rows=rows, next_cursor=cursor, has_more=has_more)
 
+    def page_extent(
+        self, conn: Connection, table: str, *, after: list[Any] | None, limit: int
+    ) -> PageExtent:
+        """Count the keyset page after ``after`` and find its next cursor.
+
+        For bulk formats, which stream the page's rows themselves: run it in
+        the transaction (same snapshot) that reads them, on a connection with
+        ``PG_READ_SETTINGS``, so the cursor encodes exactly as ``fetch_page``'s.
+        One index walk of ``limit`` keys; the rows are not read.
+        """
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        info = self.describe(table)
+        if not info.primary_key:
+            raise NoPrimaryKey(info.name, f"Table {info.name} has no primary key")
+        pk = info.pk_columns
+        where = ""
+        params: dict[str, Any] = {}
+        values = None
+        if after is not None:
+            values = self._decode_cursor(after, pk)
+            where = f" WHERE ({_cols(pk)}) > ({self._params(pk, 'k', params, values)})"
+        keys = ", ".join(_pg_select_expr(c) for c in pk) if self._pg else _cols(pk)
+        # The page's last key and, if there is one, the key after it.
+        ends = conn.execute(
+            text(
+                f"SELECT {keys} FROM {_table(info)}{where} ORDER BY {_cols(pk)}"
+                f" LIMIT 2 OFFSET {int(limit) - 1}"
+            ),
+            params,
+        ).all()
+        if len(ends) == 2:
+            encoders = [wire.encoder_for(c.kind) for c in pk]
+            cursor = [
+                None if v is None else fn(v) for fn, v in zip(encoders, ends[0])
+            ]
+            return PageExtent(values, limit, cursor, True)
+        if ends:
+            return PageExtent(values, limit, None, False)
+        count = conn.execute(
+            text(f"SELECT count(*) FROM {_table(info)}{where}"), params
+        ).scalar_one()
+        return PageExtent(values, int(count), None, False)
+
     def _fetch_unkeyed(
         self, info: TableInfo, after: list[Any] | None, limit: int
     ) -> Page:
@@ -540,10 +606,7 @@ class _Reader:
     def __enter__(self) -> Connection:
         conn = self._engine.connect()
         if self._pg:
-            conn.exec_driver_sql(
-                "SET LOCAL intervalstyle = 'iso_8601'; SET LOCAL timezone = 'UTC';"
-                " SET LOCAL datestyle = 'ISO, YMD'"
-            )
+            conn.exec_driver_sql(PG_READ_SETTINGS)
         self._conn = conn
         return conn
 

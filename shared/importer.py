@@ -98,33 +98,10 @@ def import_page(
     for row in rows:
         for name in row:
             incoming.setdefault(name, None)
-    writable = {c.name for c in table_info.columns if not c.generated}
-    result.ignored_columns = sorted(n for n in incoming if n not in writable)
+    columns, result.ignored_columns = choose_columns(
+        table_info, list(incoming), strategy, check_keys=bool(rows)
+    )
     pk = table_info.pk_columns
-    if strategy == "append":
-        key_col = check_append(table_info)
-        columns = [
-            c for c in table_info.columns if c.name in writable and c.name in incoming
-        ]
-        columns = [c for c in columns if c.name != key_col.name]
-        if not columns:
-            raise AppendNotSupported(
-                f"Rows for {table_info.name} carry no column besides the key"
-            )
-    else:
-        if not pk:
-            raise ImportRefused(
-                f"Table {table_info.name} has no primary key: a new row cannot be"
-                " told from one already there",
-            )
-        missing = [c.name for c in pk if c.name not in incoming]
-        if rows and missing:
-            raise ImportRefused(
-                f"Rows for {table_info.name} lack key column(s) {missing}"
-            )
-        columns = [
-            c for c in table_info.columns if c.name in writable and c.name in incoming
-        ]
     if not rows:
         return result
 
@@ -148,6 +125,39 @@ def import_page(
     else:
         _SqliteApply(conn, table_info, columns, strategy, result).run(entries)
     return result
+
+
+def choose_columns(
+    info: TableInfo, incoming: Sequence[str], strategy: str, *, check_keys: bool = True
+) -> tuple[list[ColumnInfo], list[str]]:
+    """The target columns a page writes (in table order) and the incoming ones ignored.
+
+    Incoming columns the target lacks or computes itself are ignored. Raises
+    ImportRefused (AppendNotSupported for append) when the strategy cannot
+    apply to this table at all; ``check_keys`` also requires the key columns
+    among the incoming ones.
+    """
+    names = set(incoming)
+    writable = {c.name for c in info.columns if not c.generated}
+    ignored = sorted(n for n in names if n not in writable)
+    columns = [c for c in info.columns if c.name in writable and c.name in names]
+    if strategy == "append":
+        key_col = check_append(info)
+        columns = [c for c in columns if c.name != key_col.name]
+        if not columns:
+            raise AppendNotSupported(
+                f"Rows for {info.name} carry no column besides the key"
+            )
+        return columns, ignored
+    if not info.primary_key:
+        raise ImportRefused(
+            f"Table {info.name} has no primary key: a new row cannot be"
+            " told from one already there",
+        )
+    missing = [n for n in info.primary_key if n not in names]
+    if check_keys and missing:
+        raise ImportRefused(f"Rows for {info.name} lack key column(s) {missing}")
+    return columns, ignored
 
 
 def _bind_row(
@@ -201,7 +211,7 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _error_text(ex: BaseException) -> str:
+def db_error_text(ex: BaseException) -> str:
     """The database's message for a rejected row: first line, never the values."""
     orig = getattr(ex, "orig", ex)
     diag = getattr(orig, "diag", None)
@@ -234,11 +244,6 @@ class _PgApply:
         self._dbapi_error = conn.dialect.loaded_dbapi.Error
         self._cols = ", ".join(_pct(c.name) for c in columns)
         self._failed_rows = 0
-        self._overriding = (
-            " OVERRIDING SYSTEM VALUE"
-            if any(c.identity == "always" for c in columns)
-            else ""
-        )
 
     def run(self, entries: list[_Entry]) -> None:
         savepoint = self._conn.begin_nested()
@@ -309,7 +314,7 @@ class _PgApply:
                 flags = [r[0] for r in cur.fetchall()]
             except self._dbapi_error as ex:
                 savepoint.rollback()
-                self._result.fail(entry.key, _error_text(ex))
+                self._result.fail(entry.key, db_error_text(ex))
                 self._failed_rows += 1
                 continue
             finally:
@@ -320,52 +325,65 @@ class _PgApply:
         return created, updated
 
     def _statement(self, source: str) -> str:
-        """INSERT from ``source``, RETURNING true per created row, false per updated."""
-        head = (
-            f"INSERT INTO {_pct_table(self._info)} AS t ({self._cols})"
-            f"{self._overriding} {source}"
-        )
-        if self._strategy == "append":
-            return head + " RETURNING true"
-        pk = ", ".join(_pct(n) for n in self._info.primary_key)
-        if self._strategy == "skip":
-            return head + f" ON CONFLICT ({pk}) DO NOTHING RETURNING true"
-        others = [c for c in self._columns if c.name not in self._info.primary_key]
-        if not others:  # nothing to change, but the conflict must still be seen
-            sets = [f"{_pct(n)} = EXCLUDED.{_pct(n)}" for n in self._info.primary_key]
-        elif self._strategy == "overwrite":
-            sets = [f"{_pct(c.name)} = EXCLUDED.{_pct(c.name)}" for c in others]
-        else:
-            sets = [
-                f"{_pct(c.name)} = COALESCE(EXCLUDED.{_pct(c.name)}, t.{_pct(c.name)})"
-                for c in others
-            ]
-        # xmax is 0 on a row version this statement inserted, and set on one it updated.
-        return (
-            head
-            + f" ON CONFLICT ({pk}) DO UPDATE SET {', '.join(sets)}"
-            + " RETURNING (t.xmax = 0)"
-        )
+        return pg_upsert_sql(self._info, self._columns, self._strategy, source)
 
     def _bump_sequence(self) -> None:
-        """Move a serial/identity key's sequence past keys written explicitly."""
-        if len(self._info.primary_key) != 1:
-            return
-        col = self._info.pk_columns[0]
-        if col.identity is None and not (col.default or "").startswith("nextval("):
-            return
         cur = self._cursor()
         try:
-            cur.execute(
-                f"SELECT setval(s.seq, m.mx) FROM"
-                f" (SELECT pg_get_serial_sequence(%s, %s) AS seq) s,"
-                f" (SELECT max({_pct(col.name)}) AS mx FROM {_pct_table(self._info)}) m"
-                f" WHERE s.seq IS NOT NULL AND m.mx IS NOT NULL"
-                f" AND m.mx > COALESCE(pg_sequence_last_value(s.seq::regclass), 0)",
-                (self._info.qualified, col.name),
-            )
+            bump_sequence(cur, self._info)
         finally:
             cur.close()
+
+
+def pg_upsert_sql(
+    info: TableInfo, columns: list[ColumnInfo], strategy: str, source: str
+) -> str:
+    """INSERT from ``source``, RETURNING true per created row, false per updated.
+
+    psycopg2 SQL: ``source`` is placed as given, identifiers have % doubled.
+    """
+    cols = ", ".join(_pct(c.name) for c in columns)
+    always = any(c.identity == "always" for c in columns)
+    overriding = " OVERRIDING SYSTEM VALUE" if always else ""
+    head = f"INSERT INTO {_pct_table(info)} AS t ({cols}){overriding} {source}"
+    if strategy == "append":
+        return head + " RETURNING true"
+    pk = ", ".join(_pct(n) for n in info.primary_key)
+    if strategy == "skip":
+        return head + f" ON CONFLICT ({pk}) DO NOTHING RETURNING true"
+    others = [c for c in columns if c.name not in info.primary_key]
+    if not others:  # nothing to change, but the conflict must still be seen
+        sets = [f"{_pct(n)} = EXCLUDED.{_pct(n)}" for n in info.primary_key]
+    elif strategy == "overwrite":
+        sets = [f"{_pct(c.name)} = EXCLUDED.{_pct(c.name)}" for c in others]
+    else:
+        sets = [
+            f"{_pct(c.name)} = COALESCE(EXCLUDED.{_pct(c.name)}, t.{_pct(c.name)})"
+            for c in others
+        ]
+    # xmax is 0 on a row version this statement inserted, and set on one it updated.
+    return (
+        head
+        + f" ON CONFLICT ({pk}) DO UPDATE SET {', '.join(sets)}"
+        + " RETURNING (t.xmax = 0)"
+    )
+
+
+def bump_sequence(cursor: Any, info: TableInfo) -> None:
+    """Move a serial/identity key's sequence past keys written explicitly."""
+    if len(info.primary_key) != 1:
+        return
+    col = info.pk_columns[0]
+    if col.identity is None and not (col.default or "").startswith("nextval("):
+        return
+    cursor.execute(
+        f"SELECT setval(s.seq, m.mx) FROM"
+        f" (SELECT pg_get_serial_sequence(%s, %s) AS seq) s,"
+        f" (SELECT max({_pct(col.name)}) AS mx FROM {_pct_table(info)}) m"
+        f" WHERE s.seq IS NOT NULL AND m.mx IS NOT NULL"
+        f" AND m.mx > COALESCE(pg_sequence_last_value(s.seq::regclass), 0)",
+        (info.qualified, col.name),
+    )
 
 
 def _pct(name: str) -> str:
@@ -419,7 +437,7 @@ class _SqliteApply:
                     self._conn.exec_driver_sql(sql, entry.params)
                 except DBAPIError as ex:
                     row_savepoint.rollback()
-                    self._result.fail(entry.key, _error_text(ex))
+                    self._result.fail(entry.key, db_error_text(ex))
                     continue
                 row_savepoint.commit()
                 written.append(entry)
@@ -624,7 +642,7 @@ def create_table(
                 conn.exec_driver_sql(escape(sql))
             except DBAPIError as ex:
                 savepoint.rollback()
-                warnings.append(f"{clause} not kept: {_error_text(ex)}")
+                warnings.append(f"{clause} not kept: {db_error_text(ex)}")
             else:
                 savepoint.commit()
                 statements.append(sql)

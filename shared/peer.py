@@ -7,8 +7,9 @@ the caller can retry later; every other answer is returned as it came.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -82,26 +83,121 @@ class PeerClient:
         url = self.endpoint_url(site_url, endpoint)
         try:
             resp = self._client.post(url, json=body)
-        except httpx.TimeoutException:
-            raise PeerUnavailable(f"{endpoint}: timed out") from None
         except httpx.TransportError as ex:
-            raise PeerUnavailable(f"{endpoint}: {type(ex).__name__}") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            retry_after = _retry_after(resp.headers.get("retry-after"))
-            kind = RateLimited if resp.status_code == 429 else PeerUnavailable
-            raise kind(
-                f"{endpoint}: HTTP {resp.status_code} {_error_text(resp)}".strip(),
-                retry_after,
-                resp.status_code,
-            )
-        try:
-            data = resp.json()
-        except ValueError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
+            raise _unavailable(endpoint, ex) from None
+        _raise_if_transient(endpoint, resp)
         log.info("peer call endpoint=%s status=%s", endpoint, resp.status_code)
-        return PeerResponse(resp.status_code, data)
+        return PeerResponse(resp.status_code, _json_object(resp))
+
+    def post_stream(
+        self, site_url: str, endpoint: str, body: dict[str, Any], accept: str
+    ) -> PeerStream:
+        """POST like ``post``, but hand back the answer unread, to stream its body.
+
+        Same guard and the same PeerUnavailable / RateLimited for transient
+        answers (whose small bodies are read for their error text). The caller
+        must close the stream (it is a context manager).
+        """
+        self.guard(site_url)
+        url = self.endpoint_url(site_url, endpoint)
+        request = self._client.build_request(
+            "POST", url, json=body, headers={"accept": accept}
+        )
+        try:
+            resp = self._client.send(request, stream=True)
+        except httpx.TransportError as ex:
+            raise _unavailable(endpoint, ex) from None
+        try:
+            if resp.status_code == 429 or resp.status_code >= 500:
+                resp.read()
+                _raise_if_transient(endpoint, resp)
+        except httpx.TransportError as ex:
+            resp.close()
+            raise _unavailable(endpoint, ex) from None
+        except BaseException:
+            resp.close()
+            raise
+        log.info(
+            "peer call endpoint=%s status=%s (streamed)", endpoint, resp.status_code
+        )
+        return PeerStream(resp, endpoint)
+
+
+class PeerStream:
+    """An answer whose body is read as it arrives.
+
+    Transport failures while reading raise PeerUnavailable, like failures
+    before the answer came.
+    """
+
+    def __init__(self, resp: httpx.Response, endpoint: str) -> None:
+        self._resp = resp
+        self._endpoint = endpoint
+        self.bytes_read = 0
+
+    @property
+    def status(self) -> int:
+        return self._resp.status_code
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self._resp.headers
+
+    @property
+    def media_type(self) -> str:
+        """The Content-Type without parameters, lower-case."""
+        return self._resp.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def response(self) -> PeerResponse:
+        """Read the whole body as a JSON answer (a JSON object, or {})."""
+        try:
+            self._resp.read()
+        except httpx.TransportError as ex:
+            raise _unavailable(self._endpoint, ex) from None
+        self.bytes_read += len(self._resp.content)
+        return PeerResponse(self._resp.status_code, _json_object(self._resp))
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._resp.iter_bytes():
+                self.bytes_read += len(chunk)
+                yield chunk
+        except httpx.TransportError as ex:
+            raise _unavailable(self._endpoint, ex) from None
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unavailable(endpoint: str, ex: httpx.TransportError) -> PeerUnavailable:
+    if isinstance(ex, httpx.TimeoutException):
+        return PeerUnavailable(f"{endpoint}: timed out")
+    return PeerUnavailable(f"{endpoint}: {type(ex).__name__}")
+
+
+def _raise_if_transient(endpoint: str, resp: httpx.Response) -> None:
+    if resp.status_code == 429 or resp.status_code >= 500:
+        retry_after = _retry_after(resp.headers.get("retry-after"))
+        kind = RateLimited if resp.status_code == 429 else PeerUnavailable
+        raise kind(
+            f"{endpoint}: HTTP {resp.status_code} {_error_text(resp)}".strip(),
+            retry_after,
+            resp.status_code,
+        )
+
+
+def _json_object(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _retry_after(raw: str | None) -> float | None:

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Mapping
 
 
+PULL_FORMATS = ("auto", "json", "pg_copy_text")
+
+
 class SettingsError(ValueError):
     """A configuration variable holds a value that cannot be used."""
 
@@ -83,6 +86,14 @@ class Settings:
     excluded_tables: tuple[str, ...] = ()
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
+    # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a
+    # sender serves and what a receiver asks for. A connection's
+    # max_records_per_request still caps every page.
+    bulk_page_rows: int = 100_000
+    # What a receiver asks pull-data for: "auto" (COPY data when its data
+    # database is PostgreSQL, binary where the column types allow), "json",
+    # or "pg_copy_text" (never binary).
+    pull_format: str = "auto"
     pull_lease_seconds: int = 300
     pull_max_attempts: int = 12
     queue_prefix: str = ""
@@ -128,6 +139,14 @@ class Settings:
             values["trust_forwarded"] = _bool(
                 "SYNC_TRUST_FORWARDED", env["SYNC_TRUST_FORWARDED"]
             )
+        if env.get("SYNC_PULL_FORMAT"):
+            pull_format = env["SYNC_PULL_FORMAT"].strip().lower()
+            if pull_format not in PULL_FORMATS:
+                raise SettingsError(
+                    f"SYNC_PULL_FORMAT must be one of {', '.join(PULL_FORMATS)},"
+                    f" got {env['SYNC_PULL_FORMAT']!r}"
+                )
+            values["pull_format"] = pull_format
         if env.get("SYNC_EXCLUDED_TABLES"):
             values["excluded_tables"] = tuple(
                 t.strip() for t in env["SYNC_EXCLUDED_TABLES"].split(",") if t.strip()

@@ -7,6 +7,7 @@ from typing import Callable
 import falcon
 
 from api.middleware import read_json, remote_ip
+from shared import bulk
 from shared.context import Site
 from shared.services import data_api
 
@@ -24,10 +25,33 @@ class DataCall:
         resp.media = self._handler(req.context.session, self._site, body, ip)
 
 
+class PullData(DataCall):
+    """pull-data: a JSON page, or a COPY page streamed with its metadata in headers."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self._site.settings.max_body_bytes)
+        ip = remote_ip(req, self._site.settings.trust_forwarded)
+        page = self._handler(req.context.session, self._site, body, ip)
+        if not isinstance(page, bulk.CopyPage):
+            resp.media = page
+            return
+        try:
+            # Commit the page's counters now, not after the responder: once
+            # the stream is handed over nothing may fail and leave it unclosed.
+            req.context.session.commit()
+        except BaseException:
+            page.close()
+            raise
+        resp.content_type = page.content_type
+        for name, value in page.headers.items():
+            resp.set_header(name, value)
+        resp.stream = page
+
+
 def routes(site: Site) -> dict[str, object]:
     return {
         "list-tables": DataCall(site, data_api.list_tables),
         "table-schema": DataCall(site, data_api.table_schema),
         "table-records": DataCall(site, data_api.table_records),
-        "pull-data": DataCall(site, data_api.pull_data),
+        "pull-data": PullData(site, data_api.pull_data),
     }

@@ -1,5 +1,6 @@
 """Answer the data calls a receiver makes: list-tables, table-schema,
-table-records (preview) and pull-data (keyset pages).
+table-records (preview) and pull-data (keyset pages, as JSON or, between two
+PostgreSQL sites, as COPY data: see shared.bulk).
 
 Every call passes every connection control first (shared.services.access).
 """
@@ -7,11 +8,13 @@ Every call passes every connection control first (shared.services.access).
 from __future__ import annotations
 
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
+from shared import bulk
 from shared import catalog as cat
 from shared.context import Site
 from shared.db import utcnow
@@ -19,7 +22,7 @@ from shared.errors import SyncError, bad_request
 from shared.models import STRATEGIES, Connection, Transfer
 from shared.services import access
 from shared.services.peer_api import TOKEN_HASH, require_enabled
-from shared.validation import Field, is_missing, validate
+from shared.validation import Field, validate
 
 TABLE = Field("table_name", str, required=True, max_length=255)
 PREVIEW_MAX = 100
@@ -27,14 +30,39 @@ PREVIEW_MAX = 100
 
 def _authorise(
     session: Session, site: Site, body: Mapping[str, Any], fields: list[Field], ip: str,
-    new_download: bool = False,
-) -> tuple[Connection, dict[str, Any]]:
+    new_download: Callable[[Session, dict[str, Any]], bool] | None = None,
+) -> tuple[Connection, dict[str, Any], bool]:
+    """Validate the body and pass every control; say whether a download starts."""
     require_enabled(session)
     data = validate(body, [TOKEN_HASH, *fields])
+    starts = new_download(session, data) if new_download else False
     conn = access.authorise(
-        session, site, data["auth_token_hash"], access.Caller(ip, new_download)
+        session, site, data["auth_token_hash"], access.Caller(ip, starts)
     )
-    return conn, data
+    return conn, data, starts
+
+
+def _starts_download(session: Session, data: dict[str, Any]) -> bool:
+    """A pull starts a download unless it continues one this site is serving.
+
+    An ``after`` cursor alone proves nothing (a caller can forge one to dodge
+    the download limit); an unfinished ``send`` transfer of that table does.
+    """
+    if data["after"] is None:
+        return True
+    serving = session.scalar(
+        select(Transfer.id)
+        .join(Connection, Transfer.connection_id == Connection.id)
+        .where(
+            Connection.auth_token_hash == data["auth_token_hash"],
+            Connection.direction == "sender",
+            Transfer.direction == "send",
+            Transfer.table_name == data["table_name"],
+            Transfer.status == "in_progress",
+        )
+        .limit(1)
+    )
+    return serving is None
 
 
 def _table(site: Site, conn: Connection, name: str) -> cat.Catalog:
@@ -48,7 +76,7 @@ def _table(site: Site, conn: Connection, name: str) -> cat.Catalog:
 
 def list_tables(session: Session, site: Site, body: Mapping[str, Any], ip: str
                 ) -> dict[str, Any]:
-    conn, _ = _authorise(session, site, body, [], ip)
+    conn, _, _ = _authorise(session, site, body, [], ip)
     catalog = site.catalog()
     names = [t for t in catalog.offered_tables() if access.table_allowed(conn, t)]
     conn.last_connected_at = utcnow()
@@ -57,7 +85,7 @@ def list_tables(session: Session, site: Site, body: Mapping[str, Any], ip: str
 
 def table_schema(session: Session, site: Site, body: Mapping[str, Any], ip: str
                  ) -> dict[str, Any]:
-    conn, data = _authorise(session, site, body, [TABLE], ip)
+    conn, data, _ = _authorise(session, site, body, [TABLE], ip)
     catalog = _table(site, conn, data["table_name"])
     return {
         "success": True,
@@ -78,7 +106,7 @@ PREVIEW_FIELDS = [
 
 def table_records(session: Session, site: Site, body: Mapping[str, Any], ip: str
                   ) -> dict[str, Any]:
-    conn, data = _authorise(session, site, body, PREVIEW_FIELDS, ip)
+    conn, data, _ = _authorise(session, site, body, PREVIEW_FIELDS, ip)
     name = data["table_name"]
     catalog = _table(site, conn, name)
     limit = min(data["limit"] or 10, PREVIEW_MAX, conn.max_records_per_request)
@@ -93,6 +121,9 @@ def table_records(session: Session, site: Site, body: Mapping[str, Any], ip: str
         )
     except cat.BadFilter as ex:
         raise bad_request(f"Invalid filter: {ex}") from None
+    except DataError:
+        raise bad_request("Invalid filter: a key value is out of range for its column"
+                          ) from None
     return {"success": True, "table": name, "records": rows, "limit": limit,
             "offset": offset, "has_more": has_more}
 
@@ -102,26 +133,56 @@ PULL_FIELDS = [
     Field("conflict_strategy", str, max_length=32),
     Field("after", list),
     Field("limit", int, minimum=1),
+    Field("format", str, max_length=32),
 ]
 
 
 def pull_data(session: Session, site: Site, body: Mapping[str, Any], ip: str
-              ) -> dict[str, Any]:
-    new_download = isinstance(body, Mapping) and is_missing(body.get("after"))
-    conn, data = _authorise(session, site, body, PULL_FIELDS, ip, new_download)
+              ) -> dict[str, Any] | bulk.CopyPage:
+    """One page: a JSON answer, or a bulk.CopyPage when the receiver asked for a
+    COPY format this site can serve (the caller streams it, then closes it).
+
+    A bulk page is at most the connection's max_records_per_request and this
+    site's bulk_page_rows; a JSON page at most max_records_per_request and
+    json_page_cap. An unknown format, or a table that cannot go as COPY data
+    (SQLite, no primary key), gets the JSON page.
+    """
+    conn, data, new_download = _authorise(session, site, body, PULL_FIELDS, ip,
+                                          _starts_download)
     name = data["table_name"]
     catalog = _table(site, conn, name)
     strategy = data["conflict_strategy"] or "skip"
     if strategy not in STRATEGIES:
         raise bad_request("Invalid conflict_strategy", field="conflict_strategy")
+    wire_format = data["format"]
+    if wire_format not in bulk.COPY_FORMATS or not bulk.can_serve(catalog, name):
+        wire_format = None
+    cap = site.settings.bulk_page_rows if wire_format else site.settings.json_page_cap
     limit = min(data["limit"] or conn.max_records_per_request,
-                conn.max_records_per_request, site.settings.json_page_cap)
+                conn.max_records_per_request, cap)
     if conn.max_records_total is not None:
         limit = max(1, min(limit, conn.max_records_total - conn.records_downloaded))
     try:
-        page = catalog.fetch_page(name, after=data["after"], limit=limit)
+        if wire_format:
+            copy_page = bulk.open_page(site.db.data_engine, catalog, name,
+                                       after=data["after"], limit=limit,
+                                       wire_format=wire_format)
+            if copy_page is not None:
+                try:
+                    access.count_page(session, conn, copy_page.count, new_download, 0)
+                    _record_send(session, conn, name, strategy, copy_page.count,
+                                 new_download, copy_page.has_more, ip)
+                except BaseException:
+                    copy_page.close()
+                    raise
+                return copy_page
+        page = catalog.fetch_page(name, after=data["after"],
+                                  limit=min(limit, site.settings.json_page_cap))
     except cat.BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
+    except DataError:
+        raise bad_request("Invalid cursor: a key value is out of range for its column",
+                          field="after") from None
     except cat.NoPrimaryKey as ex:
         raise SyncError("conflict", str(ex)) from None
     count = len(page.rows)

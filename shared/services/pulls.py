@@ -2,9 +2,11 @@
 
 A transfer names the tables; the worker orders them by foreign-key dependency,
 creates missing ones from the sender's schema when allowed, and imports each
-page with one set-based statement for its strategy. The page and its checkpoint
-commit together in the data database (see shared.checkpoints), so a killed
-worker resumes exactly where the last commit left it.
+page with one set-based statement for its strategy. Between two PostgreSQL
+sites pages travel as COPY data (shared.bulk), otherwise as JSON rows
+(shared.importer). The page and its checkpoint commit together in the data
+database (see shared.checkpoints), so a killed worker resumes exactly where
+the last commit left it.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from shared.peer import RateLimited
-
-from shared import checkpoints, importer
+from shared import bulk, checkpoints, importer
 from shared.catalog import TableNotFound
 from shared.context import Site
 from shared.db import after_commit, utcnow
 from shared.errors import SyncError
 from shared.models import OWN_TABLES, STRATEGIES, Connection, Transfer, TransferTable
-from shared.peer import PeerClient, PeerRefused, PeerResponse, PeerUnavailable
+from shared.peer import (
+    PeerClient,
+    PeerRefused,
+    PeerResponse,
+    PeerStream,
+    PeerUnavailable,
+    RateLimited,
+)
 from shared.services import audit
 
 log = logging.getLogger("dbsync.pulls")
@@ -207,20 +214,15 @@ class _Job:
         self.catalog = site.catalog()
         self.run_started = utcnow()
         self.rows_this_run = 0
+        self._schemas: dict[str, Any] = {}
 
     def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         # A 429 is the sender pacing us: wait as told and go on, without
         # spending one of the transfer's attempts. Other transient failures
         # end this run; the task retries it later from the checkpoint.
-        pacing = Retrying(
-            retry=retry_if_exception_type(RateLimited),
-            wait=_retry_after_wait,
-            stop=stop_after_attempt(RATE_LIMIT_WAITS),
-            reraise=True,
-        )
         try:
-            resp = pacing(self.client.post, self.site_url, endpoint,
-                          {"auth_token_hash": self.token_hash, **body})
+            resp = _pacing()(self.client.post, self.site_url, endpoint,
+                             {"auth_token_hash": self.token_hash, **body})
         except PeerRefused as ex:
             raise PullFailed(str(ex)) from None
         if resp.status != 200 or resp.body.get("success") is not True:
@@ -282,6 +284,7 @@ class _Job:
         schema = self.call("table-schema", {"table_name": name}).get("schema")
         if not isinstance(schema, dict):
             raise PullFailed(f"Sender sent no schema for {name}")
+        self._schemas[name] = schema
         with self.site.db.data_engine.begin() as conn:
             try:
                 importer.create_table(conn, name, schema,
@@ -299,39 +302,96 @@ class _Job:
                 importer.check_append(info)
             except importer.ImportRefused as ex:
                 raise PullFailed(str(ex)) from None
-        engine = self.site.db.data_engine
-        cp = checkpoints.load(engine, str(self.transfer_id), name)
+        cp = checkpoints.load(self.site.db.data_engine, str(self.transfer_id), name)
         self._progress(name, cp, status="running")
+        plan = self._bulk_plan(name, info)
         while not cp.done:
             body: dict[str, Any] = {"table_name": name, "conflict_strategy": self.strategy}
             if cp.cursor is not None:
                 body["after"] = cp.cursor
-            page = self.call("pull-data", body)
-            rows = page.get("data")
-            if not isinstance(rows, list):
-                raise PullFailed("Invalid response from remote site")
-            next_cursor = page.get("next_cursor")
-            has_more = page.get("has_more") is True and next_cursor is not None
-            with engine.begin() as conn:
-                try:
-                    result = importer.import_page(conn, info, rows, self.strategy)
-                except importer.ImportRefused as ex:
-                    raise PullFailed(f"{name}: {ex}") from None
-                cp.pages += 1
-                cp.rows_done += len(rows)
-                cp.created += result.created
-                cp.updated += result.updated
-                cp.skipped += result.skipped
-                cp.failed += result.failed
-                cp.bytes_done += int(page.get("_bytes", 0) or 0)
-                room = checkpoints.MAX_KEPT_ERRORS - len(cp.errors)
-                if room > 0:
-                    cp.errors.extend(result.errors[:room])
-                cp.cursor = next_cursor if has_more else cp.cursor
-                cp.done = not has_more
-                checkpoints.save(conn, cp)
-            self.rows_this_run += len(rows)
+            if plan is not None:
+                body["format"] = plan.wire_format
+                body["limit"] = self.site.settings.bulk_page_rows
+            try:
+                rows = self._pull_page(name, info, cp, body, plan)
+            except bulk.Rejected as ex:
+                # Nothing of the page was kept: ask for it again, staged.
+                assert plan is not None
+                log.info("%s; fetching the page again", ex)
+                plan = bulk.Plan(bulk.TEXT if ex.as_text else plan.wire_format, False)
+                continue
+            self.rows_this_run += rows
             self._progress(name, cp, status="completed" if cp.done else "running")
+
+    def _bulk_plan(self, name: str, info: importer.TableInfo) -> bulk.Plan | None:
+        """The COPY format to ask for, when this site's data database takes one."""
+        engine = self.site.db.data_engine
+        wanted = self.site.settings.pull_format
+        if wanted == "json" or engine.dialect.name != "postgresql":
+            return None
+        schema = self._schemas.get(name)
+        if schema is None:
+            try:
+                schema = self.call("table-schema", {"table_name": name}).get("schema")
+            except PullFailed as ex:
+                # Without the sender's types only the text format is safe.
+                log.info("no schema for %s (%s): asking for text COPY", name, ex)
+        with engine.connect() as conn:
+            plan = bulk.plan(conn, info, schema, self.strategy)
+        if plan is not None and wanted == bulk.TEXT:
+            plan = bulk.Plan(bulk.TEXT, plan.direct)
+        log.info("pulling %s as %s", name, plan.wire_format if plan else "json")
+        return plan
+
+    def _pull_page(self, name: str, info: importer.TableInfo,
+                   cp: checkpoints.Checkpoint, body: dict[str, Any],
+                   plan: bulk.Plan | None) -> int:
+        """Fetch one page and apply it with its checkpoint in one transaction."""
+        engine = self.site.db.data_engine
+        with self._open("pull-data", body) as resp:
+            if bulk.is_bulk(resp.media_type):
+                if plan is None:
+                    raise PullFailed("Invalid response from remote site")
+                try:
+                    page = bulk.read_headers(resp.headers, resp.media_type, name,
+                                             body["format"])
+                except bulk.BadPage as ex:
+                    raise PullFailed(
+                        f"Invalid response from remote site ({ex})") from None
+                with engine.begin() as conn:
+                    direct = plan.direct and _nothing_in_the_way(conn, info, cp)
+                    try:
+                        result = bulk.apply_page(conn, info, page, resp.iter_bytes(),
+                                                 self.strategy, direct=direct)
+                    except importer.ImportRefused as ex:
+                        raise PullFailed(f"{name}: {ex}") from None
+                    _advance(conn, cp, result, page.count, page.next_cursor,
+                             page.has_more, resp.bytes_read)
+                return page.count
+            answer = resp.response()
+        if answer.status != 200 or answer.body.get("success") is not True:
+            raise PullFailed(_peer_reason(answer))
+        rows = answer.body.get("data")
+        if not isinstance(rows, list):
+            raise PullFailed("Invalid response from remote site")
+        next_cursor = answer.body.get("next_cursor")
+        has_more = answer.body.get("has_more") is True and next_cursor is not None
+        with engine.begin() as conn:
+            try:
+                result = importer.import_page(conn, info, rows, self.strategy)
+            except importer.ImportRefused as ex:
+                raise PullFailed(f"{name}: {ex}") from None
+            _advance(conn, cp, result, len(rows), next_cursor, has_more,
+                     resp.bytes_read)
+        return len(rows)
+
+    def _open(self, endpoint: str, body: dict[str, Any]) -> PeerStream:
+        """POST for a streamed answer, waiting out the sender's pacing like ``call``."""
+        try:
+            return _pacing()(self.client.post_stream, self.site_url, endpoint,
+                             {"auth_token_hash": self.token_hash, **body}, bulk.ACCEPT)
+        except PeerRefused as ex:
+            raise PullFailed(str(ex)) from None
 
     def _progress(self, name: str, cp: checkpoints.Checkpoint, status: str) -> None:
         """Mirror the checkpoint into the state database and renew the lease."""
@@ -373,6 +433,47 @@ class _Job:
 
 
 RATE_LIMIT_WAITS = 120
+
+
+def _pacing() -> Retrying:
+    return Retrying(
+        retry=retry_if_exception_type(RateLimited),
+        wait=_retry_after_wait,
+        stop=stop_after_attempt(RATE_LIMIT_WAITS),
+        reraise=True,
+    )
+
+
+def _nothing_in_the_way(conn: Any, info: importer.TableInfo,
+                        cp: checkpoints.Checkpoint) -> bool:
+    """Whether a page may be copied straight into the target.
+
+    True while this table's pull has only created rows, starting from an
+    empty table. It is a prediction, not a promise: if a row is in the way
+    after all (someone else wrote one) the COPY fails, nothing of the page
+    stays, and the page is fetched again and staged.
+    """
+    if cp.failed or cp.created != cp.rows_done:
+        return False
+    return cp.pages > 0 or bulk.table_is_empty(conn, info)
+
+
+def _advance(conn: Any, cp: checkpoints.Checkpoint, result: importer.PageResult,
+             rows: int, next_cursor: Any, has_more: bool, size: int) -> None:
+    """Count a page into the checkpoint and save it in the page's transaction."""
+    cp.pages += 1
+    cp.rows_done += rows
+    cp.created += result.created
+    cp.updated += result.updated
+    cp.skipped += result.skipped
+    cp.failed += result.failed
+    cp.bytes_done += size
+    room = checkpoints.MAX_KEPT_ERRORS - len(cp.errors)
+    if room > 0:
+        cp.errors.extend(result.errors[:room])
+    cp.cursor = next_cursor if has_more else cp.cursor
+    cp.done = not has_more
+    checkpoints.save(conn, cp)
 
 
 def _retry_after_wait(state: Any) -> float:
