@@ -225,8 +225,8 @@ def db_error_text(ex: BaseException) -> str:
 # --- PostgreSQL ------------------------------------------------------------------
 
 
-class _PgApply:
-    """Stage with execute_values, apply with one statement; per-row on rejection."""
+class _Apply:
+    """One page's rows applied to one table with one strategy, counted in result."""
 
     def __init__(
         self,
@@ -241,6 +241,20 @@ class _PgApply:
         self._columns = columns
         self._strategy = strategy
         self._result = result
+
+
+class _PgApply(_Apply):
+    """Stage with execute_values, apply with one statement; per-row on rejection."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        info: TableInfo,
+        columns: list[ColumnInfo],
+        strategy: str,
+        result: PageResult,
+    ) -> None:
+        super().__init__(conn, info, columns, strategy, result)
         self._dbapi_error = conn.dialect.loaded_dbapi.Error
         self._cols = ", ".join(_pct(c.name) for c in columns)
         self._failed_rows = 0
@@ -398,22 +412,8 @@ def _pct_table(info: TableInfo) -> str:
 # --- SQLite ----------------------------------------------------------------------
 
 
-class _SqliteApply:
+class _SqliteApply(_Apply):
     """executemany upserts; counts from the keys that existed before."""
-
-    def __init__(
-        self,
-        conn: Connection,
-        info: TableInfo,
-        columns: list[ColumnInfo],
-        strategy: str,
-        result: PageResult,
-    ) -> None:
-        self._conn = conn
-        self._info = info
-        self._columns = columns
-        self._strategy = strategy
-        self._result = result
 
     def run(self, entries: list[_Entry]) -> None:
         dbapi = self._conn.connection.driver_connection
