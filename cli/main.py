@@ -546,7 +546,7 @@ def pull(connection_id: str, table_names: tuple[str, ...], all_tables: bool,
          strategy: str | None, create_missing: bool | None, wait: bool,
          as_json: bool) -> None:
     """Pull tables from the sender of a receiver connection (done by pull workers)."""
-    from shared.services import pulls, transfers
+    from shared.services import pulls
 
     site = _site()
     with site.db.session() as session:

@@ -10,7 +10,7 @@ import datetime as dt
 import ipaddress
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.db import parse_uuid, utcnow
 from shared.errors import SyncError
-from shared.models import STRATEGIES, Connection
+from shared.models import Connection
 from shared.security import UnsafeURL, check_url, hash_token, new_token
 from shared.services import audit, notices
 
@@ -255,17 +255,6 @@ def set_enabled(session: Session, site: Site, enabled: bool) -> list[Connection]
     return revived
 
 
-def set_receiver_options(
-    conn: Connection, *, strategy: str | None = None, create_missing: bool | None = None
-) -> None:
-    if strategy is not None:
-        if strategy not in STRATEGIES:
-            raise SyncError("bad_request", f"strategy must be one of {', '.join(STRATEGIES)}")
-        conn.default_conflict_strategy = strategy
-    if create_missing is not None:
-        conn.create_missing_tables = create_missing
-
-
 def describe(conn: Connection) -> dict[str, Any]:
     """What an operator sees of a connection (never its token hash)."""
 
@@ -316,7 +305,3 @@ def describe(conn: Connection) -> dict[str, Any]:
         "revoked_at": iso(conn.revoked_at),
         "metadata": conn.meta,
     }
-
-
-def parse_ids(values: Iterable[str]) -> list[str]:
-    return [v.strip() for v in values if v and v.strip()]

@@ -30,7 +30,6 @@ from shared.models import OWN_TABLES, STRATEGIES, Connection, Transfer, Transfer
 from shared.peer import (
     PeerClient,
     PeerRefused,
-    PeerResponse,
     PeerStream,
     PeerUnavailable,
     RateLimited,
@@ -226,7 +225,7 @@ class _Job:
         except PeerRefused as ex:
             raise PullFailed(str(ex)) from None
         if resp.status != 200 or resp.body.get("success") is not True:
-            raise PullFailed(_peer_reason(resp))
+            raise PullFailed(resp.error)
         return resp.body
 
     def plan(self) -> None:
@@ -370,7 +369,7 @@ class _Job:
                 return page.count
             answer = resp.response()
         if answer.status != 200 or answer.body.get("success") is not True:
-            raise PullFailed(_peer_reason(answer))
+            raise PullFailed(answer.error)
         rows = answer.body.get("data")
         if not isinstance(rows, list):
             raise PullFailed("Invalid response from remote site")
@@ -480,10 +479,6 @@ def _retry_after_wait(state: Any) -> float:
     ex = state.outcome.exception() if state.outcome else None
     hint = getattr(ex, "retry_after", None) or 1.0
     return float(min(max(hint, 0.5), 60.0))
-
-
-def _peer_reason(resp: PeerResponse) -> str:
-    return resp.error
 
 
 def dependency_order(names: list[str], depends_on: dict[str, list[str]]) -> list[str]:
