@@ -12,12 +12,9 @@ bounded queue that the web server drains, so memory stays flat whatever the
 page size.
 
 Receiver (``apply_page``): the HTTP body goes straight into ``COPY ... FROM
-STDIN``: into a temporary staging table, then one set-based statement for
-the conflict strategy; or, when the target is known to hold no conflicting
-row, straight into the target. Rows the database rejects send the page
-through smaller statements, down to one row, so the rest still lands. The
-caller's transaction, which also saves the checkpoint, is never committed
-here.
+STDIN`` through shared.copyin: into a temporary staging table, then one
+set-based statement for the conflict strategy; or, when the target is known
+to hold no conflicting row, straight into the target.
 """
 
 from __future__ import annotations
@@ -25,25 +22,21 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from shared import importer, wire
+from shared import copyin, importer, wire
 from shared.catalog import (
     PG_READ_SETTINGS,
     Catalog,
-    ColumnInfo,
     PageExtent,
     TableInfo,
     quote,
 )
-from shared.peer import PeerUnavailable
 
 log = logging.getLogger("dbsync.bulk")
 
@@ -59,12 +52,9 @@ ACCEPT = f"{MEDIA_TYPES[BINARY]}, {MEDIA_TYPES[TEXT]}, application/json"
 _CHUNK = 256 * 1024  # bytes per chunk handed to the web server
 _QUEUED_CHUNKS = 8  # at most this many chunks wait in memory per page
 _HEADER_BUDGET = 8 * 1024  # metadata beyond this goes as a JSON page instead
-_READ_SIZE = 1024 * 1024  # what COPY FROM asks of the HTTP body at a time
-_FALLBACK_BATCH = 1000  # rows per statement once a page has been rejected
 # Built-in type OIDs are fixed in PostgreSQL's catalog and equal on every
 # server; binary COPY of arrays (and records) carries them.
 _FIRST_NON_BUILTIN_OID = 10_000
-_TYPMOD = re.compile(r"\(\d+(?:,\s*-?\d+)?\)")
 _SENDER_SETTINGS = (
     PG_READ_SETTINGS
     + "; SET LOCAL bytea_output = 'hex'; SET LOCAL extra_float_digits = 1"
@@ -73,18 +63,6 @@ _SENDER_SETTINGS = (
 
 class BadPage(Exception):
     """A bulk answer whose metadata does not describe the page asked for."""
-
-
-class Rejected(Exception):
-    """The page's bytes could not be applied as asked; fetch it again staged.
-
-    ``as_text`` asks for the text format too (binary data the database
-    refused). The caller's transaction must be rolled back.
-    """
-
-    def __init__(self, message: str, *, as_text: bool = False) -> None:
-        super().__init__(message)
-        self.as_text = as_text
 
 
 class StreamAborted(Exception):
@@ -443,40 +421,6 @@ def table_is_empty(conn: Connection, info: TableInfo) -> bool:
     ).scalar()
 
 
-class ByteReader:
-    """A ``read(size)`` file over byte chunks, for COPY FROM STDIN.
-
-    An error raised by the chunks is kept in ``error``: psycopg2 replaces it
-    with a cancelled COPY, and the caller wants the original (a peer that
-    went away is worth retrying).
-    """
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._pending = b""
-        self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        while not self._pending:  # an empty read means the end to COPY
-            try:
-                chunk = next(self._chunks, None)
-            except BaseException as ex:
-                self.error = ex
-                raise
-            if chunk is None:
-                return b""
-            self._pending = chunk
-        if size < 0 or len(self._pending) <= size:
-            out, self._pending = self._pending, b""
-        else:
-            out, self._pending = self._pending[:size], self._pending[size:]
-        return out
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
 def apply_page(
     conn: Connection,
     info: TableInfo,
@@ -499,206 +443,10 @@ def apply_page(
         raise ValueError(f"unknown conflict strategy {strategy!r}")
     columns, ignored = importer.choose_columns(info, page.columns, strategy)
     result = importer.PageResult(ignored_columns=ignored)
-    applier = _Applier(conn, info, page, columns, strategy, result)
+    source = copyin.CopySource(COPY_FORMATS[page.format], page.columns, page.count)
+    applier = copyin.CopyApplier(conn, info, source, columns, strategy, result)
     if direct and not ignored:
         applier.copy_direct(chunks)
     else:
         applier.copy_staged(chunks)
     return result
-
-
-class _Applier:
-    def __init__(
-        self,
-        conn: Connection,
-        info: TableInfo,
-        page: IncomingPage,
-        columns: list[ColumnInfo],
-        strategy: str,
-        result: importer.PageResult,
-    ) -> None:
-        self._conn = conn
-        self._info = info
-        self._page = page
-        self._columns = columns
-        self._strategy = strategy
-        self._result = result
-        self._copy_format = COPY_FORMATS[page.format]
-        self._dbapi_error = conn.dialect.loaded_dbapi.Error
-        self._stage = quote(f"_dbsync_stage_{uuid.uuid4().hex[:12]}")
-        self._failed = 0
-
-    def _cursor(self) -> Any:
-        return self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-    def _copy_in(self, cur: Any, target: str, chunks: Iterable[bytes]) -> int:
-        """COPY the body into ``target``; the rows copied, checked against the count."""
-        cols = ", ".join(quote(n) for n in self._page.columns)
-        reader = ByteReader(chunks)
-        try:
-            cur.copy_expert(
-                f"COPY {target} ({cols}) FROM STDIN (FORMAT {self._copy_format})",
-                reader,
-                size=_READ_SIZE,
-            )
-        except self._dbapi_error:
-            reader.raise_error()
-            raise
-        if cur.rowcount != self._page.count:
-            raise PeerUnavailable(
-                f"pull-data: page of {self._info.name} broke off"
-                f" ({cur.rowcount} of {self._page.count} rows)"
-            )
-        return int(cur.rowcount)
-
-    def copy_direct(self, chunks: Iterable[bytes]) -> None:
-        cur = self._cursor()
-        try:
-            cur.execute(PG_READ_SETTINGS, ())  # text input read as it was written
-            try:
-                copied = self._copy_in(cur, self._info.qualified, chunks)
-            except self._dbapi_error as ex:
-                raise Rejected(
-                    f"{self._info.name}: COPY into the table refused"
-                    f" ({importer.db_error_text(ex)})"
-                ) from None
-            self._result.created += copied
-            if copied:
-                importer.bump_sequence(cur, self._info)
-        finally:
-            cur.close()
-
-    def copy_staged(self, chunks: Iterable[bytes]) -> None:
-        binary = self._copy_format == "binary"
-        here = {c.name: c for c in self._info.columns}
-        if binary and any(n not in here for n in self._page.columns):
-            raise Rejected(
-                f"{self._info.name}: a sent column is not here", as_text=True
-            )
-        defs = ", ".join(
-            f"{_pct(n)} {here[n].type if binary else 'text'}"
-            for n in self._page.columns
-        )
-        cur = self._cursor()
-        try:
-            cur.execute(PG_READ_SETTINGS, ())
-            cur.execute(f"CREATE TEMP TABLE {self._stage} ({defs}) ON COMMIT DROP", ())
-            try:
-                staged = self._copy_in(cur, self._stage, chunks)
-            except self._dbapi_error as ex:
-                if binary:
-                    raise Rejected(
-                        f"{self._info.name}: binary COPY data refused"
-                        f" ({importer.db_error_text(ex)})",
-                        as_text=True,
-                    ) from None
-                raise importer.ImportRefused(
-                    f"{self._info.name}: COPY data refused ({importer.db_error_text(ex)})"
-                ) from None
-            written = self._apply(cur, "", ())
-            if written is None:
-                written = self._fallback(cur)
-            created, updated = written
-            result = self._result
-            result.created += created
-            result.updated += updated
-            result.skipped += staged - created - updated - self._failed
-            if created and self._strategy != "append":
-                importer.bump_sequence(cur, self._info)
-            cur.execute(f"DROP TABLE {self._stage}", ())
-        finally:
-            cur.close()
-
-    def _source(self, where: str) -> str:
-        """SELECT the staged rows as the target's types; ``where`` filters them."""
-        if self._copy_format == "binary":
-            exprs = [f"s.{_pct(c.name)}" for c in self._columns]
-        else:
-            # Cast to the type without its modifier: the assignment to the
-            # column then enforces lengths the way an INSERT of the value
-            # would (an explicit cast to varchar(n) would cut the text short).
-            exprs = [
-                f"CAST(s.{_pct(c.name)} AS {_TYPMOD.sub('', c.type)})"
-                for c in self._columns
-            ]
-        sql = f"SELECT {', '.join(exprs)} FROM {self._stage} s{where}"
-        if self._strategy == "append":
-            sql += " ORDER BY s.ctid"  # page order, as a fresh heap holds it
-        return sql
-
-    def _apply(self, cur: Any, where: str, params: Any) -> tuple[int, int] | None:
-        """One set-based statement over the staged rows: (created, updated), or
-        None when the database refused it (nothing of it is left)."""
-        upsert = importer.pg_upsert_sql(
-            self._info, self._columns, self._strategy, self._source(where)
-        )
-        savepoint = self._conn.begin_nested()
-        try:
-            cur.execute(
-                f"WITH written (created) AS ({upsert})"
-                " SELECT count(*) FILTER (WHERE created),"
-                " count(*) FILTER (WHERE NOT created) FROM written",
-                params,
-            )
-            created, updated = cur.fetchone()
-        except self._dbapi_error:
-            savepoint.rollback()
-            return None
-        savepoint.commit()
-        return int(created), int(updated)
-
-    def _fallback(self, cur: Any) -> tuple[int, int]:
-        """Apply a refused page in batches, and a refused batch row by row."""
-        keys = ", ".join(f"s.{_pct(c.name)}::text" for c in self._info.pk_columns)
-        ints = [c.kind == "int" for c in self._info.pk_columns]
-        created = updated = 0
-        after = "(0,0)"
-        while True:
-            cur.execute(
-                f"SELECT s.ctid::text AS row_tid{', ' + keys if keys else ''}"
-                f" FROM {self._stage} s WHERE s.ctid > %s::tid ORDER BY s.ctid"
-                f" LIMIT {_FALLBACK_BATCH}",
-                (after,),
-            )
-            batch = cur.fetchall()
-            if not batch:
-                return created, updated
-            after = batch[-1][0]
-            written = self._apply(
-                cur, " WHERE s.ctid = ANY(%s::tid[])", ([r[0] for r in batch],)
-            )
-            if written is not None:
-                created, updated = created + written[0], updated + written[1]
-                continue
-            for tid, *key in batch:
-                one = self._apply_row(cur, tid)
-                if isinstance(one, str):
-                    self._failed += 1
-                    self._result.fail(
-                        [
-                            int(v) if i and v is not None else v
-                            for v, i in zip(key, ints)
-                        ],
-                        one,
-                    )
-                else:
-                    created, updated = created + one[0], updated + one[1]
-
-    def _apply_row(self, cur: Any, tid: str) -> tuple[int, int] | str:
-        """One staged row: (created, updated), or the database's reason for refusing it."""
-        upsert = importer.pg_upsert_sql(
-            self._info,
-            self._columns,
-            self._strategy,
-            self._source(" WHERE s.ctid = %s::tid"),
-        )
-        savepoint = self._conn.begin_nested()
-        try:
-            cur.execute(upsert, (tid,))
-            flags = [r[0] for r in cur.fetchall()]
-        except self._dbapi_error as ex:
-            savepoint.rollback()
-            return importer.db_error_text(ex)
-        savepoint.commit()
-        created = sum(1 for f in flags if f)
-        return created, len(flags) - created

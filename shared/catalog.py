@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Result, text
 
 from shared import wire
 from shared.errors import SyncError
@@ -546,6 +546,8 @@ class Catalog:
     def _tuple_encoder(
         self, info: TableInfo
     ) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        if self._pg:
+            return _pg_tuple_encoder(info)
         plan = [(c.name, wire.encoder_for(c.kind)) for c in info.columns]
 
         def encode(row: Sequence[Any]) -> dict[str, Any]:
@@ -556,11 +558,9 @@ class Catalog:
 
         return encode
 
-    def _encode_all(
-        self, info: TableInfo, result: Iterable[Sequence[Any]]
-    ) -> list[dict[str, Any]]:
+    def _encode_all(self, info: TableInfo, result: Result[Any]) -> list[dict[str, Any]]:
         encode = self._tuple_encoder(info)
-        return [encode(row) for row in result]
+        return [encode(row) for row in result.all()]
 
     def _params(
         self,
@@ -668,6 +668,33 @@ _PG_KINDS = {
 }
 
 
+# Kinds whose values psycopg2 hands over, as ``_pg_select_expr`` selects
+# them, already in their wire form: int, bool, str.
+_PG_AS_SELECTED = frozenset(
+    {"int", "bool", "text", "enum", "numeric", "interval", "uuid", "other"}
+)
+
+
+def _pg_tuple_encoder(info: TableInfo) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """Encode PostgreSQL rows, calling an encoder only where a kind needs one."""
+    names = [c.name for c in info.columns]
+    fixes = [
+        (c.name, i, wire.encoder_for(c.kind))
+        for i, c in enumerate(info.columns)
+        if c.kind not in _PG_AS_SELECTED
+    ]
+
+    def encode(row: Sequence[Any]) -> dict[str, Any]:
+        out = dict(zip(names, row))
+        for name, i, fn in fixes:
+            value = row[i]
+            if value is not None:
+                out[name] = fn(value)
+        return out
+
+    return encode
+
+
 def _pg_kind(typname: str, typtype: str | None) -> str:
     if typtype == "e":
         return "enum"
@@ -677,7 +704,7 @@ def _pg_kind(typname: str, typtype: str | None) -> str:
 def _pg_select_expr(col: ColumnInfo) -> str:
     name = _ident(col.name)
     kind = col.kind
-    if kind in ("interval", "numeric", "json", "other"):
+    if kind in ("interval", "numeric", "json", "other", "uuid"):
         return f"{name}::text"
     if wire.is_array(kind):
         inner = kind

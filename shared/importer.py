@@ -1,11 +1,12 @@
 """Apply pages of pulled rows to a target table; create missing tables from a schema.
 
 ``import_page`` runs inside the caller's transaction (the caller advances its
-checkpoint in the same one) and never commits. On PostgreSQL a page is staged
-in a temporary table and applied with one set-based statement per strategy;
-only when the database rejects that statement does the page fall back to one
-INSERT per row, each in its own savepoint, so a bad row fails alone and the
-rest of the page still lands.
+checkpoint in the same one) and never commits. On PostgreSQL a page is
+rendered as COPY text and applied through shared.copyin (staging table, one
+set-based statement per strategy, smaller statements down to one row only
+when the database rejects it). On SQLite it is one executemany upsert, row
+by row in savepoints only when that is rejected, so a bad row fails alone and
+the rest of the page still lands.
 
 Counting rules, so ``created + updated + skipped + failed == len(rows)``:
 
@@ -19,29 +20,19 @@ Counting rules, so ``created + updated + skipped + failed == len(rows)``:
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from shared import wire
+from shared import copyin, wire
 from shared.catalog import ColumnInfo, TableInfo, quote
-from shared.errors import SyncError
+from shared.copyin import ImportRefused, PageResult, db_error_text
 
 STRATEGIES = ("skip", "overwrite", "merge", "append")
-MAX_ERRORS = 100
-_PAGE_SIZE = 1000  # rows per execute_values statement
-_ORD = "__dbsync_ord"
-
-
-class ImportRefused(SyncError):
-    """A page that cannot be applied to this table at all (the transfer fails)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("conflict", message)
 
 
 class AppendNotSupported(ImportRefused):
@@ -50,23 +41,6 @@ class AppendNotSupported(ImportRefused):
 
 class UnsafeSchema(ImportRefused):
     """A table-schema payload this site will not turn into SQL."""
-
-
-@dataclass
-class PageResult:
-    """Exact outcome of one page."""
-
-    created: int = 0
-    updated: int = 0
-    skipped: int = 0
-    failed: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    ignored_columns: list[str] = field(default_factory=list)
-
-    def fail(self, key: Any, error: str) -> None:
-        self.failed += 1
-        if len(self.errors) < MAX_ERRORS:
-            self.errors.append({"key": key, "error": error})
 
 
 @dataclass
@@ -82,6 +56,8 @@ def import_page(
     table_info: TableInfo,
     rows: Sequence[Mapping[str, Any]],
     strategy: str,
+    *,
+    direct: bool = False,
 ) -> PageResult:
     """Apply wire rows to ``table_info``'s table with a conflict strategy.
 
@@ -89,23 +65,24 @@ def import_page(
     target lacks (or computes itself) are ignored and listed once in
     ``ignored_columns``. Raises ImportRefused (AppendNotSupported for
     append) when the strategy cannot apply to this table at all, e.g. a
-    table without a primary key.
+    table without a primary key. ``direct`` (PostgreSQL) copies straight
+    into a target expected to hold none of the rows' keys.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown conflict strategy {strategy!r}")
     result = PageResult()
-    incoming: dict[str, None] = {}
-    for row in rows:
-        for name in row:
-            incoming.setdefault(name, None)
+    incoming = dict.fromkeys(chain.from_iterable(rows))  # every name, first seen first
     columns, result.ignored_columns = choose_columns(
         table_info, list(incoming), strategy, check_keys=bool(rows)
     )
     pk = table_info.pk_columns
     if not rows:
         return result
+    if conn.dialect.name == "postgresql":
+        copyin.import_rows(conn, table_info, columns, rows, strategy, result,
+                           direct=direct)
+        return result
 
-    pg = conn.dialect.name == "postgresql"
     plan = [(c.name, wire.binder_for(c.kind, conn.dialect.name)) for c in columns]
     entries: list[_Entry] = []
     for row in rows:
@@ -118,11 +95,7 @@ def import_page(
         entries.append(_Entry(key, params))
     if strategy != "append":
         entries = _last_wins(entries, [columns.index(c) for c in pk], result)
-    if not entries:
-        return result
-    if pg:
-        _PgApply(conn, table_info, columns, strategy, result).run(entries)
-    else:
+    if entries:
         _SqliteApply(conn, table_info, columns, strategy, result).run(entries)
     return result
 
@@ -211,22 +184,11 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def db_error_text(ex: BaseException) -> str:
-    """The database's message for a rejected row: first line, never the values."""
-    orig = getattr(ex, "orig", ex)
-    diag = getattr(orig, "diag", None)
-    primary = getattr(diag, "message_primary", None)
-    if primary:
-        return str(primary)
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
+# --- SQLite ----------------------------------------------------------------------
 
 
-# --- PostgreSQL ------------------------------------------------------------------
-
-
-class _Apply:
-    """One page's rows applied to one table with one strategy, counted in result."""
+class _SqliteApply:
+    """executemany upserts; counts from the keys that existed before."""
 
     def __init__(
         self,
@@ -241,179 +203,6 @@ class _Apply:
         self._columns = columns
         self._strategy = strategy
         self._result = result
-
-
-class _PgApply(_Apply):
-    """Stage with execute_values, apply with one statement; per-row on rejection."""
-
-    def __init__(
-        self,
-        conn: Connection,
-        info: TableInfo,
-        columns: list[ColumnInfo],
-        strategy: str,
-        result: PageResult,
-    ) -> None:
-        super().__init__(conn, info, columns, strategy, result)
-        self._dbapi_error = conn.dialect.loaded_dbapi.Error
-        self._cols = ", ".join(_pct(c.name) for c in columns)
-        self._failed_rows = 0
-
-    def run(self, entries: list[_Entry]) -> None:
-        savepoint = self._conn.begin_nested()
-        try:
-            created, updated = self._apply_set(entries)
-        except self._dbapi_error:
-            savepoint.rollback()
-            created, updated = self._apply_rows(entries)
-        else:
-            savepoint.commit()
-        self._result.created += created
-        self._result.updated += updated
-        self._result.skipped += len(entries) - created - updated - self._failed_rows
-        if created and self._strategy != "append":
-            self._bump_sequence()
-
-    def _cursor(self) -> Any:
-        driver = self._conn.connection.driver_connection
-        return driver.cursor()  # type: ignore[union-attr]
-
-    def _apply_set(self, entries: list[_Entry]) -> tuple[int, int]:
-        from psycopg2.extras import execute_values
-
-        stage = quote(f"_dbsync_stage_{uuid.uuid4().hex[:12]}")
-        types = ", ".join(
-            f"{_pct(c.name)} {c.type.replace('%', '%%')}" for c in self._columns
-        )
-        cur = self._cursor()
-        try:
-            # Every statement passes parameters (maybe none) so psycopg2 always
-            # reads %% in an identifier as one %.
-            cur.execute(
-                f"CREATE TEMP TABLE {stage} ({quote(_ORD)} integer, {types})"
-                " ON COMMIT DROP",
-                (),
-            )
-            execute_values(
-                cur,
-                f"INSERT INTO {stage} ({quote(_ORD)}, {self._cols}) VALUES %s",
-                [(i, *e.params) for i, e in enumerate(entries)],
-                page_size=_PAGE_SIZE,
-            )
-            if self._strategy == "append":
-                source = f"SELECT {self._cols} FROM {stage} ORDER BY {quote(_ORD)}"
-            else:
-                pk = ", ".join(_pct(n) for n in self._info.primary_key)
-                source = (
-                    f"SELECT {self._cols} FROM"
-                    f" (SELECT DISTINCT ON ({pk}) * FROM {stage}"
-                    f" ORDER BY {pk}, {quote(_ORD)} DESC) s ORDER BY {quote(_ORD)}"
-                )
-            cur.execute(self._statement(source), ())
-            flags = [r[0] for r in cur.fetchall()]
-            cur.execute(f"DROP TABLE {stage}", ())
-        finally:
-            cur.close()
-        created = sum(1 for f in flags if f)
-        return created, len(flags) - created
-
-    def _apply_rows(self, entries: list[_Entry]) -> tuple[int, int]:
-        sql = self._statement("VALUES (" + ", ".join(["%s"] * len(self._columns)) + ")")
-        created = updated = 0
-        for entry in entries:
-            savepoint = self._conn.begin_nested()
-            cur = self._cursor()
-            try:
-                cur.execute(sql, entry.params)
-                flags = [r[0] for r in cur.fetchall()]
-            except self._dbapi_error as ex:
-                savepoint.rollback()
-                self._result.fail(entry.key, db_error_text(ex))
-                self._failed_rows += 1
-                continue
-            finally:
-                cur.close()
-            savepoint.commit()
-            created += sum(1 for f in flags if f)
-            updated += sum(1 for f in flags if not f)
-        return created, updated
-
-    def _statement(self, source: str) -> str:
-        return pg_upsert_sql(self._info, self._columns, self._strategy, source)
-
-    def _bump_sequence(self) -> None:
-        cur = self._cursor()
-        try:
-            bump_sequence(cur, self._info)
-        finally:
-            cur.close()
-
-
-def pg_upsert_sql(
-    info: TableInfo, columns: list[ColumnInfo], strategy: str, source: str
-) -> str:
-    """INSERT from ``source``, RETURNING true per created row, false per updated.
-
-    psycopg2 SQL: ``source`` is placed as given, identifiers have % doubled.
-    """
-    cols = ", ".join(_pct(c.name) for c in columns)
-    always = any(c.identity == "always" for c in columns)
-    overriding = " OVERRIDING SYSTEM VALUE" if always else ""
-    head = f"INSERT INTO {_pct_table(info)} AS t ({cols}){overriding} {source}"
-    if strategy == "append":
-        return head + " RETURNING true"
-    pk = ", ".join(_pct(n) for n in info.primary_key)
-    if strategy == "skip":
-        return head + f" ON CONFLICT ({pk}) DO NOTHING RETURNING true"
-    others = [c for c in columns if c.name not in info.primary_key]
-    if not others:  # nothing to change, but the conflict must still be seen
-        sets = [f"{_pct(n)} = EXCLUDED.{_pct(n)}" for n in info.primary_key]
-    elif strategy == "overwrite":
-        sets = [f"{_pct(c.name)} = EXCLUDED.{_pct(c.name)}" for c in others]
-    else:
-        sets = [
-            f"{_pct(c.name)} = COALESCE(EXCLUDED.{_pct(c.name)}, t.{_pct(c.name)})"
-            for c in others
-        ]
-    # xmax is 0 on a row version this statement inserted, and set on one it updated.
-    return (
-        head
-        + f" ON CONFLICT ({pk}) DO UPDATE SET {', '.join(sets)}"
-        + " RETURNING (t.xmax = 0)"
-    )
-
-
-def bump_sequence(cursor: Any, info: TableInfo) -> None:
-    """Move a serial/identity key's sequence past keys written explicitly."""
-    if len(info.primary_key) != 1:
-        return
-    col = info.pk_columns[0]
-    if col.identity is None and not (col.default or "").startswith("nextval("):
-        return
-    cursor.execute(
-        f"SELECT setval(s.seq, m.mx) FROM"
-        f" (SELECT pg_get_serial_sequence(%s, %s) AS seq) s,"
-        f" (SELECT max({_pct(col.name)}) AS mx FROM {_pct_table(info)}) m"
-        f" WHERE s.seq IS NOT NULL AND m.mx IS NOT NULL"
-        f" AND m.mx > COALESCE(pg_sequence_last_value(s.seq::regclass), 0)",
-        (info.qualified, col.name),
-    )
-
-
-def _pct(name: str) -> str:
-    """A quoted identifier inside psycopg2 SQL, where % starts a placeholder."""
-    return quote(name).replace("%", "%%")
-
-
-def _pct_table(info: TableInfo) -> str:
-    return info.qualified.replace("%", "%%")
-
-
-# --- SQLite ----------------------------------------------------------------------
-
-
-class _SqliteApply(_Apply):
-    """executemany upserts; counts from the keys that existed before."""
 
     def run(self, entries: list[_Entry]) -> None:
         dbapi = self._conn.connection.driver_connection

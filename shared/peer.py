@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import httpx
 
+from shared import wire
 from shared.security import UnsafeURL, check_url
 from shared.settings import Settings
 
@@ -194,7 +195,7 @@ def _raise_if_transient(endpoint: str, resp: httpx.Response) -> None:
 
 def _json_object(resp: httpx.Response) -> dict[str, Any]:
     try:
-        data = resp.json()
+        data = wire.parse_json(resp.content)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

@@ -51,6 +51,8 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+import orjson
+
 BINARY_KEY = "__phoenix_kit_binary__"
 
 KINDS = frozenset(
@@ -152,6 +154,8 @@ def _enc_temporal(value: Any) -> Any:
 def _enc_timestamptz(value: Any) -> Any:
     if isinstance(value, str):
         return value
+    if value.tzinfo is dt.UTC:  # as the catalog reads them
+        return value.isoformat()
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC).isoformat()
@@ -190,10 +194,30 @@ def _enc_json(value: Any) -> Any:
     # The catalog selects json as text (psycopg2 would parse 'null' to None);
     # SQLite hands back the text too.
     if isinstance(value, (str, bytes)):
-        value = json.loads(value)
+        value = parse_json(value)
     if value is None or value is JSON_NULL:
         return {JSON_NULL_MARKER: True}
     return value
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse JSON text exactly: orjson, unless a number may exceed 64 bits.
+
+    orjson turns such integers into floats, losing digits; the standard
+    library keeps them (and reads 1e400 as infinity where orjson refuses).
+    Raises ValueError for text that is not JSON.
+    """
+    long_number = _LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES
+    if long_number.search(text) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def _enc_text(value: Any) -> Any:

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from shared import bulk, checkpoints, importer
+from shared import bulk, checkpoints, copyin, importer
 from shared.catalog import TableNotFound
 from shared.context import Site
 from shared.db import after_commit, utcnow
@@ -313,7 +313,7 @@ class _Job:
                 body["limit"] = self.site.settings.bulk_page_rows
             try:
                 rows = self._pull_page(name, info, cp, body, plan)
-            except bulk.Rejected as ex:
+            except copyin.Rejected as ex:
                 # Nothing of the page was kept: ask for it again, staged.
                 assert plan is not None
                 log.info("%s; fetching the page again", ex)

@@ -22,7 +22,7 @@ from falcon import testing
 from sqlalchemy import Engine, text
 
 from api.app import create_app
-from shared import bulk, checkpoints
+from shared import bulk, checkpoints, copyin
 from shared.catalog import Catalog
 from shared.context import Site
 from shared.db import Database
@@ -488,7 +488,7 @@ def test_direct_copy_fills_an_empty_table_and_refuses_one_in_the_way(
     assert len(rows(pair.dst)) == 5
 
     run(pair.dst, "DELETE FROM t WHERE id <> 3")
-    with pytest.raises(bulk.Rejected):
+    with pytest.raises(copyin.Rejected):
         apply(pair, page, data, "merge", direct=True)
     assert [r[0] for r in rows(pair.dst)] == [3]
 
@@ -625,7 +625,7 @@ def test_a_page_and_its_checkpoint_commit_together_or_not_at_all(
     def fail_after_staging(*args: Any) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(bulk._Applier, "_apply", fail_after_staging)
+    monkeypatch.setattr(copyin.CopyApplier, "_apply", fail_after_staging)
     tid = pair.start_pull("big")
     with pytest.raises(RuntimeError, match="injected"):
         pulls.run(pair.receiver, pair.peer(), tid, "test")
