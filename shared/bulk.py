@@ -394,12 +394,6 @@ def plan(
             (_FIRST_NON_BUILTIN_OID, _FIRST_NON_BUILTIN_OID, info.qualified),
         )
         builtin = dict(cur.fetchall())
-        cur.execute(
-            "SELECT relhasrules OR relrowsecurity FROM pg_class"
-            " WHERE oid = CAST(%s AS regclass)",
-            (info.qualified,),
-        )
-        special = bool(cur.fetchone()[0])
     finally:
         cur.close()
     here = {c.name: c for c in info.columns}
@@ -410,9 +404,8 @@ def plan(
     writable = bool(sent) and all(
         name in here and not here[name].generated for name in sent
     )
-    return Plan(
-        BINARY if binary else TEXT, writable and strategy != "append" and not special
-    )
+    direct = writable and strategy != "append" and copyin.copies_like_insert(conn, info)
+    return Plan(BINARY if binary else TEXT, direct)
 
 
 def table_is_empty(conn: Connection, info: TableInfo) -> bool:

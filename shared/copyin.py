@@ -413,6 +413,15 @@ def import_rows(
     applier.copy_staged(page.chunks())
 
 
+def copies_like_insert(conn: Connection, info: TableInfo) -> bool:
+    """Whether COPY into the table acts like INSERT: no rules, no row security."""
+    return not conn.exec_driver_sql(
+        "SELECT relhasrules OR relrowsecurity FROM pg_class"
+        " WHERE oid = CAST(%(t)s AS regclass)",
+        {"t": info.qualified},
+    ).scalar()
+
+
 # --- COPY into the table ----------------------------------------------------------
 
 

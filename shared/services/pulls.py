@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -30,6 +31,7 @@ from shared.models import OWN_TABLES, STRATEGIES, Connection, Transfer, Transfer
 from shared.peer import (
     PeerClient,
     PeerRefused,
+    PeerResponse,
     PeerStream,
     PeerUnavailable,
     RateLimited,
@@ -44,6 +46,27 @@ PROTECTED_TABLES = frozenset(OWN_TABLES | {checkpoints.CHECKPOINT_TABLE, "alembi
 
 class PullFailed(Exception):
     """A permanent failure: the transfer ends with this message."""
+
+
+@dataclass(frozen=True)
+class JsonPage:
+    """One JSON pull-data page as received."""
+
+    rows: list[dict[str, Any]]
+    next_cursor: Any
+    has_more: bool
+    size: int
+
+
+def _json_page(answer: PeerResponse, size: int) -> JsonPage:
+    if answer.status != 200 or answer.body.get("success") is not True:
+        raise PullFailed(answer.error)
+    rows = answer.body.get("data")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PullFailed("Invalid response from remote site")
+    next_cursor = answer.body.get("next_cursor")
+    has_more = answer.body.get("has_more") is True and next_cursor is not None
+    return JsonPage(rows, next_cursor, has_more, size)
 
 
 @dataclass(frozen=True)
@@ -304,23 +327,78 @@ class _Job:
         cp = checkpoints.load(self.site.db.data_engine, str(self.transfer_id), name)
         self._progress(name, cp, status="running")
         plan = self._bulk_plan(name, info)
+        if plan is None:
+            self._pull_json(name, info, cp)
+            return
         while not cp.done:
-            body: dict[str, Any] = {"table_name": name, "conflict_strategy": self.strategy}
+            body: dict[str, Any] = {"table_name": name, "conflict_strategy": self.strategy,
+                                    "format": plan.wire_format,
+                                    "limit": self.site.settings.bulk_page_rows}
             if cp.cursor is not None:
                 body["after"] = cp.cursor
-            if plan is not None:
-                body["format"] = plan.wire_format
-                body["limit"] = self.site.settings.bulk_page_rows
             try:
                 rows = self._pull_page(name, info, cp, body, plan)
             except copyin.Rejected as ex:
                 # Nothing of the page was kept: ask for it again, staged.
-                assert plan is not None
                 log.info("%s; fetching the page again", ex)
                 plan = bulk.Plan(bulk.TEXT if ex.as_text else plan.wire_format, False)
                 continue
             self.rows_this_run += rows
             self._progress(name, cp, status="completed" if cp.done else "running")
+
+    def _pull_json(self, name: str, info: importer.TableInfo,
+                   cp: checkpoints.Checkpoint) -> None:
+        """Pull JSON pages, fetching each while the one before it is written.
+
+        The sender encodes a page while this site writes the previous one,
+        so a pull takes about the longer of the two rather than their sum.
+        A page fetched ahead of a failure is dropped: the next run asks for
+        it again from the checkpoint.
+        """
+        direct = self._copies_like_insert(info)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-fetch") as ahead:
+            upcoming = ahead.submit(self._fetch_json, name, cp.cursor) if not cp.done else None
+            while upcoming is not None:
+                page = upcoming.result()
+                upcoming = (ahead.submit(self._fetch_json, name, page.next_cursor)
+                            if page.has_more else None)
+                try:
+                    self._apply_json(name, info, cp, page, direct)
+                except BaseException:
+                    if upcoming is not None:
+                        upcoming.cancel()
+                    raise
+                self.rows_this_run += len(page.rows)
+                self._progress(name, cp, status="completed" if cp.done else "running")
+
+    def _copies_like_insert(self, info: importer.TableInfo) -> bool:
+        """Whether JSON pages may be copied straight into an empty target."""
+        engine = self.site.db.data_engine
+        if self.strategy == "append" or engine.dialect.name != "postgresql":
+            return False
+        with engine.connect() as conn:
+            return copyin.copies_like_insert(conn, info)
+
+    def _fetch_json(self, name: str, cursor: Any) -> JsonPage:
+        body: dict[str, Any] = {"table_name": name, "conflict_strategy": self.strategy}
+        if cursor is not None:
+            body["after"] = cursor
+        with self._open("pull-data", body) as resp:
+            answer = resp.response()
+            return _json_page(answer, resp.bytes_read)
+
+    def _apply_json(self, name: str, info: importer.TableInfo,
+                    cp: checkpoints.Checkpoint, page: JsonPage, direct: bool) -> None:
+        """Write one JSON page with its checkpoint in one transaction."""
+        with self.site.db.data_engine.begin() as conn:
+            direct = direct and _nothing_in_the_way(conn, info, cp)
+            try:
+                result = importer.import_page(conn, info, page.rows, self.strategy,
+                                              direct=direct)
+            except importer.ImportRefused as ex:
+                raise PullFailed(f"{name}: {ex}") from None
+            _advance(conn, cp, result, len(page.rows), page.next_cursor, page.has_more,
+                     page.size)
 
     def _bulk_plan(self, name: str, info: importer.TableInfo) -> bulk.Plan | None:
         """The COPY format to ask for, when this site's data database takes one."""
@@ -344,45 +422,32 @@ class _Job:
 
     def _pull_page(self, name: str, info: importer.TableInfo,
                    cp: checkpoints.Checkpoint, body: dict[str, Any],
-                   plan: bulk.Plan | None) -> int:
-        """Fetch one page and apply it with its checkpoint in one transaction."""
+                   plan: bulk.Plan) -> int:
+        """Fetch one bulk page and apply it with its checkpoint in one transaction."""
         engine = self.site.db.data_engine
         with self._open("pull-data", body) as resp:
             if bulk.is_bulk(resp.media_type):
-                if plan is None:
-                    raise PullFailed("Invalid response from remote site")
                 try:
-                    page = bulk.read_headers(resp.headers, resp.media_type, name,
-                                             body["format"])
+                    incoming = bulk.read_headers(resp.headers, resp.media_type, name,
+                                                 body["format"])
                 except bulk.BadPage as ex:
                     raise PullFailed(
                         f"Invalid response from remote site ({ex})") from None
                 with engine.begin() as conn:
                     direct = plan.direct and _nothing_in_the_way(conn, info, cp)
                     try:
-                        result = bulk.apply_page(conn, info, page, resp.iter_bytes(),
+                        result = bulk.apply_page(conn, info, incoming, resp.iter_bytes(),
                                                  self.strategy, direct=direct)
                     except importer.ImportRefused as ex:
                         raise PullFailed(f"{name}: {ex}") from None
-                    _advance(conn, cp, result, page.count, page.next_cursor,
-                             page.has_more, resp.bytes_read)
-                return page.count
-            answer = resp.response()
-        if answer.status != 200 or answer.body.get("success") is not True:
-            raise PullFailed(answer.error)
-        rows = answer.body.get("data")
-        if not isinstance(rows, list):
-            raise PullFailed("Invalid response from remote site")
-        next_cursor = answer.body.get("next_cursor")
-        has_more = answer.body.get("has_more") is True and next_cursor is not None
-        with engine.begin() as conn:
-            try:
-                result = importer.import_page(conn, info, rows, self.strategy)
-            except importer.ImportRefused as ex:
-                raise PullFailed(f"{name}: {ex}") from None
-            _advance(conn, cp, result, len(rows), next_cursor, has_more,
-                     resp.bytes_read)
-        return len(rows)
+                    _advance(conn, cp, result, incoming.count, incoming.next_cursor,
+                             incoming.has_more, resp.bytes_read)
+                return incoming.count
+            page = _json_page(resp.response(), resp.bytes_read)
+        # Asked for COPY data, answered with JSON: a table the sender cannot
+        # serve as COPY data (see data_api.pull_data).
+        self._apply_json(name, info, cp, page, direct=False)
+        return len(page.rows)
 
     def _open(self, endpoint: str, body: dict[str, Any]) -> PeerStream:
         """POST for a streamed answer, waiting out the sender's pacing like ``call``."""

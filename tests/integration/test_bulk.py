@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from falcon import testing
 from sqlalchemy import Engine, text
 
 from api.app import create_app
-from shared import bulk, checkpoints, copyin
+from shared import bulk, checkpoints, copyin, importer
 from shared.catalog import Catalog
 from shared.context import Site
 from shared.db import Database
@@ -754,6 +755,110 @@ def test_the_receiver_setting_chooses_the_format(
     assert pulls.run(pair.receiver, pair.peer(), tid, "test").state == "completed"
     assert formats == expected
     assert pair.transfer(tid).records_created == 3500
+    assert checksum(pair.dst, "big") == checksum(pair.src, "big")
+
+
+class _Recorder(httpx.BaseTransport):
+    """Note each pull-data request's cursor as it is sent."""
+
+    def __init__(self, inner: httpx.BaseTransport, events: list[Any]) -> None:
+        self.inner = inner
+        self.events = events
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/pull-data"):
+            self.events.append(("fetch", json.loads(request.content).get("after")))
+        return self.inner.handle_request(request)
+
+
+def _json_receiver(pair: Pair, page_rows: int, events: list[Any],
+                   monkeypatch: pytest.MonkeyPatch) -> PeerClient:
+    with pair.sender.db.session() as session:
+        session.query(Connection).one().max_records_per_request = page_rows
+    pair.receiver.settings = dataclasses.replace(pair.receiver.settings, pull_format="json")
+    real_import = importer.import_page
+
+    def spy(conn, info, rows, strategy, *, direct=False):  # type: ignore[no-untyped-def]
+        # Was the next page asked for while this one is still to be written?
+        # (It is sent from another thread: give it a moment.)
+        next_fetch = ("fetch", [rows[-1]["id"]])
+        deadline = time.monotonic() + (10 if len(rows) == page_rows else 0)
+        while next_fetch not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events.append(("apply", rows[0]["id"], len(rows), direct, next_fetch in events))
+        return real_import(conn, info, rows, strategy, direct=direct)
+
+    monkeypatch.setattr(importer, "import_page", spy)
+    return PeerClient(
+        pair.receiver.settings,
+        transport=_Recorder(httpx.WSGITransport(app=create_app(pair.sender)), events),
+    )
+
+
+def test_json_pages_are_fetched_one_ahead_and_written_in_order(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(pair.src, BIG)
+    run(pair.dst, BIG.split("INSERT")[0])
+    events: list[Any] = []
+    client = _json_receiver(pair, 1000, events, monkeypatch)
+    tid = pair.start_pull("big", strategy="skip")
+    assert pulls.run(pair.receiver, client, tid, "test").state == "completed"
+    # Each page but the last is written only once the next one was asked for.
+    assert [e for e in events if e[0] == "apply"] == [
+        ("apply", 1, 1000, True, True), ("apply", 1001, 1000, True, True),
+        ("apply", 2001, 1000, True, True), ("apply", 3001, 500, True, False),
+    ]
+    assert [e for e in events if e[0] == "fetch"] == [
+        ("fetch", None), ("fetch", [1000]), ("fetch", [2000]), ("fetch", [3000]),
+    ]
+    done = pair.transfer(tid)
+    assert (done.records_transferred, done.records_created, done.records_failed) == (
+        3500, 3500, 0)
+    assert checksum(pair.dst, "big") == checksum(pair.src, "big")
+    with pair.dst.connect() as conn:
+        cp = checkpoints.load(conn, tid, "big")
+    assert (cp.pages, cp.rows_done, cp.done) == (4, 3500, True)
+
+    # Pulled again with every row there: staged, all skipped.
+    events.clear()
+    again = pair.start_pull("big", strategy="overwrite")
+    assert pulls.run(pair.receiver, client, again, "test").state == "completed"
+    assert [e[3] for e in events if e[0] == "apply"] == [False] * 4
+    done = pair.transfer(again)
+    assert (done.records_created, done.records_updated) == (0, 3500)
+
+
+def test_a_json_page_that_fails_keeps_its_checkpoint_and_the_next_run_resumes(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(pair.src, BIG)
+    run(pair.dst, BIG.split("INSERT")[0])
+    events: list[Any] = []
+    client = _json_receiver(pair, 1000, events, monkeypatch)
+    spy = importer.import_page
+    failed: list[int] = []
+
+    def third_fails(conn, info, rows, strategy, *, direct=False):  # type: ignore[no-untyped-def]
+        if rows[0]["id"] == 2001 and not failed:
+            failed.append(2001)
+            raise RuntimeError("injected")
+        return spy(conn, info, rows, strategy, direct=direct)
+
+    monkeypatch.setattr(importer, "import_page", third_fails)
+    tid = pair.start_pull("big")
+    with pytest.raises(RuntimeError, match="injected"):
+        pulls.run(pair.receiver, client, tid, "test")
+    assert len(rows(pair.dst, "big")) == 2000
+    with pair.dst.connect() as conn:
+        cp = checkpoints.load(conn, tid, "big")
+    assert (cp.pages, cp.rows_done, cp.cursor, cp.done) == (2, 2000, [2000], False)
+
+    events.clear()
+    assert pulls.run(pair.receiver, client, tid, "test").state == "completed"
+    assert [e[1] for e in events if e[0] == "fetch"] == [[2000], [3000]]
+    done = pair.transfer(tid)
+    assert (done.records_transferred, done.records_created) == (3500, 3500)
     assert checksum(pair.dst, "big") == checksum(pair.src, "big")
 
 
