@@ -13,12 +13,14 @@ iso_8601`` and ``TimeZone = UTC`` set for the reading transaction only.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, Result, text
 
 from shared import wire
@@ -348,8 +350,14 @@ class Catalog:
 
     # --- reading rows ----------------------------------------------------------
 
-    def fetch_page(self, table: str, *, after: list[Any] | None, limit: int) -> Page:
+    def fetch_page(
+        self, table: str, *, after: list[Any] | None, limit: int, for_body: bool = False
+    ) -> Page:
         """One page of wire-encoded rows in primary-key order (keyset paging).
+
+        With ``for_body`` (PostgreSQL), json values are pre-encoded
+        ``orjson.Fragment``s, for a response body that orjson writes: it saves
+        parsing each value only to write it again.
 
         ``after`` is the ``next_cursor`` of the previous page: the wire-encoded
         key of its last row. Keys are compared as a row value, so composite
@@ -377,7 +385,7 @@ class Catalog:
             f" ORDER BY {_cols(pk)} LIMIT {int(limit) + 1}"
         )
         with self._reader() as conn:
-            rows = self._encode_all(info, conn.execute(text(sql), params))
+            rows = self._encode_all(info, conn.execute(text(sql), params), for_body)
         has_more = len(rows) > limit
         rows = rows[:limit]
         cursor = [rows[-1][c.name] for c in pk] if has_more else None
@@ -415,10 +423,8 @@ class Catalog:
             params,
         ).all()
         if len(ends) == 2:
-            encoders = [wire.encoder_for(c.kind) for c in pk]
-            cursor = [
-                None if v is None else fn(v) for fn, v in zip(encoders, ends[0])
-            ]
+            encode = self._tuple_encoder(TableInfo(info.name, pk, info.primary_key))
+            cursor = list(encode(ends[0]).values())
             return PageExtent(values, limit, cursor, True)
         if ends:
             return PageExtent(values, limit, None, False)
@@ -544,10 +550,10 @@ class Catalog:
         return ", ".join(_pg_select_expr(c) for c in info.columns)
 
     def _tuple_encoder(
-        self, info: TableInfo
+        self, info: TableInfo, for_body: bool = False
     ) -> Callable[[Sequence[Any]], dict[str, Any]]:
         if self._pg:
-            return _pg_tuple_encoder(info)
+            return _pg_tuple_encoder(info, for_body)
         plan = [(c.name, wire.encoder_for(c.kind)) for c in info.columns]
 
         def encode(row: Sequence[Any]) -> dict[str, Any]:
@@ -558,8 +564,10 @@ class Catalog:
 
         return encode
 
-    def _encode_all(self, info: TableInfo, result: Result[Any]) -> list[dict[str, Any]]:
-        encode = self._tuple_encoder(info)
+    def _encode_all(
+        self, info: TableInfo, result: Result[Any], for_body: bool = False
+    ) -> list[dict[str, Any]]:
+        encode = self._tuple_encoder(info, for_body)
         return [encode(row) for row in result.all()]
 
     def _params(
@@ -673,15 +681,75 @@ _PG_KINDS = {
 _PG_AS_SELECTED = frozenset(
     {"int", "bool", "text", "enum", "numeric", "interval", "uuid", "other"}
 )
+# Kinds selected as text (under PG_READ_SETTINGS: ISO dates, UTC) and
+# respelled the way datetime.isoformat writes them, which is cheaper than
+# building datetime objects.
+_PG_TEXT_TEMPORAL = frozenset({"date", "timestamp", "timestamptz"})
+_INFINITE = {
+    "date": ("9999-12-31", "0001-01-01"),
+    "timestamp": ("9999-12-31T23:59:59.999999", "0001-01-01T00:00:00"),
+    "timestamptz": ("9999-12-31T23:59:59.999999+00:00", "0001-01-01T00:00:00+00:00"),
+}  # psycopg2 reads infinity as datetime.max and -infinity as datetime.min
 
 
-def _pg_tuple_encoder(info: TableInfo) -> Callable[[Sequence[Any]], dict[str, Any]]:
+def _pg_temporal_text(kind: str) -> Callable[[str], str]:
+    """PostgreSQL's text of a ``kind`` value -> its wire spelling (isoformat)."""
+    tail = "+00" if kind == "timestamptz" else ""  # UTC, as PG_READ_SETTINGS reads
+    zone = "+00:00" if tail else ""
+    whole = 19 + len(tail)  # "2015-01-01 00:00:37+00"
+    late, early = _INFINITE[kind]
+
+    def respell(text: str) -> str:
+        if kind == "date":
+            if len(text) == 10 and text[4:5] == "-":
+                return text
+        elif text[10:11] == " " and text[4:5] == "-" and text.endswith(tail):
+            if len(text) == whole:
+                return f"{text[:10]}T{text[11:19]}{zone}"
+            fraction = text[20 : len(text) - len(tail)]
+            if text[19:20] == "." and fraction.isdigit() and len(fraction) <= 6:
+                # PostgreSQL drops a fraction's trailing zeros; isoformat keeps six.
+                return f"{text[:10]}T{text[11:19]}.{fraction.ljust(6, '0')}{zone}"
+        if text == "infinity":
+            return late
+        if text == "-infinity":
+            return early
+        # Anything else (another offset, a year beyond 9999, BC) as a driver
+        # value would go; fromisoformat refuses what datetime cannot hold.
+        parsed = (dt.date if kind == "date" else dt.datetime).fromisoformat(text)
+        return wire.encode_value(parsed, kind)  # type: ignore[no-any-return]
+
+    return respell
+
+
+def _json_fragment(text: str) -> Any:
+    """A json column's text as it goes into a response body, unparsed."""
+    if text.strip() == "null":
+        return {wire.JSON_NULL_MARKER: True}
+    return orjson.Fragment(text)
+
+
+def _pg_encoder(kind: str, for_body: bool) -> Callable[[Any], Any] | None:
+    """How a PostgreSQL value of ``kind``, as selected, becomes its wire form;
+    None when it already is."""
+    if kind in _PG_AS_SELECTED:
+        return None
+    if kind in _PG_TEXT_TEMPORAL:
+        return _pg_temporal_text(kind)
+    if kind == "json" and for_body:
+        return _json_fragment
+    return wire.encoder_for(kind)
+
+
+def _pg_tuple_encoder(
+    info: TableInfo, for_body: bool = False
+) -> Callable[[Sequence[Any]], dict[str, Any]]:
     """Encode PostgreSQL rows, calling an encoder only where a kind needs one."""
     names = [c.name for c in info.columns]
     fixes = [
-        (c.name, i, wire.encoder_for(c.kind))
+        (c.name, i, fn)
         for i, c in enumerate(info.columns)
-        if c.kind not in _PG_AS_SELECTED
+        if (fn := _pg_encoder(c.kind, for_body)) is not None
     ]
 
     def encode(row: Sequence[Any]) -> dict[str, Any]:
@@ -704,7 +772,7 @@ def _pg_kind(typname: str, typtype: str | None) -> str:
 def _pg_select_expr(col: ColumnInfo) -> str:
     name = _ident(col.name)
     kind = col.kind
-    if kind in ("interval", "numeric", "json", "other", "uuid"):
+    if kind in ("interval", "numeric", "json", "other", "uuid") or kind in _PG_TEXT_TEMPORAL:
         return f"{name}::text"
     if wire.is_array(kind):
         inner = kind

@@ -177,7 +177,8 @@ def pull_data(session: Session, site: Site, body: Mapping[str, Any], ip: str
                     raise
                 return copy_page
         page = catalog.fetch_page(name, after=data["after"],
-                                  limit=min(limit, site.settings.json_page_cap))
+                                  limit=min(limit, site.settings.json_page_cap),
+                                  for_body=True)
     except cat.BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
     except DataError:

@@ -225,6 +225,16 @@ def test_the_sender_streams_pages_as_copy_data(pair: Pair, wire_format: str) -> 
         assert sent.meta["pages"] == 2
 
 
+def test_a_json_page_body_holds_the_catalogs_values(pair: Pair) -> None:
+    run(pair.src, EVERYTHING)
+    answer = pair.pull_data(table_name="everything")
+    assert answer.status_code == 200
+    page = pair.sender.catalog().fetch_page("everything", after=None, limit=100)
+    assert answer.json["data"] == page.rows
+    assert answer.json["data"][2]["c_json"] == {"__dbsync_json_null__": True}
+    assert answer.json["data"][4]["c_json"] is None
+
+
 def test_bulk_pages_are_capped_by_the_connection_and_the_site(pair: Pair) -> None:
     run(
         pair.src,

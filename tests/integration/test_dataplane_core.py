@@ -185,6 +185,35 @@ def test_every_type_round_trips_between_two_databases(
     assert Catalog(db_b).checksum("everything") == source.checksum("everything")
 
 
+def test_dates_and_timestamps_are_spelled_as_isoformat_writes_them(db_a: Engine) -> None:
+    run(
+        db_a,
+        "CREATE TABLE moments (id integer PRIMARY KEY, d date, ts timestamp,"
+        " tz timestamptz)",
+        "INSERT INTO moments VALUES"
+        " (1, '2024-02-29', '2024-01-02 03:04:05', '2024-01-02 03:04:05+02'),"
+        " (2, '0001-01-01', '2024-01-02 03:04:05.5', '2024-01-02 03:04:05.000001+00'),"
+        " (3, 'infinity', 'infinity', 'infinity'),"
+        " (4, '-infinity', '-infinity', '-infinity'),"
+        " (5, '0999-12-31', '0999-12-31 23:59:59.123', '0999-12-31 23:59:59.1234+00')",
+    )
+    with db_a.connect() as conn:  # a session time zone the catalog must not follow
+        name = conn.exec_driver_sql("SELECT current_database()").scalar()
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET timezone = \'Asia/Kolkata\'')
+        conn.commit()
+    db_a.dispose()
+    rows = Catalog(db_a).fetch_page("moments", after=None, limit=10).rows
+    assert [(r["d"], r["ts"], r["tz"]) for r in rows] == [
+        ("2024-02-29", "2024-01-02T03:04:05", "2024-01-02T01:04:05+00:00"),
+        ("0001-01-01", "2024-01-02T03:04:05.500000", "2024-01-02T03:04:05.000001+00:00"),
+        ("9999-12-31", "9999-12-31T23:59:59.999999", "9999-12-31T23:59:59.999999+00:00"),
+        ("0001-01-01", "0001-01-01T00:00:00", "0001-01-01T00:00:00+00:00"),
+        ("0999-12-31", "0999-12-31T23:59:59.123000", "0999-12-31T23:59:59.123400+00:00"),
+    ]
+    extent_rows = Catalog(db_a).fetch_page("moments", after=[2], limit=1)
+    assert extent_rows.next_cursor == [3]
+
+
 def test_composite_key_pages_return_every_row_once_in_order(db_a: Engine) -> None:
     run(
         db_a,
