@@ -77,6 +77,10 @@ class PageResult:
         if len(self.errors) < MAX_ERRORS:
             self.errors.append({"key": key, "error": error})
 
+    def add_failures(self, other: PageResult) -> None:
+        self.failed += other.failed
+        self.errors.extend(other.errors[: max(0, MAX_ERRORS - len(self.errors))])
+
 
 def db_error_text(ex: BaseException) -> str:
     """The database's message for a rejected row: first line, never the values."""
@@ -318,54 +322,91 @@ def _renderer(col: ColumnInfo) -> Render:
     return render
 
 
-@dataclass
-class RenderedPage:
-    """JSON rows as COPY text lines (bytes), with the rows that could not be rendered."""
+class RenderedRows:
+    """JSON rows rendered as COPY text chunk by chunk, as COPY asks for them,
+    so the database stores one chunk while the next is rendered.
 
-    lines: list[bytes]
-
-    def chunks(self) -> Iterator[bytes]:
-        for start in range(0, len(self.lines), _CHUNK_ROWS):
-            yield b"".join(self.lines[start : start + _CHUNK_ROWS])
-
-
-def render_rows(
-    info: TableInfo,
-    columns: Sequence[ColumnInfo],
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    last_wins: bool,
-    result: PageResult,
-) -> RenderedPage:
-    """Render ``rows`` for ``columns`` as COPY text lines, in page order.
-
-    A row with a value that does not fit its column is counted failed in
-    ``result`` with the first such column's reason. With ``last_wins`` only
-    the last row of each key is kept and the earlier ones are counted skipped.
+    A row with a value that does not fit its column is left out and counted
+    failed, with the first such column's reason, in the result given to
+    ``chunks``. ``keep`` limits the rows to those indices, in order.
     """
-    plan = [(c.name, _renderer(c)) for c in columns]
-    names = [c.name for c in columns]
-    key_idx = [names.index(n) for n in info.primary_key if n in names]
+
+    def __init__(self, info: TableInfo, columns: Sequence[ColumnInfo],
+                 rows: Sequence[Mapping[str, Any]], keep: Sequence[int] | None = None):
+        self._plan = [(c.name, _renderer(c)) for c in columns]
+        self._pk = info.pk_columns
+        self._rows = rows
+        self._keep = keep
+        self.count = 0
+
+    def chunks(self, result: PageResult) -> Iterator[bytes]:
+        plan, pk, rows = self._plan, self._pk, self._rows
+        self.count = 0
+        batch: list[bytes] = []
+        for i in range(len(rows)) if self._keep is None else self._keep:
+            row = rows[i]
+            try:
+                fields = [render(row.get(name)) for name, render in plan]
+                batch.append(("\t".join(fields) + "\n").encode("utf-8"))
+            except ValueError:  # UnicodeEncodeError too: an unpaired surrogate
+                result.fail([row.get(c.name) for c in pk], _reason(row, plan))
+                continue
+            if len(batch) == _CHUNK_ROWS:
+                self.count += len(batch)
+                yield b"".join(batch)
+                batch = []
+        if batch:
+            self.count += len(batch)
+            yield b"".join(batch)
+
+
+_PLAIN_KEY = {"int": int, "text": str}
+
+
+def _last_of_each_key(info: TableInfo, columns: Sequence[ColumnInfo],
+                      rows: Sequence[Mapping[str, Any]],
+                      result: PageResult) -> list[int] | None:
+    """The rows to write when the page repeats a key: the last valid row of
+    each key, the earlier ones counted skipped and invalid ones failed in
+    ``result``. None when no key repeats, as in every keyset page."""
     pk = info.pk_columns
-    lines: list[bytes] = []
-    keys: list[Any] = []
+    if len(pk) == 1 and pk[0].kind in _PLAIN_KEY:
+        # Integers and strings render one to one: distinct values, distinct keys.
+        values = [row.get(pk[0].name) for row in rows]
+        if set(map(type, values)) == {_PLAIN_KEY[pk[0].kind]} and len(
+            set(values)
+        ) == len(values):
+            return None
+    key_plan = [(c.name, _renderer(c)) for c in pk]
+    seen: set[tuple[str, ...]] = set()
     for row in rows:
         try:
+            key = tuple([render(row.get(name)) for name, render in key_plan])
+        except ValueError:
+            continue  # the row fails when rendered whole
+        if key in seen:
+            break
+        seen.add(key)
+    else:
+        return None
+    # Rare: render every row first, so that a last row which fails leaves
+    # the valid one before it to be written.
+    plan = [(c.name, _renderer(c)) for c in columns]
+    names = [c.name for c in columns]
+    key_idx = [names.index(n) for n in info.primary_key]
+    last: dict[tuple[str, ...], int] = {}
+    valid = 0
+    for i, row in enumerate(rows):
+        try:
             fields = [render(row.get(name)) for name, render in plan]
-            line = ("\t".join(fields) + "\n").encode("utf-8")
-        except ValueError:  # UnicodeEncodeError too: an unpaired surrogate
-            result.fail([row.get(c.name) for c in pk], _reason(row, plan))
+            "\t".join(fields).encode("utf-8")
+        except ValueError:
+            result.fail([row.get(c.name) for c in info.pk_columns], _reason(row, plan))
             continue
-        lines.append(line)
-        if last_wins:
-            keys.append(tuple(fields[i] for i in key_idx))
-    if last_wins:
-        last = {key: i for i, key in enumerate(keys)}
-        if len(last) < len(lines):
-            kept = sorted(last.values())
-            result.skipped += len(lines) - len(kept)
-            lines = [lines[i] for i in kept]
-    return RenderedPage(lines)
+        valid += 1
+        last[tuple([fields[k] for k in key_idx])] = i
+    result.skipped += valid - len(last)
+    return sorted(last.values())
 
 
 def _reason(row: Mapping[str, Any], plan: list[tuple[str, Render]]) -> str:
@@ -390,27 +431,31 @@ def import_rows(
     *,
     direct: bool = False,
 ) -> None:
-    """Apply decoded-by-kind JSON rows through COPY; counts go into ``result``.
+    """Apply wire rows, decoded by the target's column kinds, through COPY.
 
-    ``direct`` copies straight into the target when it should hold none of
-    the rows' keys; if one is there after all, the page is staged instead.
+    Counts go into ``result``. ``direct`` copies straight into the target
+    when it should hold none of the rows' keys; if one is there after all,
+    the page is staged instead.
     """
-    page = render_rows(info, columns, rows, last_wins=strategy != "append",
-                       result=result)
-    if not page.lines:
+    keep = None if strategy == "append" else _last_of_each_key(info, columns, rows,
+                                                                result)
+    if keep == []:
         return
-    source = CopySource("text", [c.name for c in columns], len(page.lines))
+    rendered = RenderedRows(info, columns, rows, keep)
+    source = CopySource("text", [c.name for c in columns], None)
     applier = CopyApplier(conn, info, source, columns, strategy, result)
     if direct and strategy != "append":
+        unrendered = PageResult()  # counted only if the direct copy stands
         savepoint = conn.begin_nested()
         try:
-            applier.copy_direct(page.chunks())
+            applier.copy_direct(rendered.chunks(unrendered))
         except Rejected:
             savepoint.rollback()
         else:
             savepoint.commit()
+            result.add_failures(unrendered)
             return
-    applier.copy_staged(page.chunks())
+    applier.copy_staged(rendered.chunks(result))
 
 
 def copies_like_insert(conn: Connection, info: TableInfo) -> bool:
@@ -431,7 +476,7 @@ class CopySource:
 
     copy_format: str
     columns: list[str]
-    count: int
+    count: int | None  # rows it must hold; None when this site made the data
 
 
 class ByteReader:
@@ -507,7 +552,8 @@ class CopyApplier:
         except self._dbapi_error:
             reader.raise_error()
             raise
-        if cur.rowcount != self._source_data.count:
+        expected = self._source_data.count
+        if expected is not None and cur.rowcount != expected:
             raise PeerUnavailable(
                 f"pull-data: page of {self._info.name} broke off"
                 f" ({cur.rowcount} of {self._source_data.count} rows)"
