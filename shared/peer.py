@@ -46,6 +46,15 @@ class PeerResponse:
     status: int
     body: dict[str, Any]
 
+    @classmethod
+    def parse(cls, status: int, content: bytes) -> PeerResponse:
+        """An answer from its raw body: a JSON object, or {} when it is not one."""
+        try:
+            data = wire.parse_json(content)
+        except ValueError:
+            return cls(status, {})
+        return cls(status, data if isinstance(data, dict) else {})
+
     @property
     def error(self) -> str:
         text = self.body.get("error") if isinstance(self.body, dict) else None
@@ -88,7 +97,7 @@ class PeerClient:
             raise _unavailable(endpoint, ex) from None
         _raise_if_transient(endpoint, resp)
         log.info("peer call endpoint=%s status=%s", endpoint, resp.status_code)
-        return PeerResponse(resp.status_code, _json_object(resp))
+        return PeerResponse.parse(resp.status_code, resp.content)
 
     def post_stream(
         self, site_url: str, endpoint: str, body: dict[str, Any], accept: str
@@ -149,14 +158,18 @@ class PeerStream:
         """The Content-Type without parameters, lower-case."""
         return self._resp.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    def response(self) -> PeerResponse:
-        """Read the whole body as a JSON answer (a JSON object, or {})."""
+    def read(self) -> bytes:
+        """The whole body, unparsed."""
         try:
-            self._resp.read()
+            content = self._resp.read()
         except httpx.TransportError as ex:
             raise _unavailable(self._endpoint, ex) from None
-        self.bytes_read += len(self._resp.content)
-        return PeerResponse(self._resp.status_code, _json_object(self._resp))
+        self.bytes_read += len(content)
+        return content
+
+    def response(self) -> PeerResponse:
+        """Read the whole body as a JSON answer (a JSON object, or {})."""
+        return PeerResponse.parse(self._resp.status_code, self.read())
 
     def iter_bytes(self) -> Iterator[bytes]:
         try:
@@ -191,14 +204,6 @@ def _raise_if_transient(endpoint: str, resp: httpx.Response) -> None:
             retry_after,
             resp.status_code,
         )
-
-
-def _json_object(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        data = wire.parse_json(resp.content)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _retry_after(raw: str | None) -> float | None:

@@ -200,8 +200,35 @@ def _enc_json(value: Any) -> Any:
     return value
 
 
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+_BEFORE_NUMBER = frozenset(b" \t\r\n-")
+_STARTS_VALUE = frozenset(b":,[")
+
+
+def _may_hold_long_integer(text: str | bytes) -> bool:
+    """Whether a number token of 19 digits or more may be in the JSON text.
+
+    A run of digits counts when what comes before it (past blanks and a
+    minus) starts a value: a colon, comma, bracket, or nothing. Digits in a
+    string seldom follow one of those; when they do, the text is only parsed
+    more slowly. (Runs are found with C-speed byte operations: a regular
+    expression over a 4 MB page took longer than parsing it.)
+    """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    digits = data.translate(_DIGITS_AS_ZERO)
+    at = digits.find(_NINETEEN_DIGITS)
+    while at != -1:  # ``at`` starts a run: a digit before it would match first
+        i = at - 1
+        while i >= 0 and data[i] in _BEFORE_NUMBER:
+            i -= 1
+        if i < 0 or data[i] in _STARTS_VALUE:
+            return True
+        end = at + len(_NINETEEN_DIGITS)
+        while end < len(digits) and digits[end] == 0x30:
+            end += 1
+        at = digits.find(_NINETEEN_DIGITS, end)
+    return False
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -211,8 +238,7 @@ def parse_json(text: str | bytes) -> Any:
     library keeps them (and reads 1e400 as infinity where orjson refuses).
     Raises ValueError for text that is not JSON.
     """
-    long_number = _LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES
-    if long_number.search(text) is None:  # type: ignore[arg-type]
+    if not _may_hold_long_integer(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

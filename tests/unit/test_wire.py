@@ -565,3 +565,23 @@ def test_sqlite_kinds_follow_declared_names_then_affinity() -> None:
     assert [sqlite_kind(t) for t in declared] == [
         "numeric", "timestamp", "interval", "json", "bool",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 123456789012345678901234, "b": [1, -98765432109876543210]}',
+        "12345678901234567890123",
+        '{"s": "digits 12345678901234567890123 in a string", "n": 1.5}',
+        '{"huge": 1e400, "tiny": -0}',
+        '[{"k": "x\\\\y\\u00e9"}, null, true]',
+    ],
+)
+def test_json_is_parsed_exactly_whichever_parser_reads_it(text: str) -> None:
+    expected = json.loads(text)
+    for given in (text, text.encode()):
+        parsed = wire.parse_json(given)
+        assert parsed == expected
+        assert json.dumps(parsed) == json.dumps(expected)  # no int turned float
+    with pytest.raises(ValueError):
+        wire.parse_json(b"{not json")
