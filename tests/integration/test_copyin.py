@@ -88,8 +88,10 @@ def test_values_off_the_fast_paths_decode_as_the_wire_rules_say(db: Engine) -> N
         {"id": 3, "n": "007.5", "f": "NaN", "b": 0, "d": None, "ts": None,
          "tz": "2024-01-02T01:04:05Z", "u": "{" + uid + "}", "j": 12345678901234567890123,
          "js": [1, 2.5], "c": "abcd", "v": ""},
+        {"id": 4, "n": "\u0661\u0662", "f": None, "b": None, "d": None, "ts": None,
+         "tz": None, "u": None, "j": None, "js": None, "c": None, "v": None},
     ]
-    assert apply(db, "t", rows, "overwrite") == (3, 0, 0, 0, [])
+    assert apply(db, "t", rows, "overwrite") == (4, 0, 0, 0, [])
     assert select(
         db,
         "SELECT id, n::text, f::text, b, d::text, ts::text, tz::text, u::text,"
@@ -102,6 +104,7 @@ def test_values_off_the_fast_paths_decode_as_the_wire_rules_say(db: Engine) -> N
          "2024-01-02 01:04:05+00", uid, "null", "null", None, None),
         (3, "7.50", "NaN", False, None, None, "2024-01-02 01:04:05+00", uid,
          "12345678901234567890123", "[1, 2.5]", "abcd", ""),
+        (4, "12.00", None, None, None, None, None, None, None, None, None, None),
     ]
 
 
