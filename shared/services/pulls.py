@@ -369,6 +369,7 @@ class _Job:
                 # reads would wait behind the parse.
                 status, content, size = upcoming.result()
                 page = _json_page(PeerResponse.parse(status, content), size)
+                del content  # parsed: only one page's body and rows at a time
                 upcoming = (ahead.submit(self._fetch_json, name, page.next_cursor)
                             if page.has_more else None)
                 try:
@@ -379,6 +380,7 @@ class _Job:
                     raise
                 self.rows_this_run += len(page.rows)
                 self._progress(name, cp, status="completed" if cp.done else "running")
+                del page
 
     def _copies_like_insert(self, info: importer.TableInfo) -> bool:
         """Whether JSON pages may be copied straight into an empty target."""
