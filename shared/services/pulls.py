@@ -518,8 +518,8 @@ def _quick_thread_switches() -> Iterator[None]:
 
     The fetching thread reads a page in dozens of socket reads, each needing
     the interpreter lock that the writing thread holds while it renders rows:
-    at the default interval it waits up to 5 ms per read, which made reading
-    a 4 MB page take longer than writing one.
+    at the default interval each read may wait 5 ms, up to a third of a
+    second for a 4 MB page, which is about as long as writing one.
     """
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, FETCH_SWITCH_INTERVAL))
