@@ -224,6 +224,45 @@ def _full(col: ColumnInfo) -> Render:
     return render
 
 
+def _parses(shape: Callable[[str], Any], parse: Callable[[str], Any]
+            ) -> Callable[[str], bool]:
+    """A check: the text has the shape and ``parse`` takes it (a real day...)."""
+
+    def check(text: str) -> bool:
+        if not shape(text):
+            return False
+        try:
+            parse(text)
+        except ValueError:
+            return False
+        return True
+
+    return check
+
+
+# Strings that are already PostgreSQL input for their kind, as checked here.
+# A naive timestamp reads as UTC in the COPY session (PG_READ_SETTINGS), as
+# the decoder takes it; a timestamp column takes no offset as it is.
+_STRING_CHECKS: dict[str, Callable[[str], Any]] = {
+    "numeric": _PLAIN_DECIMAL,
+    "uuid": _CANONICAL_UUID,
+    "date": _parses(_DATE, _from_date),
+    "timestamp": _parses(_TIMESTAMP, _from_datetime),
+    "timestamptz": _parses(_TIMESTAMPTZ, _from_datetime),
+}
+
+
+def _checked_string(check: Callable[[str], Any], full: Render) -> Render:
+    """Pass a string through when ``check`` takes it; anything else to ``full``."""
+
+    def render(value: Any) -> str:
+        if type(value) is str and check(value):
+            return value
+        return _NULL if value is None else full(value)
+
+    return render
+
+
 def _renderer(col: ColumnInfo) -> Render:
     """The fastest exact way to render ``col``'s wire values as COPY text.
 
@@ -246,12 +285,8 @@ def _renderer(col: ColumnInfo) -> Render:
                 return _escape(value)
             return _NULL if value is None else full(value)
 
-    elif kind == "numeric":
-
-        def render(value: Any) -> str:
-            if type(value) is str and _PLAIN_DECIMAL(value):
-                return value
-            return _NULL if value is None else full(value)
+    elif kind in _STRING_CHECKS:
+        render = _checked_string(_STRING_CHECKS[kind], full)
 
     elif kind == "float":
 
@@ -267,38 +302,6 @@ def _renderer(col: ColumnInfo) -> Render:
                 return "t"
             if value is False:
                 return "f"
-            return _NULL if value is None else full(value)
-
-    elif kind == "uuid":
-
-        def render(value: Any) -> str:
-            if type(value) is str and _CANONICAL_UUID(value):
-                return value
-            return _NULL if value is None else full(value)
-
-    elif kind == "date":
-
-        def render(value: Any) -> str:
-            if type(value) is str and _DATE(value):
-                try:
-                    _from_date(value)  # a real day?
-                except ValueError:
-                    return full(value)  # refused in the decoder's words
-                return value
-            return _NULL if value is None else full(value)
-
-    elif kind in ("timestamp", "timestamptz"):
-        # A naive value reads as UTC in the COPY session (PG_READ_SETTINGS),
-        # as the decoder takes it; a timestamp column takes no offset as is.
-        shape = _TIMESTAMP if kind == "timestamp" else _TIMESTAMPTZ
-
-        def render(value: Any) -> str:
-            if type(value) is str and shape(value):
-                try:
-                    _from_datetime(value)  # a real instant?
-                except ValueError:
-                    return full(value)  # refused in the decoder's words
-                return value
             return _NULL if value is None else full(value)
 
     elif kind == "json" and col.type == "jsonb":

@@ -783,6 +783,10 @@ class _Recorder(httpx.BaseTransport):
 
 def _json_receiver(pair: Pair, page_rows: int, events: list[Any],
                    monkeypatch: pytest.MonkeyPatch) -> PeerClient:
+    """BIG on the sender, its empty table here, and a client for JSON pages
+    that notes each request in ``events`` (and each page written, by a spy)."""
+    run(pair.src, BIG)
+    run(pair.dst, BIG.split("INSERT")[0])
     with pair.sender.db.session() as session:
         session.query(Connection).one().max_records_per_request = page_rows
     pair.receiver.settings = dataclasses.replace(pair.receiver.settings, pull_format="json")
@@ -808,8 +812,6 @@ def _json_receiver(pair: Pair, page_rows: int, events: list[Any],
 def test_json_pages_are_fetched_one_ahead_and_written_in_order(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run(pair.src, BIG)
-    run(pair.dst, BIG.split("INSERT")[0])
     events: list[Any] = []
     client = _json_receiver(pair, 1000, events, monkeypatch)
     tid = pair.start_pull("big", strategy="skip")
@@ -830,7 +832,7 @@ def test_json_pages_are_fetched_one_ahead_and_written_in_order(
         cp = checkpoints.load(conn, tid, "big")
     assert (cp.pages, cp.rows_done, cp.done) == (4, 3500, True)
 
-    # Pulled again with every row there: staged, all skipped.
+    # Pulled again with every row there: staged, every row updated.
     events.clear()
     again = pair.start_pull("big", strategy="overwrite")
     assert pulls.run(pair.receiver, client, again, "test").state == "completed"
@@ -842,8 +844,6 @@ def test_json_pages_are_fetched_one_ahead_and_written_in_order(
 def test_a_json_page_that_fails_keeps_its_checkpoint_and_the_next_run_resumes(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run(pair.src, BIG)
-    run(pair.dst, BIG.split("INSERT")[0])
     events: list[Any] = []
     client = _json_receiver(pair, 1000, events, monkeypatch)
     spy = importer.import_page
