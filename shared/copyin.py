@@ -13,7 +13,7 @@ Rendering a JSON row costs a few type checks per value: the wire forms of
 the common kinds already are PostgreSQL's input syntax, so they are checked
 and passed through, and only other values take the full decoder of
 shared.wire. Both ways store the same value; a value that does not decode
-fails its row alone, as the database would.
+fails its row alone, with the decoder's reason.
 """
 
 from __future__ import annotations
