@@ -23,7 +23,6 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -209,8 +208,6 @@ def _field(param: Any) -> str:
         return "t" if param else "f"
     if isinstance(param, bytes):
         return "\\\\x" + param.hex()
-    if isinstance(param, Decimal):
-        return format(param, "f")
     return _escape(str(param))
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -579,6 +579,25 @@ def checksum(engine: Engine, table: str) -> str:
     return Catalog(engine, checksum_row_limit=10**9).checksum(table)
 
 
+def _record_formats(
+    monkeypatch: pytest.MonkeyPatch, after: Callable[[int], None] | None = None
+) -> list[tuple[str, bool]]:
+    """Note each bulk page applied (format, direct); ``after`` runs after each
+    with the number applied so far."""
+    formats: list[tuple[str, bool]] = []
+    real_apply = bulk.apply_page
+
+    def spy(conn, info, page, chunks, strategy, *, direct=False):  # type: ignore[no-untyped-def]
+        formats.append((page.format, direct))
+        result = real_apply(conn, info, page, chunks, strategy, direct=direct)
+        if after is not None:
+            after(len(formats))
+        return result
+
+    monkeypatch.setattr(bulk, "apply_page", spy)
+    return formats
+
+
 @pytest.mark.parametrize("receiver_type", ["text", "varchar(100)"])
 def test_a_multi_page_pull_goes_through_the_fast_path(
     pair: Pair, receiver_type: str, monkeypatch: pytest.MonkeyPatch
@@ -589,14 +608,7 @@ def test_a_multi_page_pull_goes_through_the_fast_path(
     )
     with pair.sender.db.session() as session:
         session.query(Connection).one().max_records_per_request = 1000
-    formats: list[tuple[str, bool]] = []
-    real_apply = bulk.apply_page
-
-    def spy(conn, info, page, chunks, strategy, *, direct=False):  # type: ignore[no-untyped-def]
-        formats.append((page.format, direct))
-        return real_apply(conn, info, page, chunks, strategy, direct=direct)
-
-    monkeypatch.setattr(bulk, "apply_page", spy)
+    formats = _record_formats(monkeypatch)
     tid = pair.start_pull("big")
     assert pulls.run(pair.receiver, pair.peer(), tid, "test").state == "completed"
     done = pair.transfer(tid)
@@ -712,17 +724,11 @@ def test_a_row_in_the_way_of_a_direct_copy_sends_the_page_again_staged(
     run(pair.dst, BIG.split("INSERT")[0])
     with pair.sender.db.session() as session:
         session.query(Connection).one().max_records_per_request = 1000
-    formats: list[tuple[str, bool]] = []
-    real_apply = bulk.apply_page
-
-    def spy(conn, info, page, chunks, strategy, *, direct=False):  # type: ignore[no-untyped-def]
-        formats.append((page.format, direct))
-        result = real_apply(conn, info, page, chunks, strategy, direct=direct)
-        if len(formats) == 1:  # someone else writes a row the next page holds
+    def someone_writes(pages: int) -> None:
+        if pages == 1:  # someone else writes a row the next page holds
             run(pair.dst, "INSERT INTO big (id, label) VALUES (1500, 'local')")
-        return result
 
-    monkeypatch.setattr(bulk, "apply_page", spy)
+    formats = _record_formats(monkeypatch, after=someone_writes)
     tid = pair.start_pull("big", strategy="skip")
     assert pulls.run(pair.receiver, pair.peer(), tid, "test").state == "completed"
     assert (
@@ -753,17 +759,10 @@ def test_the_receiver_setting_chooses_the_format(
     pair.receiver.settings = dataclasses.replace(
         pair.receiver.settings, pull_format=setting
     )
-    formats: list[str] = []
-    real_apply = bulk.apply_page
-
-    def spy(conn, info, page, chunks, strategy, *, direct=False):  # type: ignore[no-untyped-def]
-        formats.append(page.format)
-        return real_apply(conn, info, page, chunks, strategy, direct=direct)
-
-    monkeypatch.setattr(bulk, "apply_page", spy)
+    formats = _record_formats(monkeypatch)
     tid = pair.start_pull("big", strategy="overwrite")
     assert pulls.run(pair.receiver, pair.peer(), tid, "test").state == "completed"
-    assert formats == expected
+    assert [f for f, _ in formats] == expected
     assert pair.transfer(tid).records_created == 3500
     assert checksum(pair.dst, "big") == checksum(pair.src, "big")
 
