@@ -82,7 +82,7 @@ def db() -> None:
 @friendly
 def db_upgrade() -> None:
     """Create or migrate the service's tables to the newest version."""
-    from shared.migrate import upgrade
+    from shared.state.migrate import upgrade
 
     settings = _settings()
     upgrade(settings.database_url)
@@ -149,7 +149,7 @@ def beat() -> None:
 @friendly
 def up(host: str, port: int) -> None:
     """Migrate, then run API, worker and beat together (local use)."""
-    from shared.migrate import upgrade
+    from shared.state.migrate import upgrade
 
     settings = _settings()
     upgrade(settings.database_url)
@@ -192,7 +192,7 @@ def settings() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def settings_show(as_json: bool) -> None:
-    from shared.services import module
+    from shared.control import module
 
     site = _site()
     with site.db.session() as session:
@@ -212,7 +212,8 @@ def settings_show(as_json: bool) -> None:
 @friendly
 def settings_set(key: str, value: str) -> None:
     """Set KEY to VALUE (`incoming_password -` reads the password from stdin)."""
-    from shared.services import connections, module
+    from shared.control import connections
+    from shared.control import module
 
     site = _site()
     with site.db.session() as session:
@@ -295,7 +296,7 @@ def connections_create(
     ip_allowlist: str | None, allowed_hours: str | None, as_json: bool,
 ) -> None:
     """Create a sender connection; prints its token, the only time it is shown."""
-    from shared.services import connections as svc
+    from shared.control import connections as svc
 
     start, end = _hours(allowed_hours)
     options = svc.SenderOptions(
@@ -327,7 +328,7 @@ def connections_create(
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def connections_list(as_json: bool) -> None:
-    from shared.services import connections as svc
+    from shared.control import connections as svc
 
     site = _site()
     with site.db.session() as session:
@@ -350,7 +351,7 @@ def connections_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def connections_show(connection_id: str, as_json: bool) -> None:
-    from shared.services import connections as svc
+    from shared.control import connections as svc
 
     site = _site()
     with site.db.session() as session:
@@ -362,7 +363,7 @@ def _lifecycle(action: str, with_reason: bool, allow_all: bool) -> Callable[...,
     @friendly
     def command(connection_id: str | None, reason: str | None = None,
                 all_: bool = False) -> None:
-        from shared.services import connections as svc
+        from shared.control import connections as svc
 
         site = _site()
         with site.db.session() as session:
@@ -407,8 +408,8 @@ connections.add_command(_lifecycle("delete", False, False))
 @friendly
 def connections_verify(connection_id: str, as_json: bool) -> None:
     """Ask the peer about a connection now, as beat does periodically."""
-    from shared.services import connections as svc
-    from shared.services import healing
+    from shared.control import connections as svc
+    from shared.control import healing
     from workers.celery_app import runtime
 
     site = _site()
@@ -424,7 +425,7 @@ def connections_verify(connection_id: str, as_json: bool) -> None:
 
 
 def _receiver(session, connection_id: str):  # type: ignore[no-untyped-def]
-    from shared.services import connections as svc
+    from shared.control import connections as svc
 
     conn = svc.get(session, connection_id)
     if conn.direction != "receiver":
@@ -434,7 +435,7 @@ def _receiver(session, connection_id: str):  # type: ignore[no-untyped-def]
 
 def _ask(connection_id: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
     """Call the sender of a receiver connection directly (operator preview)."""
-    from shared.peer import PeerRefused, PeerUnavailable
+    from shared.control.peer import PeerRefused, PeerUnavailable
     from workers.celery_app import runtime
 
     site = _site()
@@ -546,7 +547,7 @@ def pull(connection_id: str, table_names: tuple[str, ...], all_tables: bool,
          strategy: str | None, create_missing: bool | None, wait: bool,
          as_json: bool) -> None:
     """Pull tables from the sender of a receiver connection (done by pull workers)."""
-    from shared.services import pulls
+    from shared.data.receiver import pulls
 
     site = _site()
     with site.db.session() as session:
@@ -571,7 +572,7 @@ def _watch(site, transfer_id: str, quiet: bool) -> dict[str, Any]:  # type: igno
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    from shared.services import transfers
+    from shared.data.receiver import transfers
 
     def load() -> dict[str, Any]:
         with site.db.session() as session:
@@ -623,7 +624,7 @@ def transfers() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def transfers_list(limit: int, as_json: bool) -> None:
-    from shared.services import transfers as svc
+    from shared.data.receiver import transfers as svc
 
     site = _site()
     with site.db.session() as session:
@@ -648,7 +649,7 @@ def transfers_list(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def transfers_show(transfer_id: str, as_json: bool) -> None:
-    from shared.services import transfers as svc
+    from shared.data.receiver import transfers as svc
 
     site = _site()
     with site.db.session() as session:
@@ -664,7 +665,7 @@ def audit(limit: int, as_json: bool) -> None:
     """The newest audit events."""
     from sqlalchemy import select
 
-    from shared.models import AuditEvent
+    from shared.state.models import AuditEvent
 
     site = _site()
     with site.db.session() as session:

@@ -20,9 +20,9 @@ class Site:
 
         Build one per request or per pull: a Catalog caches table descriptions.
         """
-        from shared.catalog import Catalog
-        from shared.checkpoints import CHECKPOINT_TABLE
-        from shared.models import OWN_TABLES
+        from shared.data.catalog import Catalog
+        from shared.data.receiver.checkpoints import CHECKPOINT_TABLE
+        from shared.state.models import OWN_TABLES
 
         engine = self.db.data_engine
         return Catalog(

@@ -14,8 +14,8 @@ from api.app import create_app
 from shared.context import Site
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
-from shared.migrate import upgrade
-from shared.models import Base
+from shared.state.migrate import upgrade
+from shared.state.models import Base
 from shared.settings import Settings
 
 from tests.pg import SITE_URL, create_database, drop_database

@@ -12,7 +12,7 @@ from kombu import Exchange, Queue
 
 from shared.context import Site
 from shared.db import Database
-from shared.peer import PeerClient
+from shared.control.peer import PeerClient
 from shared.settings import Settings
 
 log = logging.getLogger("dbsync.workers")

@@ -8,7 +8,8 @@ import falcon
 
 from api.middleware import read_json, remote_ip
 from shared.context import Site
-from shared.services import module, peer_api
+from shared.control import module
+from shared.control import handlers as peer_api
 
 
 class Status:

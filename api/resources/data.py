@@ -7,9 +7,9 @@ from typing import Callable
 import falcon
 
 from api.middleware import read_json, remote_ip
-from shared import bulk
+from shared.data import bulk
 from shared.context import Site
-from shared.services import data_api
+from shared.data.sender import handlers as data_api
 
 
 class DataCall:

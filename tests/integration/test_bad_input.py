@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, update
 
 from shared.context import Site
-from shared.models import Connection, Counter, ModuleSettings
+from shared.state.models import Connection, Counter, ModuleSettings
 from shared.security import new_token
-from shared.services import module
+from shared.control import module
 
 API = "/sync/api"
 PEER = "http://127.0.0.1:19001"

@@ -23,15 +23,19 @@ from falcon import testing
 from sqlalchemy import Engine, text
 
 from api.app import create_app
-from shared import bulk, checkpoints, copyin, importer
-from shared.catalog import Catalog
+from shared.data import bulk
+from shared.data.receiver import checkpoints
+from shared.data.receiver import copy_in as copyin
+from shared.data.receiver import importer
+from shared.data.catalog import Catalog
 from shared.context import Site
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
-from shared.migrate import upgrade
-from shared.models import Base, Connection, Transfer
-from shared.peer import PeerClient
-from shared.services import module, pulls
+from shared.state.migrate import upgrade
+from shared.state.models import Base, Connection, Transfer
+from shared.control.peer import PeerClient
+from shared.control import module
+from shared.data.receiver import pulls
 from shared.settings import Settings, SettingsError
 from tests.conftest import make_settings
 from tests.datasets import EVERYTHING

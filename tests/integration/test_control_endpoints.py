@@ -15,9 +15,10 @@ from sqlalchemy import inspect, select
 from shared import security
 from shared.context import Site
 from shared.db import utcnow
-from shared.models import AuditEvent, Connection, PeerNotice, Transfer
+from shared.state.models import AuditEvent, Connection, PeerNotice, Transfer
 from shared.security import new_token
-from shared.services import connections, module
+from shared.control import connections
+from shared.control import module
 
 API = "/sync/api"
 PEER = "http://127.0.0.1:19001"

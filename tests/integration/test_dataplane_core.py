@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from shared.catalog import BadCursor, BadFilter, Catalog, NoPrimaryKey, TableNotFound
-from shared.importer import (
+from shared.data.catalog import BadCursor, BadFilter, Catalog, NoPrimaryKey, TableNotFound
+from shared.data.receiver.importer import (
     AppendNotSupported,
     ImportRefused,
     UnsafeSchema,

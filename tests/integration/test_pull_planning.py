@@ -9,9 +9,9 @@ import pytest
 
 from shared.context import Site
 from shared.errors import SyncError
-from shared.models import Connection, Transfer
-from shared.peer import PeerClient
-from shared.services import pulls
+from shared.state.models import Connection, Transfer
+from shared.control.peer import PeerClient
+from shared.data.receiver import pulls
 
 
 def receiver(site: Site, status: str = "active") -> uuid.UUID:

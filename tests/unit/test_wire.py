@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine
 
-from shared import wire
-from shared.catalog import BadCursor, Catalog, TableNotFound, sqlite_kind
-from shared.importer import AppendNotSupported, UnsafeSchema, create_table, import_page
-from shared.wire import WireError, canonical_json, decode_value, encode_value
+from shared.data import wire
+from shared.data.catalog import BadCursor, Catalog, TableNotFound, sqlite_kind
+from shared.data.receiver.importer import AppendNotSupported, UnsafeSchema, create_table, import_page
+from shared.data.wire import WireError, canonical_json, decode_value, encode_value
 
 UTC = dt.UTC
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from workers.celery_app import app, runtime
-from shared.services import healing, notices, pulls
+from shared.control import healing
+from shared.control import notices
+from shared.data.receiver import pulls
 
 log = logging.getLogger("dbsync.tasks")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from shared.services import pulls
+from shared.data.receiver import pulls
 from workers.celery_app import app, runtime
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}"

@@ -12,7 +12,7 @@ bounded queue that the web server drains, so memory stays flat whatever the
 page size.
 
 Receiver (``apply_page``): the HTTP body goes straight into ``COPY ... FROM
-STDIN`` through shared.copyin: into a temporary staging table, then one
+STDIN`` through shared.data.receiver.copy_in: into a temporary staging table, then one
 set-based statement for the conflict strategy; or, when the target is known
 to hold no conflicting row, straight into the target.
 """
@@ -29,8 +29,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from shared import copyin, importer, wire
-from shared.catalog import (
+from shared.data.receiver import copy_in as copyin
+from shared.data.receiver import importer
+from shared.data import wire
+from shared.data.catalog import (
     PG_READ_SETTINGS,
     Catalog,
     PageExtent,

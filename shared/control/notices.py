@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from shared.context import Site
 from shared.db import after_commit, utcnow
-from shared.models import Connection, PeerNotice
-from shared.peer import PeerClient, PeerRefused, PeerResponse, PeerUnavailable
+from shared.state.models import Connection, PeerNotice
+from shared.control.peer import PeerClient, PeerRefused, PeerResponse, PeerUnavailable
 from shared.security import short_hash
 
 log = logging.getLogger("dbsync.notices")
@@ -198,7 +198,7 @@ def _finish(
 def _apply(
     session: Session, notice: PeerNotice, conn: Connection | None, resp: PeerResponse
 ) -> str:
-    from shared.services import audit
+    from shared.control import audit
 
     ok = resp.status == 200 and resp.body.get("success") is True
     if notice.kind == "register":

@@ -2,7 +2,7 @@
 
 ``import_page`` runs inside the caller's transaction (the caller advances its
 checkpoint in the same one) and never commits. On PostgreSQL a page is
-rendered as COPY text and applied through shared.copyin (staging table, one
+rendered as COPY text and applied through shared.data.receiver.copy_in (staging table, one
 set-based statement per strategy, smaller statements down to one row only
 when the database rejects it). On SQLite it is one executemany upsert, row
 by row in savepoints only when that is rejected, so a bad row fails alone and
@@ -28,9 +28,10 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from shared import copyin, wire
-from shared.catalog import ColumnInfo, TableInfo, quote
-from shared.copyin import ImportRefused, PageResult, db_error_text
+from shared.data.receiver import copy_in as copyin
+from shared.data import wire
+from shared.data.catalog import ColumnInfo, TableInfo, quote
+from shared.data.receiver.copy_in import ImportRefused, PageResult, db_error_text
 
 STRATEGIES = ("skip", "overwrite", "merge", "append")
 

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import httpx
 
-from shared import wire
+from shared.data import wire
 from shared.security import UnsafeURL, check_url
 from shared.settings import Settings
 

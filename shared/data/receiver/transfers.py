@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import parse_uuid
 from shared.errors import SyncError
-from shared.models import Transfer, TransferTable
+from shared.state.models import Transfer, TransferTable
 
 
 def get(session: Session, transfer_id: str) -> Transfer:

@@ -5,7 +5,7 @@ column names reach SQL only after they were found in the database's own
 catalog (an offered table and its real columns), and always quoted; values
 always travel as bound parameters.
 
-Rows leave here already in their wire form (``shared.wire``). On PostgreSQL
+Rows leave here already in their wire form (``shared.data.wire``). On PostgreSQL
 the SELECT does the cheap part of the encoding: intervals, numerics, JSON and
 types psycopg2 does not know are read as text, with ``IntervalStyle =
 iso_8601`` and ``TimeZone = UTC`` set for the reading transaction only.
@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Result, text
 
-from shared import wire
+from shared.data import wire
 from shared.errors import SyncError
 
 ALWAYS_EXCLUDED = frozenset({"alembic_version"})

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from shared.db import utcnow
-from shared.models import Counter
+from shared.state.models import Counter
 
 
 def _load(session: Session, key: str, window: int) -> Counter:

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.db import utcnow
 from shared.errors import SyncError
-from shared.models import Connection
+from shared.state.models import Connection
 from shared.security import same_secret
-from shared.services import counters, healing
+from shared.control import counters
+from shared.control import healing
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import pool
 
 from shared.db import make_engine
-from shared.models import Base
+from shared.state.models import Base
 
 config = context.config
 target_metadata = Base.metadata

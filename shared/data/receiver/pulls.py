@@ -3,9 +3,9 @@
 A transfer names the tables; the worker orders them by foreign-key dependency,
 creates missing ones from the sender's schema when allowed, and imports each
 page with one set-based statement for its strategy. Between two PostgreSQL
-sites pages travel as COPY data (shared.bulk), otherwise as JSON rows
-(shared.importer). The page and its checkpoint commit together in the data
-database (see shared.checkpoints), so a killed worker resumes exactly where
+sites pages travel as COPY data (shared.data.bulk), otherwise as JSON rows
+(shared.data.receiver.importer). The page and its checkpoint commit together in the data
+database (see shared.data.receiver.checkpoints), so a killed worker resumes exactly where
 the last commit left it.
 """
 
@@ -25,13 +25,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from shared import bulk, checkpoints, copyin, importer
-from shared.catalog import TableNotFound
+from shared.data import bulk
+from shared.data.receiver import checkpoints
+from shared.data.receiver import copy_in as copyin
+from shared.data.receiver import importer
+from shared.data.catalog import TableNotFound
 from shared.context import Site
 from shared.db import after_commit, utcnow
 from shared.errors import SyncError
-from shared.models import OWN_TABLES, STRATEGIES, Connection, Transfer, TransferTable
-from shared.peer import (
+from shared.state.models import OWN_TABLES, STRATEGIES, Connection, Transfer, TransferTable
+from shared.control.peer import (
     PeerClient,
     PeerRefused,
     PeerResponse,
@@ -39,7 +42,7 @@ from shared.peer import (
     PeerUnavailable,
     RateLimited,
 )
-from shared.services import audit
+from shared.control import audit
 
 log = logging.getLogger("dbsync.pulls")
 

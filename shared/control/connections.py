@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.db import parse_uuid, utcnow
 from shared.errors import SyncError
-from shared.models import Connection
+from shared.state.models import Connection
 from shared.security import UnsafeURL, check_url, hash_token, new_token
-from shared.services import audit, notices
+from shared.control import audit
+from shared.control import notices
 
 MODULE_DISABLED_REASON = "DB Sync module disabled"
 
@@ -233,7 +234,7 @@ def set_enabled(session: Session, site: Site, enabled: bool) -> list[Connection]
     Disabling suspends every active connection (one notice per peer);
     enabling again reactivates exactly those it suspended.
     """
-    from shared.services import module
+    from shared.control import module
 
     row = module.get(session)
     if row.enabled == enabled:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.models import AuditEvent, Connection
+from shared.state.models import AuditEvent, Connection
 
 log = logging.getLogger("dbsync.audit")
 

@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from shared.context import Site
 from shared.db import utcnow
-from shared.models import Connection
-from shared.peer import PeerClient, PeerRefused, PeerUnavailable
+from shared.state.models import Connection
+from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
 from shared.security import short_hash
-from shared.services import audit
+from shared.control import audit
 
 log = logging.getLogger("dbsync.healing")
 

@@ -1,7 +1,7 @@
 """Write pulled rows into a PostgreSQL table through COPY, with a conflict strategy.
 
 Every page a PostgreSQL receiver pulls ends here: a bulk page's COPY bytes
-as they arrive (shared.bulk), and a JSON page, rendered here as COPY text
+as they arrive (shared.data.bulk), and a JSON page, rendered here as COPY text
 by the target's own column kinds (``import_rows``). The rows go into a
 temporary staging table and one set-based statement per strategy applies
 them; or, when the target should hold none of their keys, straight into
@@ -12,7 +12,7 @@ transaction, which also saves the checkpoint, is never committed here.
 Rendering a JSON row costs a few type checks per value: the wire forms of
 the common kinds already are PostgreSQL's input syntax, so they are checked
 and passed through, and only other values take the full decoder of
-shared.wire. Both ways store the same value; a value that does not decode
+shared.data.wire. Both ways store the same value; a value that does not decode
 fails its row alone, with the decoder's reason.
 """
 
@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
-from shared import wire
-from shared.catalog import PG_READ_SETTINGS, ColumnInfo, TableInfo, quote
+from shared.data import wire
+from shared.data.catalog import PG_READ_SETTINGS, ColumnInfo, TableInfo, quote
 from shared.errors import SyncError
-from shared.peer import PeerUnavailable
+from shared.control.peer import PeerUnavailable
 
 MAX_ERRORS = 100
 _READ_SIZE = 1024 * 1024  # what COPY FROM asks of its source at a time
@@ -201,7 +201,7 @@ def _escape(text: str) -> str:
 
 
 def _field(param: Any) -> str:
-    """A bind parameter of shared.wire (``pg_param``) as a COPY text field."""
+    """A bind parameter of shared.data.wire (``pg_param``) as a COPY text field."""
     if param is None:
         return _NULL
     if param is True or param is False:

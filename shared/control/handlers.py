@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.db import utcnow
 from shared.errors import SyncError, disabled, not_found
-from shared.models import Connection
+from shared.state.models import Connection
 from shared.security import (
     UnsafeURL,
     check_url,
@@ -25,7 +25,10 @@ from shared.security import (
     same_secret,
     verify_password,
 )
-from shared.services import audit, counters, module, notices
+from shared.control import audit
+from shared.control import counters
+from shared.control import module
+from shared.control import notices
 from shared.validation import Field, validate
 
 TOKEN_HASH = Field("auth_token_hash", str, required=True, max_length=128)

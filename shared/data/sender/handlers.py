@@ -1,8 +1,8 @@
 """Answer the data calls a receiver makes: list-tables, table-schema,
 table-records (preview) and pull-data (keyset pages, as JSON or, between two
-PostgreSQL sites, as COPY data: see shared.bulk).
+PostgreSQL sites, as COPY data: see shared.data.bulk).
 
-Every call passes every connection control first (shared.services.access).
+Every call passes every connection control first (shared.control.access).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
-from shared import bulk
-from shared import catalog as cat
+from shared.data import bulk
+from shared.data import catalog as cat
 from shared.context import Site
 from shared.db import utcnow
 from shared.errors import SyncError, bad_request
-from shared.models import STRATEGIES, Connection, Transfer
-from shared.services import access
-from shared.services.peer_api import TOKEN_HASH, require_enabled
+from shared.state.models import STRATEGIES, Connection, Transfer
+from shared.control import access
+from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.validation import Field, validate
 
 TABLE = Field("table_name", str, required=True, max_length=255)

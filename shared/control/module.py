@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from shared.errors import SyncError
-from shared.models import INCOMING_MODES, ModuleSettings
+from shared.state.models import INCOMING_MODES, ModuleSettings
 from shared.security import hash_password
 
 

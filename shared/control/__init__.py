@@ -1,0 +1,1 @@
+"""The control plane: pairing and lifecycle of connections between sites."""

@@ -1,0 +1,1 @@
+"""The data plane: the row codec, table description and keyset SQL both sides share."""

@@ -1,1 +1,0 @@
-"""Domain services: connection lifecycle, peer notices, verification, audit."""

@@ -1,0 +1,1 @@
+"""The service's own tables (models) and their Alembic migrations."""
