@@ -14,7 +14,9 @@ log = logging.getLogger("dbsync.enqueue")
 class CeleryDispatcher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._app = Celery("dbsync-web", broker=settings.broker_url, set_as_current=False)
+        self._app = Celery(
+            "dbsync-web", broker=settings.broker_url, set_as_current=False
+        )
         self._app.conf.broker_connection_retry_on_startup = True
         if settings.broker_url.startswith("redis"):
             self._app.conf.broker_transport_options = {"visibility_timeout": 7200}
@@ -30,5 +32,5 @@ class CeleryDispatcher:
         # until the beat sweep re-dispatches, so it must not fail the request.
         try:
             self._app.send_task(name, args=args, queue=queue)
-        except Exception as ex:  # noqa: BLE001 - any broker failure is recoverable
+        except Exception as ex:
             log.warning("enqueue failed task=%s error=%s", name, type(ex).__name__)

@@ -57,7 +57,6 @@ FROM generate_series({{start}}::bigint, {{stop}}::bigint) AS g
 """
 
 
-
 def fill_sql(start: int, stop: int) -> str:
     """The INSERT that adds rows start..stop (inclusive); no parameters to escape."""
     return _FILL.format(start=int(start), stop=int(stop))

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import httpx
 import psycopg2
@@ -38,8 +39,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def eventually(check: Callable[[], Any], timeout: float = 60, every: float = 0.3,
-               what: str = "condition") -> Any:
+def eventually(
+    check: Callable[[], Any],
+    timeout: float = 60,
+    every: float = 0.3,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -107,7 +112,7 @@ def _stat_fields(pid: int) -> list[bytes] | None:
             data = f.read()
     except OSError:
         return None
-    return data[data.rindex(b")") + 2:].split()
+    return data[data.rindex(b")") + 2 :].split()
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -166,8 +171,10 @@ def memory_kb(pid: int) -> tuple[int, int]:
     """(VmRSS, Pss) of one process in KiB; Pss shares copy-on-write pages fairly
     between a pre-fork parent and its children, so a tree's Pss sum is what the
     tree really costs, while its RSS sum counts shared pages once per process."""
-    return (_kb_field(f"/proc/{pid}/status", b"VmRSS:"),
-            _kb_field(f"/proc/{pid}/smaps_rollup", b"Pss:"))
+    return (
+        _kb_field(f"/proc/{pid}/status", b"VmRSS:"),
+        _kb_field(f"/proc/{pid}/smaps_rollup", b"Pss:"),
+    )
 
 
 @dataclass
@@ -215,7 +222,9 @@ class RssSampler:
         self.peaks = {name: TreePeak() for name in trees}
         self.samples = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="rss-sampler", daemon=True
+        )
 
     def _sample(self) -> None:
         members = groups(self.trees.values())
@@ -228,7 +237,7 @@ class RssSampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._cpu0 = {name: cpu_seconds(pgid) for name, pgid in self.trees.items()}
         self._sys0 = system_cpu()
         self._t0 = time.perf_counter()
@@ -239,10 +248,14 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
-        self.cpu = {name: round(cpu_seconds(pgid) - self._cpu0[name], 2)
-                    for name, pgid in self.trees.items()}
+        self.cpu = {
+            name: round(cpu_seconds(pgid) - self._cpu0[name], 2)
+            for name, pgid in self.trees.items()
+        }
         busy1, total1 = system_cpu()
-        self.machine_busy = round((busy1 - self._sys0[0]) / max(1, total1 - self._sys0[1]), 3)
+        self.machine_busy = round(
+            (busy1 - self._sys0[0]) / max(1, total1 - self._sys0[1]), 3
+        )
         self.elapsed = time.perf_counter() - self._t0
 
     def result(self) -> dict[str, Any]:
@@ -300,16 +313,28 @@ class Site:
     def _spawn(self, role: str, *args: str) -> None:
         with open(self.home / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
-                [DBSYNC, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.home,
+                [DBSYNC, *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.home,
             )
 
     def start(self, web: bool = True, worker: bool = True, beat: bool = True) -> None:
         if web:
-            self._spawn("web", "serve", "--port", str(self.port),
-                        "--workers", str(self.web_workers))
+            self._spawn(
+                "web",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.web_workers),
+            )
         if worker:
-            self._spawn("worker", "worker", "--concurrency", str(self.worker_concurrency))
+            self._spawn(
+                "worker", "worker", "--concurrency", str(self.worker_concurrency)
+            )
         if beat:
             self._spawn("beat", "beat")
 
@@ -317,12 +342,16 @@ class Site:
         if "web" in self.procs:
             eventually(self._answers, timeout=timeout, what=f"{self.name} web answers")
         if "worker" in self.procs:
-            eventually(lambda: "ready" in self._log("worker"), timeout=timeout,
-                       what=f"{self.name} worker ready")
+            eventually(
+                lambda: "ready" in self._log("worker"),
+                timeout=timeout,
+                what=f"{self.name} worker ready",
+            )
         for role, proc in self.procs.items():
             if proc.poll() is not None:
-                raise BenchError(f"{self.name} {role} exited ({proc.returncode}):\n"
-                                 + self.logs())
+                raise BenchError(
+                    f"{self.name} {role} exited ({proc.returncode}):\n" + self.logs()
+                )
 
     def _log(self, role: str) -> str:
         path = self.home / f"{role}.log"
@@ -330,7 +359,9 @@ class Site:
 
     def _answers(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/sync/api/status", timeout=1).status_code == 200
+            return (
+                httpx.get(f"{self.url}/sync/api/status", timeout=1).status_code == 200
+            )
         except httpx.HTTPError:
             return False
 
@@ -338,8 +369,9 @@ class Site:
         return self.procs[role].pid
 
     def stop(self, *roles: str) -> None:
-        stop_processes([self.procs.pop(r) for r in (roles or list(self.procs))
-                        if r in self.procs])
+        stop_processes(
+            [self.procs.pop(r) for r in (roles or list(self.procs)) if r in self.procs]
+        )
 
     def logs(self, lines: int = 40) -> str:
         out = []
@@ -350,18 +382,27 @@ class Site:
 
     # the operator's CLI
 
-    def cli(self, *args: str, timeout: float = 120, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [DBSYNC, *args], env=self.env, capture_output=True, text=True,
-            timeout=timeout, cwd=self.home,
+            [DBSYNC, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.home,
         )
         with open(self.home / "cli.log", "a") as log:
-            log.write(f"$ dbsync {' '.join(args)}\n{result.stdout[-4000:]}"
-                      f"{result.stderr[-4000:]}[exit {result.returncode}]\n")
+            log.write(
+                f"$ dbsync {' '.join(args)}\n{result.stdout[-4000:]}"
+                f"{result.stderr[-4000:]}[exit {result.returncode}]\n"
+            )
         if check and result.returncode != 0:
-            raise BenchError(f"{self.name}: dbsync {' '.join(args)} failed "
-                             f"({result.returncode}): {result.stderr.strip()[-2000:]}")
+            raise BenchError(
+                f"{self.name}: dbsync {' '.join(args)} failed "
+                f"({result.returncode}): {result.stderr.strip()[-2000:]}"
+            )
         return result
 
     def cli_json(self, *args: str, timeout: float = 120) -> Any:
@@ -379,13 +420,24 @@ def pair(sender: Site, receiver: Site, *extra: str) -> tuple[str, str]:
     and wait until both sides are active (read from their state databases, which
     is lighter than a CLI call every half second). Returns (receiver connection
     id, raw token)."""
-    created = sender.cli_json("connections", "create", "--name", f"bench-to-{receiver.name}",
-                              "--url", receiver.url, *extra)
+    created = sender.cli_json(
+        "connections",
+        "create",
+        "--name",
+        f"bench-to-{receiver.name}",
+        "--url",
+        receiver.url,
+        *extra,
+    )
 
     def status(site: Site, direction: str, url: str) -> tuple[str, str] | None:
-        rows = site.pg.query(site.state_db, (
-            "SELECT id::text, status FROM dbsync_connections "
-            f"WHERE direction = '{direction}' AND rtrim(site_url, '/') = '{url.rstrip('/')}'"))
+        rows = site.pg.query(
+            site.state_db,
+            (
+                "SELECT id::text, status FROM dbsync_connections "
+                f"WHERE direction = '{direction}' AND rtrim(site_url, '/') = '{url.rstrip('/')}'"
+            ),
+        )
         return rows[0] if rows else None
 
     def both_active() -> str | None:
@@ -395,8 +447,12 @@ def pair(sender: Site, receiver: Site, *extra: str) -> tuple[str, str]:
             return theirs[0]
         return None
 
-    rid = eventually(both_active, timeout=90, every=0.2,
-                     what=f"connection {sender.name} -> {receiver.name} active on both sides")
+    rid = eventually(
+        both_active,
+        timeout=90,
+        every=0.2,
+        what=f"connection {sender.name} -> {receiver.name} active on both sides",
+    )
     return rid, created["token"]
 
 

@@ -6,7 +6,8 @@ import itertools
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -19,8 +20,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def hammer(url: str, body: Callable[[int], dict[str, Any]], *, requests: int,
-           concurrency: int, warmup: int = 50) -> dict[str, Any]:
+def hammer(
+    url: str,
+    body: Callable[[int], dict[str, Any]],
+    *,
+    requests: int,
+    concurrency: int,
+    warmup: int = 50,
+) -> dict[str, Any]:
     """POST `requests` bodies to `url` from `concurrency` threads, each with its
     own httpx client; `warmup` requests first, not counted. Every request is
     timed from just before the client sends it to the full response."""

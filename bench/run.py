@@ -41,8 +41,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -98,12 +99,12 @@ MEMORY_NOTE = (
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _ts(value: str) -> dt.datetime:
     moment = dt.datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _say(message: str) -> None:
@@ -122,8 +123,11 @@ def machine_info(pg: Postgres) -> dict[str, Any]:
     }
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith("model name")]
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if line.startswith("model name")
+        ]
         info["cpu_model"] = models[0] if models else None
     except OSError:
         info["cpu_model"] = None
@@ -138,8 +142,13 @@ def machine_info(pg: Postgres) -> dict[str, Any]:
     info["postgresql"] = rows[0][0]
     info["postgresql_settings"] = {
         name: pg.query("postgres", f"SHOW {name}")[0][0]
-        for name in ("shared_buffers", "fsync", "synchronous_commit", "max_wal_size",
-                     "wal_level")
+        for name in (
+            "shared_buffers",
+            "fsync",
+            "synchronous_commit",
+            "max_wal_size",
+            "wal_level",
+        )
     }
     for tool in ("pg_dump", "psql"):
         try:
@@ -149,10 +158,19 @@ def machine_info(pg: Postgres) -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError):
             info[f"{tool}_version"] = None
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         info["git_commit"] = head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         info["git_commit"] = None
@@ -222,17 +240,27 @@ class Bench:
         started = time.perf_counter()
         chunk = 250_000
         for start in range(1, self.rows + 1, chunk):
-            self.sql(self.source_db, dataset.fill_sql(start, min(self.rows, start + chunk - 1)))
+            self.sql(
+                self.source_db,
+                dataset.fill_sql(start, min(self.rows, start + chunk - 1)),
+            )
         self.sql(self.source_db, f"VACUUM (FREEZE, ANALYZE) {dataset.TABLE}")
         heap, total, avg = self.sql(self.source_db, dataset.SIZE)[0]
         self.source_digest = self.sql(self.source_db, dataset.DIGEST)[0]
-        _say(f"source filled: {self.rows:,} rows, heap {heap / 2**20:,.0f} MiB "
-             f"({heap / max(self.rows, 1):.0f} B/row on disk, {avg:.0f} B/row "
-             f"pg_column_size) in {time.perf_counter() - started:.1f} s")
-        return {"table": dataset.TABLE, "columns": dataset.COLUMNS, "rows": self.rows,
-                "heap_bytes": heap, "total_bytes": total,
-                "heap_bytes_per_row": round(heap / max(self.rows, 1), 1),
-                "avg_row_bytes": round(avg, 1)}
+        _say(
+            f"source filled: {self.rows:,} rows, heap {heap / 2**20:,.0f} MiB "
+            f"({heap / max(self.rows, 1):.0f} B/row on disk, {avg:.0f} B/row "
+            f"pg_column_size) in {time.perf_counter() - started:.1f} s"
+        )
+        return {
+            "table": dataset.TABLE,
+            "columns": dataset.COLUMNS,
+            "rows": self.rows,
+            "heap_bytes": heap,
+            "total_bytes": total,
+            "heap_bytes_per_row": round(heap / max(self.rows, 1), 1),
+            "avg_row_bytes": round(avg, 1),
+        }
 
     def checkpoint(self) -> None:
         self.sql("postgres", "CHECKPOINT")
@@ -254,12 +282,21 @@ class Bench:
     def reference_copy(self) -> float:
         started = time.perf_counter()
         dump = subprocess.Popen(
-            ["pg_dump", "--data-only", "-t", dataset.TABLE, self.pg.url(self.source_db)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                "pg_dump",
+                "--data-only",
+                "-t",
+                dataset.TABLE,
+                self.pg.url(self.source_db),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         load = subprocess.run(
             ["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", self.pg.url(self.target_db)],
-            stdin=dump.stdout, capture_output=True, text=True,
+            stdin=dump.stdout,
+            capture_output=True,
+            text=True,
         )
         dump.stdout.close()  # type: ignore[union-attr]
         dump_err = dump.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
@@ -283,17 +320,27 @@ class Bench:
             # A PhoenixKit-style receiver: it only takes JSON pages. SYNC_PULL_FORMAT
             # is the agreed receiver setting; SYNC_BULK_PULL=false is the switch
             # the first bulk-format build reads. Either one is enough.
-            ("receiver_json", self.redis_urls[2], target_url,
-             {"SYNC_PULL_FORMAT": "json", "SYNC_BULK_PULL": "false"}),
+            (
+                "receiver_json",
+                self.redis_urls[2],
+                target_url,
+                {"SYNC_PULL_FORMAT": "json", "SYNC_BULK_PULL": "false"},
+            ),
         ]
 
         def build(spec: tuple[str, str, str, dict[str, str]]) -> Site:
             name, redis_url, data_url, env = spec
             site = Site(
-                name=name, pg=self.pg, workdir=self.workdir, redis_url=redis_url,
-                state_db=f"dbsync_bench_{self.tag}_{name}_state", data_db_url=data_url,
-                queue_prefix=f"bench-{self.tag}-{name}-", extra_env=env,
-                web_workers=a.web_workers, worker_concurrency=a.worker_concurrency,
+                name=name,
+                pg=self.pg,
+                workdir=self.workdir,
+                redis_url=redis_url,
+                state_db=f"dbsync_bench_{self.tag}_{name}_state",
+                data_db_url=data_url,
+                queue_prefix=f"bench-{self.tag}-{name}-",
+                extra_env=env,
+                web_workers=a.web_workers,
+                worker_concurrency=a.worker_concurrency,
             )
             self.sites.append(site)
             site.cli("db", "upgrade")
@@ -307,58 +354,101 @@ class Bench:
         with concurrent.futures.ThreadPoolExecutor(len(specs)) as pool:
             self.sender, self.receiver, self.receiver_json = pool.map(build, specs)
         common = ["--rate-limit", "100000"]
-        self.rid, self.token = pair(self.sender, self.receiver, *common,
-                                    "--max-records-per-request", str(a.bulk_page))
-        self.rid_json, _ = pair(self.sender, self.receiver_json, *common,
-                                "--max-records-per-request", str(a.json_page))
-        _say(f"sites up and paired: sender {self.sender.url}, receiver "
-             f"{self.receiver.url}, receiver_json {self.receiver_json.url}")
+        self.rid, self.token = pair(
+            self.sender,
+            self.receiver,
+            *common,
+            "--max-records-per-request",
+            str(a.bulk_page),
+        )
+        self.rid_json, _ = pair(
+            self.sender,
+            self.receiver_json,
+            *common,
+            "--max-records-per-request",
+            str(a.json_page),
+        )
+        _say(
+            f"sites up and paired: sender {self.sender.url}, receiver "
+            f"{self.receiver.url}, receiver_json {self.receiver_json.url}"
+        )
 
     # measurements
 
     def measure_reference(self) -> dict[str, Any]:
         self.empty_target()
         seconds = self.reference_copy()
-        return {"seconds": round(seconds, 3), "rows_per_s": round(self.rows / seconds),
-                "content_ok": self.target_matches()}
+        return {
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(self.rows / seconds),
+            "content_ok": self.target_matches(),
+        }
 
-    def measure_pull(self, receiver: Site, rid: str, strategy: str,
-                     expect: dict[str, int]) -> dict[str, Any]:
+    def measure_pull(
+        self, receiver: Site, rid: str, strategy: str, expect: dict[str, int]
+    ) -> dict[str, Any]:
         trees = {
             "sender_web": self.sender.pgid("web"),
             "sender_worker": self.sender.pgid("worker"),
             "receiver_web": receiver.pgid("web"),
             "receiver_worker": receiver.pgid("worker"),
         }
-        idle = {name: round(snapshot(pgid)[0] / 1024, 1) for name, pgid in trees.items()}
+        idle = {
+            name: round(snapshot(pgid)[0] / 1024, 1) for name, pgid in trees.items()
+        }
         access_log = self.sender.home / "web.log"
         log_offset = access_log.stat().st_size
         timeout = 600 + self.rows / 500
         with RssSampler(trees, interval=0.2) as sampler:
             started = time.perf_counter()
-            result = receiver.cli("pull", rid, dataset.TABLE, "--strategy", strategy,
-                                  "--create-missing", "--wait", "--json",
-                                  timeout=timeout, check=False)
+            result = receiver.cli(
+                "pull",
+                rid,
+                dataset.TABLE,
+                "--strategy",
+                strategy,
+                "--create-missing",
+                "--wait",
+                "--json",
+                timeout=timeout,
+                check=False,
+            )
             wall = time.perf_counter() - started
         try:
             data = json.loads(result.stdout)
         except json.JSONDecodeError:
-            raise BenchError(f"dbsync pull printed no JSON ({result.returncode}): "
-                             f"{result.stderr[-2000:]}\n{receiver.logs()}\n"
-                             f"{self.sender.logs()}") from None
+            raise BenchError(
+                f"dbsync pull printed no JSON ({result.returncode}): "
+                f"{result.stderr[-2000:]}\n{receiver.logs()}\n"
+                f"{self.sender.logs()}"
+            ) from None
         if data.get("status") != "completed":
-            raise BenchError(f"pull {strategy} via {receiver.name} ended "
-                             f"{data.get('status')}: {data.get('error')}\n"
-                             f"{receiver.logs()}\n{self.sender.logs()}")
+            raise BenchError(
+                f"pull {strategy} via {receiver.name} ended "
+                f"{data.get('status')}: {data.get('error')}\n"
+                f"{receiver.logs()}\n{self.sender.logs()}"
+            )
         seconds = (_ts(data["completed_at"]) - _ts(data["created_at"])).total_seconds()
-        worker_seconds = (_ts(data["completed_at"]) - _ts(data["started_at"])).total_seconds()
-        counts = {k: data[f"records_{k}"]
-                  for k in ("transferred", "created", "updated", "skipped", "failed")}
-        wanted = {"transferred": self.rows, "created": 0, "updated": 0, "skipped": 0,
-                  "failed": 0, **expect}
+        worker_seconds = (
+            _ts(data["completed_at"]) - _ts(data["started_at"])
+        ).total_seconds()
+        counts = {
+            k: data[f"records_{k}"]
+            for k in ("transferred", "created", "updated", "skipped", "failed")
+        }
+        wanted = {
+            "transferred": self.rows,
+            "created": 0,
+            "updated": 0,
+            "skipped": 0,
+            "failed": 0,
+            **expect,
+        }
         if counts != wanted:
-            raise BenchError(f"pull {strategy} via {receiver.name}: counts {counts}, "
-                             f"expected {wanted}")
+            raise BenchError(
+                f"pull {strategy} via {receiver.name}: counts {counts}, "
+                f"expected {wanted}"
+            )
         table = (data.get("tables") or [{}])[0]
         sent, answers = wire_bytes(access_log, log_offset)
         return {
@@ -378,27 +468,45 @@ class Bench:
             "memory_peak": sampler.result(),
         }
 
-    def plan(self) -> list[tuple[str, Callable[[], None], Callable[[], dict[str, Any]]]]:
+    def plan(
+        self,
+    ) -> list[tuple[str, Callable[[], None], Callable[[], dict[str, Any]]]]:
         n = self.rows
         r, rj = self.receiver, self.receiver_json
         return [
             ("reference", lambda: None, self.measure_reference),
-            ("pull_empty", self.empty_target,
-             lambda: self.measure_pull(r, self.rid, "skip", {"created": n})),
-            ("present_skip", self.fill_target,
-             lambda: self.measure_pull(r, self.rid, "skip", {"skipped": n})),
-            ("present_overwrite", self.fill_target,
-             lambda: self.measure_pull(r, self.rid, "overwrite", {"updated": n})),
-            ("present_merge", self.fill_target,
-             lambda: self.measure_pull(r, self.rid, "merge", {"updated": n})),
-            ("json_pages", self.empty_target,
-             lambda: self.measure_pull(rj, self.rid_json, "skip", {"created": n})),
+            (
+                "pull_empty",
+                self.empty_target,
+                lambda: self.measure_pull(r, self.rid, "skip", {"created": n}),
+            ),
+            (
+                "present_skip",
+                self.fill_target,
+                lambda: self.measure_pull(r, self.rid, "skip", {"skipped": n}),
+            ),
+            (
+                "present_overwrite",
+                self.fill_target,
+                lambda: self.measure_pull(r, self.rid, "overwrite", {"updated": n}),
+            ),
+            (
+                "present_merge",
+                self.fill_target,
+                lambda: self.measure_pull(r, self.rid, "merge", {"updated": n}),
+            ),
+            (
+                "json_pages",
+                self.empty_target,
+                lambda: self.measure_pull(rj, self.rid_json, "skip", {"created": n}),
+            ),
         ]
 
     def run_copies(self) -> dict[str, list[dict[str, Any]]]:
         wanted = self.args.methods
-        runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in METHODS
-                                                 if key in wanted}
+        runs: dict[str, list[dict[str, Any]]] = {
+            key: [] for key, _ in METHODS if key in wanted
+        }
         # Round robin, so slow drift of the machine spreads over every method.
         for rep in range(1, self.args.repeat + 1):
             for key, prepare, measure in self.plan():
@@ -408,12 +516,20 @@ class Bench:
                 load = loadavg()
                 result = {"repeat": rep, **measure(), "loadavg_1m_before": load}
                 if not result["content_ok"]:
-                    raise BenchError(f"{key} (repeat {rep}): target differs from source")
+                    raise BenchError(
+                        f"{key} (repeat {rep}): target differs from source"
+                    )
                 runs[key].append(result)
-                _say(f"repeat {rep}/{self.args.repeat} {key:<18} {self.rows:,} rows in "
-                     f"{result['seconds']:.2f} s = {result['rows_per_s']:>9,} rows/s"
-                     + (f"  (wall {result['wall_seconds']:.1f} s, "
-                        f"{result['pages']} pages)" if "wall_seconds" in result else ""))
+                _say(
+                    f"repeat {rep}/{self.args.repeat} {key:<18} {self.rows:,} rows in "
+                    f"{result['seconds']:.2f} s = {result['rows_per_s']:>9,} rows/s"
+                    + (
+                        f"  (wall {result['wall_seconds']:.1f} s, "
+                        f"{result['pages']} pages)"
+                        if "wall_seconds" in result
+                        else ""
+                    )
+                )
         return runs
 
     # latency
@@ -425,11 +541,17 @@ class Bench:
         argv = _serve_argv("127.0.0.1", port, self.args.web_workers)
         argv[argv.index("api.wsgi:app")] = "bench.bare_app:app"
         at = argv.index("--config")  # dbsync's config only resets DB pools after fork
-        del argv[at:at + 2]
+        del argv[at : at + 2]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
         with open(self.workdir / "bare_app.log", "ab") as log:
-            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.extra_procs.append(proc)
         url = f"http://127.0.0.1:{port}"
 
@@ -437,8 +559,12 @@ class Bench:
             import httpx
 
             try:
-                return httpx.post(f"{url}/sync/api/verify-connection", json={},
-                                  timeout=1).status_code == 200
+                return (
+                    httpx.post(
+                        f"{url}/sync/api/verify-connection", json={}, timeout=1
+                    ).status_code
+                    == 200
+                )
             except httpx.HTTPError:
                 return False
 
@@ -449,8 +575,14 @@ class Bench:
         a = self.args
         # Only the receiver's web is left running: no worker, beat or peer calls
         # compete for the CPU, as none do for the bare app.
-        stop_processes([*self.sender.procs.values(), *self.receiver_json.procs.values(),
-                        self.receiver.procs["worker"], self.receiver.procs["beat"]])
+        stop_processes(
+            [
+                *self.sender.procs.values(),
+                *self.receiver_json.procs.values(),
+                self.receiver.procs["worker"],
+                self.receiver.procs["beat"],
+            ]
+        )
         self.sender.procs.clear()
         self.receiver_json.procs.clear()
         del self.receiver.procs["worker"], self.receiver.procs["beat"]
@@ -460,40 +592,77 @@ class Bench:
         dead_port = free_port()
 
         def fresh_registration(i: int) -> dict[str, Any]:
-            return {"sender_url": f"http://127.0.0.1:{dead_port}/bench/{self.tag}/{i}",
-                    "connection_name": f"bench-{i}", "auth_token": secrets.token_urlsafe(32)}
+            return {
+                "sender_url": f"http://127.0.0.1:{dead_port}/bench/{self.tag}/{i}",
+                "connection_name": f"bench-{i}",
+                "auth_token": secrets.token_urlsafe(32),
+            }
 
         def duplicate_registration(i: int) -> dict[str, Any]:
-            return {"sender_url": self.sender.url, "connection_name": f"dup-{i}",
-                    "auth_token": secrets.token_urlsafe(32)}
+            return {
+                "sender_url": self.sender.url,
+                "connection_name": f"dup-{i}",
+                "auth_token": secrets.token_urlsafe(32),
+            }
 
         api = f"{self.receiver.url}/sync/api"
         cases = [
-            ("bare_falcon", f"{bare}/sync/api/verify-connection", lambda i: verify_body, 200),
-            ("verify_connection", f"{api}/verify-connection", lambda i: verify_body, 200),
-            ("register_connection", f"{api}/register-connection", fresh_registration, 200),
-            ("register_connection_409", f"{api}/register-connection",
-             duplicate_registration, 409),
+            (
+                "bare_falcon",
+                f"{bare}/sync/api/verify-connection",
+                lambda i: verify_body,
+                200,
+            ),
+            (
+                "verify_connection",
+                f"{api}/verify-connection",
+                lambda i: verify_body,
+                200,
+            ),
+            (
+                "register_connection",
+                f"{api}/register-connection",
+                fresh_registration,
+                200,
+            ),
+            (
+                "register_connection_409",
+                f"{api}/register-connection",
+                duplicate_registration,
+                409,
+            ),
         ]
         results: dict[str, Any] = {}
         for name, url, body, expected in cases:
-            res = hammer(url, body, requests=a.latency_requests,
-                         concurrency=a.latency_clients,
-                         warmup=min(100, max(10, a.latency_requests // 10)))
+            res = hammer(
+                url,
+                body,
+                requests=a.latency_requests,
+                concurrency=a.latency_clients,
+                warmup=min(100, max(10, a.latency_requests // 10)),
+            )
             res["expected_status"] = expected
             res["all_expected"] = res["statuses"] == {str(expected): res["requests"]}
             results[name] = res
-            _say(f"latency {name:<24} p50 {res['p50_ms']:7.2f} ms  p95 {res['p95_ms']:7.2f} ms"
-                 f"  p99 {res['p99_ms']:7.2f} ms  {res['req_per_s']:8.1f} req/s  "
-                 f"statuses {res['statuses']}")
+            _say(
+                f"latency {name:<24} p50 {res['p50_ms']:7.2f} ms  p95 {res['p95_ms']:7.2f} ms"
+                f"  p99 {res['p99_ms']:7.2f} ms  {res['req_per_s']:8.1f} req/s  "
+                f"statuses {res['statuses']}"
+            )
         bare_p95 = results["bare_falcon"]["p95_ms"]
-        for name in ("verify_connection", "register_connection", "register_connection_409"):
-            results[name]["p95_ratio_to_bare"] = round(results[name]["p95_ms"] / bare_p95, 2)
+        for name in (
+            "verify_connection",
+            "register_connection",
+            "register_connection_409",
+        ):
+            results[name]["p95_ratio_to_bare"] = round(
+                results[name]["p95_ms"] / bare_p95, 2
+            )
         return {
             "clients": a.latency_clients,
             "requests_per_endpoint": a.latency_requests,
             "gunicorn": f"same argv as `dbsync serve --workers {a.web_workers}` "
-                        "(cli.main._serve_argv), without dbsync's post-fork DB hook",
+            "(cli.main._serve_argv), without dbsync's post-fork DB hook",
             "method": (
                 "each client is a thread with its own httpx.Client on loopback; "
                 "min(100, max(10, requests / 10)) warm-up requests first, not counted; latency is "
@@ -508,7 +677,7 @@ class Bench:
                 "register_connection_409: an existing sender_url, the 409 path."
             ),
             "verify_choice": "verify-connection with the real receiver connection's "
-                             "sender_url and token hash (200, exists: true)",
+            "sender_url and token hash (200, exists: true)",
             "results": results,
         }
 
@@ -523,8 +692,10 @@ class Bench:
             "started_at": started.isoformat(),
             "machine": machine_info(self.pg),
         }
-        _say(f"dbsync benchmark: {self.rows:,} rows x {a.repeat} repeat(s); work dir "
-             f"{self.workdir}")
+        _say(
+            f"dbsync benchmark: {self.rows:,} rows x {a.repeat} repeat(s); work dir "
+            f"{self.workdir}"
+        )
         phases: dict[str, float] = {}
         mark = time.perf_counter()
 
@@ -550,7 +721,10 @@ class Bench:
             "gunicorn_workers": a.web_workers,
             "celery_concurrency": a.worker_concurrency,
             "pull_format_switches_read_by_this_build": switches,
-            "json_receiver_env": {"SYNC_PULL_FORMAT": "json", "SYNC_BULK_PULL": "false"},
+            "json_receiver_env": {
+                "SYNC_PULL_FORMAT": "json",
+                "SYNC_BULK_PULL": "false",
+            },
             "timing": TIMING_NOTE,
             "memory": MEMORY_NOTE,
         }
@@ -616,12 +790,18 @@ def summarise(runs: dict[str, list[dict[str, Any]]], rows: int) -> list[dict[str
             entry["wire_bytes_per_row"] = items[-1]["wire_bytes_per_row"]
             entry["counts"] = items[-1]["counts"]
             entry["peak_memory_mb"] = {
-                "worker": {k: _peak(items, "receiver_worker", k)
-                           for k in ("tree_rss_mb", "tree_pss_mb", "largest_process_rss_mb")},
-                "web": {k: _peak(items, "sender_web", k)
-                        for k in ("tree_rss_mb", "tree_pss_mb", "largest_process_rss_mb")},
+                "worker": {
+                    k: _peak(items, "receiver_worker", k)
+                    for k in ("tree_rss_mb", "tree_pss_mb", "largest_process_rss_mb")
+                },
+                "web": {
+                    k: _peak(items, "sender_web", k)
+                    for k in ("tree_rss_mb", "tree_pss_mb", "largest_process_rss_mb")
+                },
                 "receiver_web_tree_rss_mb": _peak(items, "receiver_web", "tree_rss_mb"),
-                "sender_worker_tree_rss_mb": _peak(items, "sender_worker", "tree_rss_mb"),
+                "sender_worker_tree_rss_mb": _peak(
+                    items, "sender_worker", "tree_rss_mb"
+                ),
             }
         out.append(entry)
     return out
@@ -639,12 +819,16 @@ def notes(result: dict[str, Any], switches: dict[str, bool]) -> list[str]:
         "(bytes gunicorn sent for pull-data, from the sender's access log)."
     )
     if not any(switches.values()):
-        out.append("This build reads neither SYNC_PULL_FORMAT nor SYNC_BULK_PULL: "
-                   "if it has no bulk format, pull_empty and json_pages both moved "
-                   "JSON pages (the sender caps JSON pages at 10,000 rows).")
+        out.append(
+            "This build reads neither SYNC_PULL_FORMAT nor SYNC_BULK_PULL: "
+            "if it has no bulk format, pull_empty and json_pages both moved "
+            "JSON pages (the sender caps JSON pages at 10,000 rows)."
+        )
     elif b["wire_bytes_per_row"] == d["wire_bytes_per_row"]:
-        out.append("pull_empty and json_pages moved the same bytes per row: the "
-                   "receiver's format switch was probably not honoured.")
+        out.append(
+            "pull_empty and json_pages moved the same bytes per row: the "
+            "receiver's format switch was probably not honoured."
+        )
     return out + _busy_note(result)
 
 
@@ -664,9 +848,11 @@ def _busy_note(result: dict[str, Any]) -> list[str]:
 def render(result: dict[str, Any]) -> None:
     rows = result["config"]["rows"]
     m = result["machine"]
-    table = Table(title=f"dbsync pull vs pg_dump | psql - {rows:,} rows, median of "
-                        f"{result['config']['repeat']} ({m['nproc']} CPU, "
-                        f"{m.get('memory_gib')} GiB)")
+    table = Table(
+        title=f"dbsync pull vs pg_dump | psql - {rows:,} rows, median of "
+        f"{result['config']['repeat']} ({m['nproc']} CPU, "
+        f"{m.get('memory_gib')} GiB)"
+    )
     table.add_column("method")
     table.add_column("rows/s", justify="right")
     table.add_column("x reference", justify="right")
@@ -676,59 +862,120 @@ def render(result: dict[str, Any]) -> None:
     for s in result["summary"]:
         mem = s.get("peak_memory_mb")
 
-        def cell(side: str) -> str:
+        def cell(side: str, mem: dict | None = mem) -> str:
             if not mem:
                 return "-"
             d = mem[side]
             return f"{d['tree_rss_mb']:.0f} / {d['largest_process_rss_mb']:.0f}"
 
-        table.add_row(s["label"], f"{s['rows_per_s']:,}", f"{s['ratio_to_reference']:.2f}",
-                      f"{s['median_seconds']:.2f}", cell("worker"), cell("web"))
+        table.add_row(
+            s["label"],
+            f"{s['rows_per_s']:,}",
+            f"{s['ratio_to_reference']:.2f}",
+            f"{s['median_seconds']:.2f}",
+            cell("worker"),
+            cell("web"),
+        )
     console.print(table)
     for note in result.get("notes", []):
         console.print(f"note: {note}")
     lat = result.get("latency")
     if lat:
-        t = Table(title=f"control-plane latency: {lat['clients']} clients, "
-                        f"{lat['requests_per_endpoint']:,} requests each")
-        for col in ("endpoint", "p50 ms", "p95 ms", "p99 ms", "req/s", "p95 x bare",
-                    "statuses"):
-            t.add_column(col, justify="left" if col in ("endpoint", "statuses") else "right")
+        t = Table(
+            title=f"control-plane latency: {lat['clients']} clients, "
+            f"{lat['requests_per_endpoint']:,} requests each"
+        )
+        for col in (
+            "endpoint",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "req/s",
+            "p95 x bare",
+            "statuses",
+        ):
+            t.add_column(
+                col, justify="left" if col in ("endpoint", "statuses") else "right"
+            )
         for name, r in lat["results"].items():
-            t.add_row(name, f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                      f"{r['req_per_s']:.0f}", f"{r.get('p95_ratio_to_bare', 1.0):.2f}",
-                      json.dumps(r["statuses"]))
+            t.add_row(
+                name,
+                f"{r['p50_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['req_per_s']:.0f}",
+                f"{r.get('p95_ratio_to_bare', 1.0):.2f}",
+                json.dumps(r["statuses"]),
+            )
         console.print(t)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, default=1_000_000, help="rows in the table (1,000,000)")
-    p.add_argument("--repeat", type=int, default=3, help="runs of each method (3; median)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="JSON results file (default bench/results/<UTC time>.json)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--rows", type=int, default=1_000_000, help="rows in the table (1,000,000)"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs of each method (3; median)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON results file (default bench/results/<UTC time>.json)",
+    )
     p.add_argument("--skip-latency", action="store_true", help="skip the latency part")
-    p.add_argument("--methods", default=",".join(k for k, _ in METHODS),
-                   help="comma-separated subset of: " + ", ".join(k for k, _ in METHODS)
-                   + " (the reference is always run)")
+    p.add_argument(
+        "--methods",
+        default=",".join(k for k, _ in METHODS),
+        help="comma-separated subset of: "
+        + ", ".join(k for k, _ in METHODS)
+        + " (the reference is always run)",
+    )
     p.add_argument("--latency-requests", type=int, default=2000)
     p.add_argument("--latency-clients", type=int, default=20)
-    p.add_argument("--bulk-page", type=int, default=100_000,
-                   help="--max-records-per-request of the bulk connection")
-    p.add_argument("--json-page", type=int, default=10_000,
-                   help="--max-records-per-request of the PhoenixKit-style connection")
-    p.add_argument("--web-workers", type=int, default=2, help="gunicorn workers per site")
-    p.add_argument("--worker-concurrency", type=int, default=2, help="Celery pool per site")
-    p.add_argument("--pg-url", default=os.environ.get(
-        "SYNC_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"))
-    p.add_argument("--redis-url", default=os.environ.get(
-        "SYNC_BENCH_REDIS_URL", "redis://127.0.0.1:6379"))
-    p.add_argument("--redis-db", type=int, default=9,
-                   help="first of three Redis database numbers used (9, 10, 11)")
+    p.add_argument(
+        "--bulk-page",
+        type=int,
+        default=100_000,
+        help="--max-records-per-request of the bulk connection",
+    )
+    p.add_argument(
+        "--json-page",
+        type=int,
+        default=10_000,
+        help="--max-records-per-request of the PhoenixKit-style connection",
+    )
+    p.add_argument(
+        "--web-workers", type=int, default=2, help="gunicorn workers per site"
+    )
+    p.add_argument(
+        "--worker-concurrency", type=int, default=2, help="Celery pool per site"
+    )
+    p.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "SYNC_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"
+        ),
+    )
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("SYNC_BENCH_REDIS_URL", "redis://127.0.0.1:6379"),
+    )
+    p.add_argument(
+        "--redis-db",
+        type=int,
+        default=9,
+        help="first of three Redis database numbers used (9, 10, 11)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep the sites' logs")
     args = p.parse_args(argv)
     known = {k for k, _ in METHODS}
-    args.methods = {m.strip() for m in args.methods.split(",") if m.strip()} | {"reference"}
+    args.methods = {m.strip() for m in args.methods.split(",") if m.strip()} | {
+        "reference"
+    }
     if args.methods - known:
         p.error(f"unknown methods: {', '.join(sorted(args.methods - known))}")
     if args.rows < 1 or args.repeat < 1 or args.latency_requests < 1:
@@ -752,7 +999,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.cleanup()
     out = args.out or REPO / "bench" / "results" / (
-        _utcnow().strftime("%Y-%m-%dT%H-%M-%SZ") + ".json")
+        _utcnow().strftime("%Y-%m-%dT%H-%M-%SZ") + ".json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     render(result)

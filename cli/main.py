@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.console import Console
@@ -91,12 +92,20 @@ def db_upgrade() -> None:
 
 def _serve_argv(host: str, port: int, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn", "api.wsgi:app",
-        "--bind", f"{host}:{port}",
-        "--workers", str(workers),
-        "--config", "python:api.gunicorn_conf",
-        "--access-logfile", "-",
-        "--graceful-timeout", "10",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "api.wsgi:app",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--config",
+        "python:api.gunicorn_conf",
+        "--access-logfile",
+        "-",
+        "--graceful-timeout",
+        "10",
         "--no-control-socket",
     ]
 
@@ -105,8 +114,18 @@ def _worker_argv(queues: str | None, concurrency: int | None) -> list[str]:
     settings = _settings()
     queues = queues or f"{settings.peer_queue},{settings.pull_queue}"
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", queues, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
     ]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
@@ -114,8 +133,16 @@ def _worker_argv(queues: str | None, concurrency: int | None) -> list[str]:
 
 
 def _beat_argv() -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
-            "--loglevel", "INFO"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "beat",
+        "--loglevel",
+        "INFO",
+    ]
 
 
 @main.command()
@@ -177,7 +204,11 @@ def up(host: str, port: int) -> None:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-    sys.exit(max((p.returncode or 0) for p in procs) if any(p.returncode for p in procs) else 0)
+    sys.exit(
+        max((p.returncode or 0) for p in procs)
+        if any(p.returncode for p in procs)
+        else 0
+    )
 
 
 # -- module settings ------------------------------------------------------------
@@ -207,13 +238,14 @@ def settings_show(as_json: bool) -> None:
 
 
 @settings.command("set")
-@click.argument("key", type=click.Choice(["enabled", "incoming_mode", "incoming_password"]))
+@click.argument(
+    "key", type=click.Choice(["enabled", "incoming_mode", "incoming_password"])
+)
 @click.argument("value")
 @friendly
 def settings_set(key: str, value: str) -> None:
     """Set KEY to VALUE (`incoming_password -` reads the password from stdin)."""
-    from shared.control import connections
-    from shared.control import module
+    from shared.control import connections, module
 
     site = _site()
     with site.db.session() as session:
@@ -223,14 +255,18 @@ def settings_set(key: str, value: str) -> None:
             changed = connections.set_enabled(session, site, value.lower() == "true")
             click.echo(f"enabled: {value.lower()}")
             if changed:
-                click.echo(f"{len(changed)} connection(s) changed; their peers are notified")
+                click.echo(
+                    f"{len(changed)} connection(s) changed; their peers are notified"
+                )
         elif key == "incoming_mode":
             module.set_mode(session, value)
             click.echo(f"incoming_mode: {value}")
         else:
             password = sys.stdin.readline().rstrip("\r\n") if value == "-" else value
             module.set_password(session, password)
-            click.echo("incoming_password: set" if password else "incoming_password: cleared")
+            click.echo(
+                "incoming_password: set" if password else "incoming_password: cleared"
+            )
 
 
 # -- connections ----------------------------------------------------------------
@@ -262,7 +298,7 @@ def _when(value: str | None) -> dt.datetime | None:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"not an ISO 8601 time: {value}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _show_connection(data: dict[str, Any]) -> None:
@@ -282,18 +318,30 @@ def _show_connection(data: dict[str, Any]) -> None:
 @click.option("--expires-at", default=None, help="ISO 8601; UTC if no offset")
 @click.option("--max-downloads", type=click.IntRange(min=0), default=None)
 @click.option("--max-records-total", type=click.IntRange(min=0), default=None)
-@click.option("--max-records-per-request", type=click.IntRange(1, 1_000_000), default=10_000)
-@click.option("--rate-limit", type=click.IntRange(min=1), default=60,
-              help="requests per minute")
+@click.option(
+    "--max-records-per-request", type=click.IntRange(1, 1_000_000), default=10_000
+)
+@click.option(
+    "--rate-limit", type=click.IntRange(min=1), default=60, help="requests per minute"
+)
 @click.option("--ip-allowlist", default=None, help="CIDRs, comma-separated")
 @click.option("--allowed-hours", default=None, help="UTC hours START-END, inclusive")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def connections_create(
-    name: str, url: str, password: str | None, allowed_tables: str | None,
-    excluded_tables: str | None, expires_at: str | None, max_downloads: int | None,
-    max_records_total: int | None, max_records_per_request: int, rate_limit: int,
-    ip_allowlist: str | None, allowed_hours: str | None, as_json: bool,
+    name: str,
+    url: str,
+    password: str | None,
+    allowed_tables: str | None,
+    excluded_tables: str | None,
+    expires_at: str | None,
+    max_downloads: int | None,
+    max_records_total: int | None,
+    max_records_per_request: int,
+    rate_limit: int,
+    ip_allowlist: str | None,
+    allowed_hours: str | None,
+    as_json: bool,
 ) -> None:
     """Create a sender connection; prints its token, the only time it is shown."""
     from shared.control import connections as svc
@@ -335,12 +383,27 @@ def connections_list(as_json: bool) -> None:
         rows = [svc.describe(c) for c in svc.list_all(session)]
 
     def render(items: list[dict[str, Any]]) -> None:
-        table = Table("id", "name", "direction", "site", "status", "registration",
-                      "peer sync", "last verified")
+        table = Table(
+            "id",
+            "name",
+            "direction",
+            "site",
+            "status",
+            "registration",
+            "peer sync",
+            "last verified",
+        )
         for c in items:
-            table.add_row(c["id"], c["name"], c["direction"], c["site_url"], c["status"],
-                          c["registration"] or "", c["peer_sync"] or "",
-                          c["last_verified_at"] or "")
+            table.add_row(
+                c["id"],
+                c["name"],
+                c["direction"],
+                c["site_url"],
+                c["status"],
+                c["registration"] or "",
+                c["peer_sync"] or "",
+                c["last_verified_at"] or "",
+            )
         console.print(table)
 
     emit(rows, as_json, render)
@@ -361,19 +424,23 @@ def connections_show(connection_id: str, as_json: bool) -> None:
 
 def _lifecycle(action: str, with_reason: bool, allow_all: bool) -> Callable[..., None]:
     @friendly
-    def command(connection_id: str | None, reason: str | None = None,
-                all_: bool = False) -> None:
+    def command(
+        connection_id: str | None, reason: str | None = None, all_: bool = False
+    ) -> None:
         from shared.control import connections as svc
 
         site = _site()
         with site.db.session() as session:
             if all_:
                 changed = svc.bulk(session, site, action, reason)
-                click.echo(f"{action}: {len(changed)} connection(s); peers are notified")
+                click.echo(
+                    f"{action}: {len(changed)} connection(s); peers are notified"
+                )
                 return
             if not connection_id:
-                raise click.ClickException("give a connection ID" +
-                                           (" or --all" if allow_all else ""))
+                raise click.ClickException(
+                    "give a connection ID" + (" or --all" if allow_all else "")
+                )
             conn = svc.get(session, connection_id)
             fn = getattr(svc, action)
             if with_reason:
@@ -389,10 +456,17 @@ def _lifecycle(action: str, with_reason: bool, allow_all: bool) -> Callable[...,
     if with_reason:
         params.append(click.Option(["--reason"], default=None))
     if allow_all:
-        params.append(click.Option(["--all", "all_"], is_flag=True,
-                                   help="every connection it applies to"))
-    return click.Command(action, callback=command, params=params,
-                         help=f"{action.capitalize()} a connection; the peer is told.")
+        params.append(
+            click.Option(
+                ["--all", "all_"], is_flag=True, help="every connection it applies to"
+            )
+        )
+    return click.Command(
+        action,
+        callback=command,
+        params=params,
+        help=f"{action.capitalize()} a connection; the peer is told.",
+    )
 
 
 connections.add_command(_lifecycle("approve", False, False))
@@ -418,7 +492,11 @@ def connections_verify(connection_id: str, as_json: bool) -> None:
     outcome = healing.verify(site, runtime.peer, conn_id)
     with site.db.session() as session:
         data = {"outcome": outcome, **svc.describe(svc.get(session, conn_id))}
-    emit(data, as_json, lambda d: click.echo(f"verify: {d['outcome']} (status {d['status']})"))
+    emit(
+        data,
+        as_json,
+        lambda d: click.echo(f"verify: {d['outcome']} (status {d['status']})"),
+    )
 
 
 # -- pulling from a sender ------------------------------------------------------
@@ -429,7 +507,9 @@ def _receiver(session, connection_id: str):  # type: ignore[no-untyped-def]
 
     conn = svc.get(session, connection_id)
     if conn.direction != "receiver":
-        raise click.ClickException("that is a sender connection; pull from a receiver one")
+        raise click.ClickException(
+            "that is a sender connection; pull from a receiver one"
+        )
     return conn
 
 
@@ -462,10 +542,14 @@ def tables(connection_id: str, as_json: bool) -> None:
     def render(items: list[dict[str, Any]]) -> None:
         table = Table("name", "rows", "bytes", "primary key", "depends on", "checksum")
         for t in items:
-            table.add_row(t["name"], str(t.get("row_count")), str(t.get("size_bytes")),
-                          ",".join(t.get("primary_key") or []),
-                          ",".join(t.get("depends_on") or []),
-                          (t.get("checksum") or "-")[:16])
+            table.add_row(
+                t["name"],
+                str(t.get("row_count")),
+                str(t.get("size_bytes")),
+                ",".join(t.get("primary_key") or []),
+                ",".join(t.get("depends_on") or []),
+                (t.get("checksum") or "-")[:16],
+            )
         console.print(table)
 
     emit(data, as_json, render)
@@ -483,12 +567,19 @@ def schema(connection_id: str, table_name: str, as_json: bool) -> None:
     def render(d: dict[str, Any]) -> None:
         table = Table("column", "type", "nullable", "pk", "default")
         for c in d["columns"]:
-            table.add_row(c["name"], c["type"], str(c["nullable"]), str(c["primary_key"]),
-                          str(c.get("default") or ""))
+            table.add_row(
+                c["name"],
+                c["type"],
+                str(c["nullable"]),
+                str(c["primary_key"]),
+                str(c.get("default") or ""),
+            )
         console.print(table)
         for fk in d.get("foreign_keys") or []:
-            click.echo(f"foreign key ({', '.join(fk['columns'])}) -> "
-                       f"{fk['references_table']} ({', '.join(fk['references_columns'])})")
+            click.echo(
+                f"foreign key ({', '.join(fk['columns'])}) -> "
+                f"{fk['references_table']} ({', '.join(fk['references_columns'])})"
+            )
 
     emit(data, as_json, render)
 
@@ -502,8 +593,15 @@ def schema(connection_id: str, table_name: str, as_json: bool) -> None:
 @click.option("--range", "id_range", default=None, help="A:B on the primary key")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def preview(connection_id: str, table_name: str, limit: int, offset: int,
-            ids: str | None, id_range: str | None, as_json: bool) -> None:
+def preview(
+    connection_id: str,
+    table_name: str,
+    limit: int,
+    offset: int,
+    ids: str | None,
+    id_range: str | None,
+    as_json: bool,
+) -> None:
     """A few records of a sender table."""
     body: dict[str, Any] = {"table_name": table_name, "limit": limit, "offset": offset}
     if ids:
@@ -523,8 +621,12 @@ def preview(connection_id: str, table_name: str, limit: int, offset: int,
             return
         table = Table(*rows[0].keys())
         for r in rows:
-            table.add_row(*(json.dumps(v, default=str) if not isinstance(v, str) else v
-                            for v in r.values()))
+            table.add_row(
+                *(
+                    json.dumps(v, default=str) if not isinstance(v, str) else v
+                    for v in r.values()
+                )
+            )
         console.print(table)
         if data.get("has_more"):
             click.echo("(more records follow)")
@@ -536,28 +638,51 @@ def preview(connection_id: str, table_name: str, limit: int, offset: int,
 @click.argument("connection_id")
 @click.argument("table_names", nargs=-1)
 @click.option("--all", "all_tables", is_flag=True, help="every table the sender offers")
-@click.option("--strategy", type=click.Choice(["skip", "overwrite", "merge", "append"]),
-              default=None, help="default: the connection's default strategy")
-@click.option("--create-missing/--no-create-missing", default=None,
-              help="create tables missing here from the sender's schema")
+@click.option(
+    "--strategy",
+    type=click.Choice(["skip", "overwrite", "merge", "append"]),
+    default=None,
+    help="default: the connection's default strategy",
+)
+@click.option(
+    "--create-missing/--no-create-missing",
+    default=None,
+    help="create tables missing here from the sender's schema",
+)
 @click.option("--wait", is_flag=True, help="show progress until the transfer ends")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def pull(connection_id: str, table_names: tuple[str, ...], all_tables: bool,
-         strategy: str | None, create_missing: bool | None, wait: bool,
-         as_json: bool) -> None:
+def pull(
+    connection_id: str,
+    table_names: tuple[str, ...],
+    all_tables: bool,
+    strategy: str | None,
+    create_missing: bool | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
     """Pull tables from the sender of a receiver connection (done by pull workers)."""
     from shared.data.receiver import pulls
 
     site = _site()
     with site.db.session() as session:
         conn = _receiver(session, connection_id)
-        transfer = pulls.start(session, site, conn, table_names, all_tables=all_tables,
-                               strategy=strategy, create_missing=create_missing)
+        transfer = pulls.start(
+            session,
+            site,
+            conn,
+            table_names,
+            all_tables=all_tables,
+            strategy=strategy,
+            create_missing=create_missing,
+        )
         transfer_id = str(transfer.id)
     if not wait:
-        emit({"id": transfer_id, "status": "pending"}, as_json,
-             lambda d: click.echo(f"transfer {d['id']} queued"))
+        emit(
+            {"id": transfer_id, "status": "pending"},
+            as_json,
+            lambda d: click.echo(f"transfer {d['id']} queued"),
+        )
         return
     final = _watch(site, transfer_id, quiet=as_json)
     if as_json:
@@ -569,8 +694,13 @@ def pull(connection_id: str, table_names: tuple[str, ...], all_tables: bool,
 
 
 def _watch(site, transfer_id: str, quiet: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from shared.data.receiver import transfers
 
@@ -583,29 +713,53 @@ def _watch(site, transfer_id: str, quiet: bool) -> dict[str, Any]:  # type: igno
             time.sleep(0.5)
         return data
     bars: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
         while True:
             data = load()
             for t in data["tables"]:
                 if t["table"] not in bars:
-                    bars[t["table"]] = progress.add_task(t["table"], total=t["rows_expected"],
-                                                         rate="")
-                progress.update(bars[t["table"]], completed=t["rows_done"],
-                                total=max(t["rows_expected"] or 0, t["rows_done"]),
-                                rate=f"{data['rows_per_second'] or 0:,.0f} rows/s")
+                    bars[t["table"]] = progress.add_task(
+                        t["table"], total=t["rows_expected"], rate=""
+                    )
+                progress.update(
+                    bars[t["table"]],
+                    completed=t["rows_done"],
+                    total=max(t["rows_expected"] or 0, t["rows_done"]),
+                    rate=f"{data['rows_per_second'] or 0:,.0f} rows/s",
+                )
             if data["status"] in ("completed", "failed", "cancelled"):
                 return data
             time.sleep(0.5)
 
 
 def _summary(data: dict[str, Any]) -> None:
-    table = Table("table", "status", "rows", "created", "updated", "skipped", "failed",
-                  title=f"transfer {data['id']}: {data['status']}")
+    table = Table(
+        "table",
+        "status",
+        "rows",
+        "created",
+        "updated",
+        "skipped",
+        "failed",
+        title=f"transfer {data['id']}: {data['status']}",
+    )
     for t in data["tables"]:
-        table.add_row(t["table"], t["status"], str(t["rows_done"]), str(t["created"]),
-                      str(t["updated"]), str(t["skipped"]), str(t["failed"]))
+        table.add_row(
+            t["table"],
+            t["status"],
+            str(t["rows_done"]),
+            str(t["created"]),
+            str(t["updated"]),
+            str(t["skipped"]),
+            str(t["failed"]),
+        )
     console.print(table)
     if data.get("error"):
         click.echo(f"error: {data['error']}")
@@ -631,14 +785,33 @@ def transfers_list(limit: int, as_json: bool) -> None:
         rows = [svc.describe(t, with_tables=False) for t in svc.newest(session, limit)]
 
     def render(items: list[dict[str, Any]]) -> None:
-        table = Table("id", "direction", "connection", "status", "strategy", "rows",
-                      "created", "updated", "skipped", "failed", "started")
+        table = Table(
+            "id",
+            "direction",
+            "connection",
+            "status",
+            "strategy",
+            "rows",
+            "created",
+            "updated",
+            "skipped",
+            "failed",
+            "started",
+        )
         for t in items:
-            table.add_row(t["id"], t["direction"], t["connection"] or "", t["status"],
-                          t["strategy"] or "", f"{t['records_transferred']}",
-                          str(t["records_created"]), str(t["records_updated"]),
-                          str(t["records_skipped"]), str(t["records_failed"]),
-                          t["started_at"] or "")
+            table.add_row(
+                t["id"],
+                t["direction"],
+                t["connection"] or "",
+                t["status"],
+                t["strategy"] or "",
+                f"{t['records_transferred']}",
+                str(t["records_created"]),
+                str(t["records_updated"]),
+                str(t["records_skipped"]),
+                str(t["records_failed"]),
+                t["started_at"] or "",
+            )
         console.print(table)
 
     emit(rows, as_json, render)
@@ -670,8 +843,13 @@ def audit(limit: int, as_json: bool) -> None:
     site = _site()
     with site.db.session() as session:
         rows = [
-            {"at": e.at.isoformat(), "actor": e.actor, "action": e.action,
-             "connection": e.connection_name, "reason": e.reason}
+            {
+                "at": e.at.isoformat(),
+                "actor": e.actor,
+                "action": e.action,
+                "connection": e.connection_name,
+                "reason": e.reason,
+            }
             for e in session.scalars(
                 select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             )
@@ -680,8 +858,13 @@ def audit(limit: int, as_json: bool) -> None:
     def render(items: list[dict[str, Any]]) -> None:
         table = Table("at", "actor", "action", "connection", "reason")
         for e in items:
-            table.add_row(e["at"], e["actor"], e["action"], e["connection"] or "",
-                          e["reason"] or "")
+            table.add_row(
+                e["at"],
+                e["actor"],
+                e["action"],
+                e["connection"] or "",
+                e["reason"] or "",
+            )
         console.print(table)
 
     emit(rows, as_json, render)

@@ -27,7 +27,11 @@ class Site:
         engine = self.db.data_engine
         return Catalog(
             engine,
-            schema=self.settings.data_schema if engine.dialect.name == "postgresql" else None,
-            excluded=set(OWN_TABLES) | {CHECKPOINT_TABLE} | set(self.settings.excluded_tables),
+            schema=self.settings.data_schema
+            if engine.dialect.name == "postgresql"
+            else None,
+            excluded=set(OWN_TABLES)
+            | {CHECKPOINT_TABLE}
+            | set(self.settings.excluded_tables),
             checksum_row_limit=self.settings.checksum_row_limit,
         )

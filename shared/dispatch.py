@@ -11,7 +11,6 @@ class Dispatcher(Protocol):
     def run_pull(self, transfer_id: str) -> None: ...
 
 
-
 class DeferredDispatcher:
     """Enqueue nothing; the beat sweep picks durable work up from the database.
 

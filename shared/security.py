@@ -55,7 +55,9 @@ class UnsafeURL(ValueError):
 
 
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?$", re.I)
-_CANONICAL_V4 = re.compile(r"^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$")
+_CANONICAL_V4 = re.compile(
+    r"^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$"
+)
 
 
 def normalise_url(url: str) -> str:
@@ -136,7 +138,9 @@ def check_url(
             if resolve:
                 for ip in resolve_host(host, port):
                     if _refused(ip):
-                        raise UnsafeURL("host resolves to an address that is not public")
+                        raise UnsafeURL(
+                            "host resolves to an address that is not public"
+                        )
     return normalise_url(url)
 
 

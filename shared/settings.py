@@ -7,10 +7,9 @@ site starts on a fresh machine; production points them at PostgreSQL and Redis.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
-
 
 PULL_FORMATS = ("auto", "json", "pg_copy_text")
 
@@ -112,13 +111,15 @@ class Settings:
         return f"{self.queue_prefix}pull"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("SYNC_HOME") or _default_home())
         sqlite_url = f"sqlite:///{home / 'dbsync.sqlite3'}"
         database_url = normalise_db_url(env.get("SYNC_DATABASE_URL") or sqlite_url)
         data_url = normalise_db_url(env.get("SYNC_DATA_DATABASE_URL") or database_url)
-        broker = env.get("SYNC_BROKER_URL") or f"sqla+sqlite:///{home / 'broker.sqlite3'}"
+        broker = (
+            env.get("SYNC_BROKER_URL") or f"sqla+sqlite:///{home / 'broker.sqlite3'}"
+        )
         prefix = (env.get("SYNC_URL_PREFIX") or "").strip().rstrip("/")
         if prefix and not prefix.startswith("/"):
             prefix = "/" + prefix

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from falcon import testing
@@ -14,10 +14,9 @@ from api.app import create_app
 from shared.context import Site
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
+from shared.settings import Settings
 from shared.state.migrate import upgrade
 from shared.state.models import Base
-from shared.settings import Settings
-
 from tests.pg import SITE_URL, create_database, drop_database
 
 

@@ -11,8 +11,8 @@ from celery.signals import worker_process_init
 from kombu import Exchange, Queue
 
 from shared.context import Site
-from shared.db import Database
 from shared.control.peer import PeerClient
+from shared.db import Database
 from shared.settings import Settings
 
 log = logging.getLogger("dbsync.workers")
@@ -49,7 +49,9 @@ class TaskDispatcher:
         )
 
     def run_pull(self, transfer_id: str) -> None:
-        app.send_task("dbsync.run_pull", args=[transfer_id], queue=self._settings.pull_queue)
+        app.send_task(
+            "dbsync.run_pull", args=[transfer_id], queue=self._settings.pull_queue
+        )
 
 
 runtime = Runtime()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import falcon
 
 from api.middleware import read_json, remote_ip
 from shared.context import Site
-from shared.control import module
 from shared.control import handlers as peer_api
+from shared.control import module
 
 
 class Status:

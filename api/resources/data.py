@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import falcon
 
 from api.middleware import read_json, remote_ip
-from shared.data import bulk
 from shared.context import Site
+from shared.data import bulk
 from shared.data.sender import handlers as data_api
 
 

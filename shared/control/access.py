@@ -13,12 +13,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.context import Site
+from shared.control import counters, healing
 from shared.db import utcnow
 from shared.errors import SyncError
-from shared.state.models import Connection
 from shared.security import same_secret
-from shared.control import counters
-from shared.control import healing
+from shared.state.models import Connection
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,9 @@ def sender_connection(session: Session, token_hash: str) -> Connection:
     return conn
 
 
-def authorise(session: Session, site: Site, token_hash: str, caller: Caller) -> Connection:
+def authorise(
+    session: Session, site: Site, token_hash: str, caller: Caller
+) -> Connection:
     """Return the sender connection if every control lets this call through."""
     conn = sender_connection(session, token_hash)
     if conn.status != "active":
@@ -59,7 +60,10 @@ def authorise(session: Session, site: Site, token_hash: str, caller: Caller) -> 
         and conn.downloads_used >= conn.max_downloads
     ):
         raise SyncError("forbidden", "Download limit reached")
-    if conn.max_records_total is not None and conn.records_downloaded >= conn.max_records_total:
+    if (
+        conn.max_records_total is not None
+        and conn.records_downloaded >= conn.max_records_total
+    ):
         raise SyncError("forbidden", "Record limit reached")
     wait = counters.take(
         site.db.engine, f"rate:{conn.id}", conn.rate_limit_requests_per_minute, 60
@@ -71,9 +75,13 @@ def authorise(session: Session, site: Site, token_hash: str, caller: Caller) -> 
 
 def check_table(conn: Connection, table: str) -> None:
     if table in (conn.excluded_tables or []):
-        raise SyncError("forbidden", "This connection is not authorised to access that table")
+        raise SyncError(
+            "forbidden", "This connection is not authorised to access that table"
+        )
     if conn.allowed_tables and table not in conn.allowed_tables:
-        raise SyncError("forbidden", "This connection is not authorised to access that table")
+        raise SyncError(
+            "forbidden", "This connection is not authorised to access that table"
+        )
 
 
 def table_allowed(conn: Connection, table: str) -> bool:
@@ -117,8 +125,9 @@ def _expire_now(site: Site, conn: Connection) -> None:
             healing.mark_expired(session, fresh)
 
 
-def count_page(session: Session, conn: Connection, records: int, new_download: bool,
-               size: int) -> None:
+def count_page(
+    session: Session, conn: Connection, records: int, new_download: bool, size: int
+) -> None:
     """Add a served page to the connection's counters atomically."""
     values: dict[str, object] = {
         "records_downloaded": Connection.records_downloaded + records,

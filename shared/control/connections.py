@@ -16,12 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.context import Site
+from shared.control import audit, notices
 from shared.db import parse_uuid, utcnow
 from shared.errors import SyncError
-from shared.state.models import Connection
 from shared.security import UnsafeURL, check_url, hash_token, new_token
-from shared.control import audit
-from shared.control import notices
+from shared.state.models import Connection
 
 MODULE_DISABLED_REASON = "DB Sync module disabled"
 
@@ -75,7 +74,9 @@ def get(session: Session, connection_id: str | uuid.UUID) -> Connection:
 
 def list_all(session: Session) -> list[Connection]:
     return list(
-        session.scalars(select(Connection).order_by(Connection.created_at, Connection.name))
+        session.scalars(
+            select(Connection).order_by(Connection.created_at, Connection.name)
+        )
     )
 
 
@@ -134,7 +135,9 @@ def create_sender(
     return conn, token
 
 
-def approve(session: Session, site: Site, conn: Connection, actor: str = "operator") -> None:
+def approve(
+    session: Session, site: Site, conn: Connection, actor: str = "operator"
+) -> None:
     if conn.status != "pending":
         raise SyncError("conflict", f"Connection is {conn.status}, not pending")
     conn.status = "active"
@@ -160,10 +163,15 @@ def suspend(
     conn.status = "suspended"
     conn.suspended_at = utcnow()
     conn.suspended_reason = reason or "Suspended by operator"
-    audit.record(session, actor, "connection.suspended", conn, reason=conn.suspended_reason)
+    audit.record(
+        session, actor, "connection.suspended", conn, reason=conn.suspended_reason
+    )
     if notify:
         notices.owe(
-            session, site, conn, "update_status",
+            session,
+            site,
+            conn,
+            "update_status",
             {"status": "suspended", "reason": conn.suspended_reason},
         )
 
@@ -197,12 +205,17 @@ def revoke(
     audit.record(session, actor, "connection.revoked", conn, reason=conn.revoked_reason)
     if notify:
         notices.owe(
-            session, site, conn, "update_status",
+            session,
+            site,
+            conn,
+            "update_status",
             {"status": "revoked", "reason": conn.revoked_reason},
         )
 
 
-def delete(session: Session, site: Site, conn: Connection, actor: str = "operator") -> None:
+def delete(
+    session: Session, site: Site, conn: Connection, actor: str = "operator"
+) -> None:
     audit.record(session, actor, "connection.deleted", conn)
     notices.owe(session, site, conn, "delete", {})
     notices.cancel_for(session, conn.id, keep_kind="delete")
@@ -214,12 +227,16 @@ def bulk(
 ) -> list[Connection]:
     """Suspend or revoke every connection it applies to; one notice per peer."""
     if action == "suspend":
-        targets = session.scalars(select(Connection).where(Connection.status == "active"))
+        targets = session.scalars(
+            select(Connection).where(Connection.status == "active")
+        )
         changed = list(targets)
         for conn in changed:
             suspend(session, site, conn, reason)
     elif action == "revoke":
-        targets = session.scalars(select(Connection).where(Connection.status != "revoked"))
+        targets = session.scalars(
+            select(Connection).where(Connection.status != "revoked")
+        )
         changed = list(targets)
         for conn in changed:
             revoke(session, site, conn, reason)
@@ -240,7 +257,9 @@ def set_enabled(session: Session, site: Site, enabled: bool) -> list[Connection]
     if row.enabled == enabled:
         return []
     row.enabled = enabled
-    audit.record(session, "operator", "module.enabled" if enabled else "module.disabled", None)
+    audit.record(
+        session, "operator", "module.enabled" if enabled else "module.disabled", None
+    )
     if not enabled:
         return bulk(session, site, "suspend", MODULE_DISABLED_REASON)
     revived = list(

@@ -36,7 +36,9 @@ def retry_after(engine: Engine, key: str, limit: int, window: int) -> int | None
         row = session.get(Counter, key)
         if row is None:
             return None
-        remaining = (row.window_start + dt.timedelta(seconds=window) - utcnow()).total_seconds()
+        remaining = (
+            row.window_start + dt.timedelta(seconds=window) - utcnow()
+        ).total_seconds()
         if remaining <= 0 or row.count < limit:
             return None
         return max(1, int(remaining + 0.999))
@@ -47,7 +49,9 @@ def hit(engine: Engine, key: str, window: int) -> tuple[int, int]:
     with Session(engine) as session, session.begin():
         row = _load(session, key, window)
         row.count += 1
-        left = (row.window_start + dt.timedelta(seconds=window) - utcnow()).total_seconds()
+        left = (
+            row.window_start + dt.timedelta(seconds=window) - utcnow()
+        ).total_seconds()
         return row.count, max(1, int(left + 0.999))
 
 
@@ -55,7 +59,9 @@ def take(engine: Engine, key: str, limit: int, window: int) -> int | None:
     """Count one request if the window has room; else return seconds to wait."""
     with Session(engine) as session, session.begin():
         row = _load(session, key, window)
-        left = (row.window_start + dt.timedelta(seconds=window) - utcnow()).total_seconds()
+        left = (
+            row.window_start + dt.timedelta(seconds=window) - utcnow()
+        ).total_seconds()
         if row.count >= limit:
             return max(1, int(left + 0.999))
         row.count += 1

@@ -7,16 +7,17 @@ wording; the web front only parses and serialises.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.context import Site
+from shared.control import audit, counters, module, notices
 from shared.db import utcnow
 from shared.errors import SyncError, disabled, not_found
-from shared.state.models import Connection
 from shared.security import (
     UnsafeURL,
     check_url,
@@ -25,10 +26,7 @@ from shared.security import (
     same_secret,
     verify_password,
 )
-from shared.control import audit
-from shared.control import counters
-from shared.control import module
-from shared.control import notices
+from shared.state.models import Connection
 from shared.validation import Field, validate
 
 TOKEN_HASH = Field("auth_token_hash", str, required=True, max_length=128)
@@ -81,7 +79,9 @@ def register(
     except UnsafeURL:
         raise SyncError("bad_request", "Invalid sender_url") from None
     if settings.incoming_mode == "require_password":
-        _check_password(site, settings.incoming_password_hash, data["password"], remote_ip)
+        _check_password(
+            site, settings.incoming_password_hash, data["password"], remote_ip
+        )
     clash = session.scalar(
         select(Connection.id).where(
             Connection.site_url == sender_url, Connection.direction == "receiver"
@@ -111,8 +111,13 @@ def register(
         session.flush()
     except IntegrityError:
         raise SyncError("conflict", "A connection already exists") from None
-    audit.record(session, "peer", "connection.registered", conn,
-                 incoming_mode=settings.incoming_mode)
+    audit.record(
+        session,
+        "peer",
+        "connection.registered",
+        conn,
+        incoming_mode=settings.incoming_mode,
+    )
     if not pending:
         # Tell the sender we accepted: it activates its side when we poll it.
         notices.owe(session, site, conn, "poll_status", {})
@@ -184,8 +189,13 @@ def connection_status(session: Session, body: Mapping[str, Any]) -> dict[str, An
             "auto_activated_at": now.isoformat(),
             "auto_activated_reason": "receiver queried connection status",
         }
-        audit.record(session, "peer", "connection.activated", conn,
-                     reason="receiver queried connection status")
+        audit.record(
+            session,
+            "peer",
+            "connection.activated",
+            conn,
+            reason="receiver queried connection status",
+        )
     return {"success": True, "status": conn.status, "name": conn.name}
 
 
@@ -214,20 +224,29 @@ def update_status(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
         changed = True
     # A pending connection stays pending: approval is this site's decision.
     if changed:
-        audit.record(session, "peer", f"connection.{_verb(status)}", conn,
-                     reason=f"peer set status {status}")
+        audit.record(
+            session,
+            "peer",
+            f"connection.{_verb(status)}",
+            conn,
+            reason=f"peer set status {status}",
+        )
     return {"success": True, "message": f"Status updated to {status}"}
 
 
 def _verb(status: str) -> str:
-    return {"active": "reactivated", "suspended": "suspended", "revoked": "revoked"}[status]
+    return {"active": "reactivated", "suspended": "suspended", "revoked": "revoked"}[
+        status
+    ]
 
 
 def delete(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
     require_enabled(session)
     data = validate(body, PEER_FIELDS)
     conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
-    audit.record(session, "peer", "connection.deleted", conn, reason="deleted by the peer site")
+    audit.record(
+        session, "peer", "connection.deleted", conn, reason="deleted by the peer site"
+    )
     notices.cancel_for(session, conn.id, keep_kind="")
     session.delete(conn)
     return {"success": True, "message": "Connection deleted"}

@@ -9,11 +9,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from shared.context import Site
-from shared.db import utcnow
-from shared.state.models import Connection
-from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
-from shared.security import short_hash
 from shared.control import audit
+from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
+from shared.db import utcnow
+from shared.security import short_hash
+from shared.state.models import Connection
 
 log = logging.getLogger("dbsync.healing")
 
@@ -66,14 +66,19 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
                 )
         except (PeerUnavailable, PeerRefused) as ex:
             conn.last_verify_error = str(ex)[:500]
-            log.info("verify unreachable connection=%s hash=%s", conn.id,
-                     short_hash(conn.auth_token_hash))
+            log.info(
+                "verify unreachable connection=%s hash=%s",
+                conn.id,
+                short_hash(conn.auth_token_hash),
+            )
             return "unreachable"
         if resp.status == 404:
             conn.verify_not_found_count += 1
             conn.last_verify_error = "Connection not found at the peer"
             if conn.verify_not_found_count >= NOT_FOUND_LIMIT and conn.status in (
-                "active", "pending", "expired"
+                "active",
+                "pending",
+                "expired",
             ):
                 _suspend(session, conn)
                 return "suspended"
@@ -90,8 +95,13 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
             if remote == "revoked":
                 conn.status, conn.revoked_at = "revoked", utcnow()
                 conn.revoked_reason = "Revoked by the sender site"
-                audit.record(session, "system", "connection.revoked", conn,
-                             reason=conn.revoked_reason)
+                audit.record(
+                    session,
+                    "system",
+                    "connection.revoked",
+                    conn,
+                    reason=conn.revoked_reason,
+                )
                 return "revoked"
         return "ok"
 
@@ -100,7 +110,9 @@ def _suspend(session: Session, conn: Connection) -> None:
     conn.status = "suspended"
     conn.suspended_at = utcnow()
     conn.suspended_reason = NOT_FOUND_REASON
-    audit.record(session, "system", "connection.suspended", conn, reason=NOT_FOUND_REASON)
+    audit.record(
+        session, "system", "connection.suspended", conn, reason=NOT_FOUND_REASON
+    )
 
 
 def expire(site: Site) -> int:
@@ -127,5 +139,9 @@ def expire(site: Site) -> int:
 def mark_expired(session: Session, conn: Connection) -> None:
     conn.status = "expired"
     conn.expired_at = utcnow()
-    reason = "expired" if conn.expires_at and conn.expires_at <= utcnow() else "limit reached"
+    reason = (
+        "expired"
+        if conn.expires_at and conn.expires_at <= utcnow()
+        else "limit reached"
+    )
     audit.record(session, "system", "connection.expired", conn, reason=reason)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from shared.errors import SyncError
-from shared.state.models import INCOMING_MODES, ModuleSettings
 from shared.security import hash_password
+from shared.state.models import INCOMING_MODES, ModuleSettings
 
 
 def get(session: Session) -> ModuleSettings:

@@ -20,10 +20,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.context import Site
-from shared.db import after_commit, utcnow
-from shared.state.models import Connection, PeerNotice
 from shared.control.peer import PeerClient, PeerRefused, PeerResponse, PeerUnavailable
+from shared.db import after_commit, utcnow
 from shared.security import short_hash
+from shared.state.models import Connection, PeerNotice
 
 log = logging.getLogger("dbsync.notices")
 
@@ -111,7 +111,11 @@ def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
         now = utcnow()
         if notice.next_attempt_at > now + dt.timedelta(seconds=1):
             return Outcome("not_due")
-        conn = session.get(Connection, notice.connection_id) if notice.connection_id else None
+        conn = (
+            session.get(Connection, notice.connection_id)
+            if notice.connection_id
+            else None
+        )
         body = _request_body(site, notice)
         try:
             resp = client.post(notice.site_url, ENDPOINTS[notice.kind], body)
@@ -129,7 +133,9 @@ def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
                 _finish(notice, conn, "gave_up", f"peer unreachable: {ex}")
                 log.warning(
                     "notice gave up id=%s kind=%s hash=%s attempts=%s",
-                    notice.id, notice.kind, short_hash(notice.auth_token_hash),
+                    notice.id,
+                    notice.kind,
+                    short_hash(notice.auth_token_hash),
                     notice.attempts,
                 )
                 return Outcome("gave_up")
@@ -140,8 +146,11 @@ def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
                 conn.peer_sync_error = notice.last_error
             log.info(
                 "notice retry id=%s kind=%s hash=%s attempt=%s in=%.1fs",
-                notice.id, notice.kind, short_hash(notice.auth_token_hash),
-                notice.attempts, delay,
+                notice.id,
+                notice.kind,
+                short_hash(notice.auth_token_hash),
+                notice.attempts,
+                delay,
             )
             return Outcome("retrying", delay)
         notice.attempts += 1
@@ -149,7 +158,11 @@ def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
         state = _apply(session, notice, conn, resp)
         log.info(
             "notice %s id=%s kind=%s hash=%s http=%s",
-            state, notice.id, notice.kind, short_hash(notice.auth_token_hash), resp.status,
+            state,
+            notice.id,
+            notice.kind,
+            short_hash(notice.auth_token_hash),
+            resp.status,
         )
         return Outcome(state)
 
@@ -159,7 +172,8 @@ def _request_body(site: Site, notice: PeerNotice) -> dict[str, Any]:
     if notice.kind == "register":
         body = {
             "sender_url": own,
-            "connection_name": notice.payload.get("connection_name") or notice.connection_name,
+            "connection_name": notice.payload.get("connection_name")
+            or notice.connection_name,
             "auth_token": notice.payload.get("auth_token"),
         }
         if notice.payload.get("password"):
@@ -205,8 +219,13 @@ def _apply(
         if not ok:
             _finish(notice, conn, "failed", resp.error)
             if conn is not None:
-                audit.record(session, "system", "connection.registration_failed", conn,
-                             reason=resp.error)
+                audit.record(
+                    session,
+                    "system",
+                    "connection.registration_failed",
+                    conn,
+                    reason=resp.error,
+                )
             return "failed"
         _finish(notice, conn, "delivered", None)
         if conn is not None:
@@ -218,8 +237,13 @@ def _apply(
                 "remote_connection_uuid": resp.body.get("connection_uuid"),
                 "registered_at": utcnow().isoformat(),
             }
-            audit.record(session, "system", "connection.registered", conn,
-                         remote_status=conn.registration_status)
+            audit.record(
+                session,
+                "system",
+                "connection.registered",
+                conn,
+                remote_status=conn.registration_status,
+            )
         return "delivered"
     if notice.kind == "delete":
         # Already gone at the peer is as good as deleted.
@@ -251,7 +275,10 @@ def due(site: Site, grace_seconds: float) -> list[int]:
         return list(
             session.scalars(
                 select(PeerNotice.id)
-                .where(PeerNotice.state.in_(OPEN_STATES), PeerNotice.next_attempt_at <= cutoff)
+                .where(
+                    PeerNotice.state.in_(OPEN_STATES),
+                    PeerNotice.next_attempt_at <= cutoff,
+                )
                 .order_by(PeerNotice.id)
                 .limit(1000)
             )

@@ -62,7 +62,9 @@ class PeerResponse:
 
 
 class PeerClient:
-    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self, settings: Settings, transport: httpx.BaseTransport | None = None
+    ):
         self._settings = settings
         self._prefix = settings.url_prefix
         self._client = httpx.Client(

@@ -29,8 +29,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from shared.data.receiver import copy_in as copyin
-from shared.data.receiver import importer
 from shared.data import wire
 from shared.data.catalog import (
     PG_READ_SETTINGS,
@@ -39,6 +37,8 @@ from shared.data.catalog import (
     TableInfo,
     quote,
 )
+from shared.data.receiver import copy_in as copyin
+from shared.data.receiver import importer
 
 log = logging.getLogger("dbsync.bulk")
 
@@ -249,7 +249,7 @@ class CopyPage:
             ok = True
         except _Stopped:
             pass
-        except Exception as ex:  # noqa: BLE001 - handed to the consumer, who raises it
+        except Exception as ex:
             log.warning("COPY of %s failed: %s", self.table, ex)
             try:
                 writer.put(ex)
@@ -267,7 +267,7 @@ class CopyPage:
                 # The connection may still be inside the COPY: never pool it.
                 conn.invalidate()
             conn.close()
-        except Exception as ex:  # noqa: BLE001 - nothing more to release
+        except Exception as ex:
             log.warning("releasing the COPY connection failed: %s", ex)
 
 

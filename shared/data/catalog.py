@@ -343,7 +343,7 @@ class Catalog:
             size = conn.exec_driver_sql(
                 "SELECT SUM(pgsize) FROM dbstat WHERE name = ?", (info.name,)
             ).scalar_one()
-        except Exception:  # noqa: BLE001 - an estimate is optional
+        except Exception:
             conn.rollback()
             return None
         return int(size) if size is not None else None
@@ -772,7 +772,10 @@ def _pg_kind(typname: str, typtype: str | None) -> str:
 def _pg_select_expr(col: ColumnInfo) -> str:
     name = _ident(col.name)
     kind = col.kind
-    if kind in ("interval", "numeric", "json", "other", "uuid") or kind in _PG_TEXT_TEMPORAL:
+    if (
+        kind in ("interval", "numeric", "json", "other", "uuid")
+        or kind in _PG_TEXT_TEMPORAL
+    ):
         return f"{name}::text"
     if wire.is_array(kind):
         inner = kind

@@ -46,7 +46,9 @@ class Connection(Base):
 
     __tablename__ = "dbsync_connections"
     __table_args__ = (
-        UniqueConstraint("site_url", "direction", name="uq_dbsync_connections_site_dir"),
+        UniqueConstraint(
+            "site_url", "direction", name="uq_dbsync_connections_site_dir"
+        ),
         UniqueConstraint(
             "auth_token_hash", "direction", name="uq_dbsync_connections_hash_dir"
         ),

@@ -4,16 +4,17 @@ PostgreSQL database and own Redis database, driven through the `dbsync` CLI."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def eventually(check: Callable[[], Any], timeout: float = 30, every: float = 0.3) -> Any:
+def eventually(
+    check: Callable[[], Any], timeout: float = 30, every: float = 0.3
+) -> Any:
     """Return check()'s first truthy value, or fail with its last value."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -82,8 +85,12 @@ class SiteProcesses:
     def _spawn(self, role: str, *args: str) -> None:
         with open(self.home / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
-                [DBSYNC, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.home,
+                [DBSYNC, *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.home,
             )
 
     def start(self, web: bool = True, worker: bool = True, beat: bool = True) -> None:
@@ -98,7 +105,9 @@ class SiteProcesses:
 
     def _answers(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/sync/api/status", timeout=1).status_code == 200
+            return (
+                httpx.get(f"{self.url}/sync/api/status", timeout=1).status_code == 200
+            )
         except httpx.HTTPError:
             return False
 
@@ -134,15 +143,23 @@ class SiteProcesses:
 
     # -- the operator's CLI ------------------------------------------------------
 
-    def cli(self, *args: str, check: bool = True, stdin: str | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [DBSYNC, *args], env=self.env, capture_output=True, text=True,
-            input=stdin, timeout=60, cwd=self.home,
+            [DBSYNC, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=60,
+            cwd=self.home,
         )
         with open(self.home / "cli.log", "a") as log:
-            log.write(f"$ dbsync {' '.join(args)}\n{result.stdout}{result.stderr}"
-                      f"[exit {result.returncode}]\n")
+            log.write(
+                f"$ dbsync {' '.join(args)}\n{result.stdout}{result.stderr}"
+                f"[exit {result.returncode}]\n"
+            )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"dbsync {' '.join(args)} failed ({result.returncode}): {result.stderr}"
@@ -178,8 +195,9 @@ class SiteProcesses:
 
 
 @pytest.fixture
-def two_sites(tmp_path: Path, request: pytest.FixtureRequest
-              ) -> Iterator[tuple[SiteProcesses, SiteProcesses]]:
+def two_sites(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[SiteProcesses, SiteProcesses]]:
     """A sender site and a receiver site, both running, module enabled on both."""
     overrides = getattr(request, "param", {}) or {}
     sender = SiteProcesses("sender", tmp_path, 13, **overrides.get("sender", {}))
@@ -205,9 +223,12 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     setattr(item, "rep_" + rep.when, rep)
 
 
-def create(sender: SiteProcesses, receiver: SiteProcesses, *extra: str) -> dict[str, Any]:
-    data = sender.cli_json("connections", "create", "--name", "to-receiver",
-                           "--url", receiver.url, *extra)
+def create(
+    sender: SiteProcesses, receiver: SiteProcesses, *extra: str
+) -> dict[str, Any]:
+    data = sender.cli_json(
+        "connections", "create", "--name", "to-receiver", "--url", receiver.url, *extra
+    )
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", data["token"])
     assert data["status"] == "pending"
     assert data["registration"] == "queued"

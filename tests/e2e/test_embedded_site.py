@@ -17,9 +17,13 @@ pytestmark = pytest.mark.e2e
 
 def embedded_env(home: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
-    env.update(SYNC_HOME=str(home), SYNC_SITE_URL=f"http://127.0.0.1:{port}",
-               SYNC_ALLOW_PRIVATE_URLS="true", SYNC_OUTBOX_SWEEP_SECONDS="2",
-               SYNC_VERIFY_INTERVAL_SECONDS="2")
+    env.update(
+        SYNC_HOME=str(home),
+        SYNC_SITE_URL=f"http://127.0.0.1:{port}",
+        SYNC_ALLOW_PRIVATE_URLS="true",
+        SYNC_OUTBOX_SWEEP_SECONDS="2",
+        SYNC_VERIFY_INTERVAL_SECONDS="2",
+    )
     return env
 
 
@@ -33,9 +37,14 @@ def test_two_embedded_sites_pair_with_sqlite_and_the_serverless_broker(
             env = embedded_env(tmp_path / name, port)
             (tmp_path / name).mkdir()
             with open(tmp_path / f"{name}.log", "wb") as log:
-                proc = subprocess.Popen([DBSYNC, "up", "--port", str(port)], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, cwd=tmp_path / name)
+                proc = subprocess.Popen(
+                    [DBSYNC, "up", "--port", str(port)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=tmp_path / name,
+                )
             sites.append((proc, env, f"http://127.0.0.1:{port}"))
 
         def status(url: str) -> dict | None:
@@ -45,15 +54,25 @@ def test_two_embedded_sites_pair_with_sqlite_and_the_serverless_broker(
                 return None
 
         for _, _, url in sites:
-            assert eventually(lambda: status(url), timeout=60) == {
-                "success": True, "enabled": False, "incoming_mode": "require_approval",
-                "password_required": False, "accepting_connections": False, "protocol": 1,
+            assert eventually(lambda url=url: status(url), timeout=60) == {
+                "success": True,
+                "enabled": False,
+                "incoming_mode": "require_approval",
+                "password_required": False,
+                "accepting_connections": False,
+                "protocol": 1,
             }
         (_, s_env, _), (_, r_env, r_url) = sites
 
         def cli(env: dict[str, str], *args: str) -> str:
-            out = subprocess.run([DBSYNC, *args], env=env, capture_output=True, text=True,
-                                 timeout=60, check=True)
+            out = subprocess.run(
+                [DBSYNC, *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
             return out.stdout
 
         cli(r_env, "settings", "set", "enabled", "true")

@@ -77,8 +77,10 @@ def test_deny_all_fails_with_the_peers_reason(two_sites) -> None:
     receiver.cli("settings", "set", "incoming_mode", "deny_all")
     create(sender, receiver)
     eventually(
-        lambda: field(sender, "registration")
-        == "failed: Incoming connections are not allowed"
+        lambda: (
+            field(sender, "registration")
+            == "failed: Incoming connections are not allowed"
+        )
     )
     assert field(sender, "status") == "pending"
     assert receiver.connections() == []
@@ -144,11 +146,15 @@ def test_sender_suspends_itself_when_the_receiver_deleted_while_it_was_down(
     sender.stop()
     receiver.cli("connections", "delete", field(receiver, "id"))
     # The receiver gives up telling the sender after its (short) horizon.
-    eventually(lambda: "gave up" in receiver.all_logs() or "gave_up" in receiver.all_logs(),
-               timeout=30)
+    eventually(
+        lambda: "gave up" in receiver.all_logs() or "gave_up" in receiver.all_logs(),
+        timeout=30,
+    )
     sender.start()
     eventually(lambda: field(sender, "status") == "suspended", timeout=45)
-    assert field(sender, "suspended_reason") == "Remote site reports connection not found"
+    assert (
+        field(sender, "suspended_reason") == "Remote site reports connection not found"
+    )
 
 
 def test_logs_of_a_full_lifecycle_hold_no_secret(two_sites) -> None:

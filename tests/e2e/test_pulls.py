@@ -56,11 +56,17 @@ FROM generate_series(1, :n) g;
 def test_a_250k_row_table_is_pulled_exactly(two_sites) -> None:
     sender, receiver = two_sites
     sender.sql(BIG_TABLE, n=250_000)
-    pair(sender, receiver, "--max-records-per-request", "10000", "--rate-limit", "10000")
+    pair(
+        sender, receiver, "--max-records-per-request", "10000", "--rate-limit", "10000"
+    )
     data = pull(receiver, "big", "--create-missing")
     assert data["records_transferred"] == 250_000
     assert data["records_created"] == 250_000
-    assert (data["records_updated"], data["records_skipped"], data["records_failed"]) == (0, 0, 0)
+    assert (
+        data["records_updated"],
+        data["records_skipped"],
+        data["records_failed"],
+    ) == (0, 0, 0)
     assert data["tables"][0]["pages"] == 25
     assert receiver.sql("SELECT count(*) FROM big") == [(250_000,)]
     assert checksum(receiver, "big") == checksum(sender, "big")
@@ -97,24 +103,46 @@ def test_each_strategy_gives_exact_counts_and_rows(two_sites) -> None:
     def run(strategy: str) -> tuple[tuple[int, int, int, int], list[tuple]]:
         receiver.sql(RECEIVER_ITEMS)
         data = pull(receiver, "items", "--strategy", strategy)
-        counts = (data["records_created"], data["records_updated"],
-                  data["records_skipped"], data["records_failed"])
+        counts = (
+            data["records_created"],
+            data["records_updated"],
+            data["records_skipped"],
+            data["records_failed"],
+        )
         return counts, receiver.sql("SELECT * FROM items ORDER BY id")
 
     counts, rows = run("skip")
     assert counts == (2, 0, 3, 0)
-    assert rows == [(1, "a", 1, "n1"), (2, "b-old", 20, "old"), (3, "c-old", None, "keep"),
-                    (4, "d", 4, "n4"), (5, "e", None, None), (10, "z", 10, "z")]
+    assert rows == [
+        (1, "a", 1, "n1"),
+        (2, "b-old", 20, "old"),
+        (3, "c-old", None, "keep"),
+        (4, "d", 4, "n4"),
+        (5, "e", None, None),
+        (10, "z", 10, "z"),
+    ]
 
     counts, rows = run("overwrite")
     assert counts == (2, 3, 0, 0)
-    assert rows == [(1, "a", 1, "n1"), (2, "b", 2, "n2"), (3, "c", 3, None),
-                    (4, "d", 4, "n4"), (5, "e", None, None), (10, "z", 10, "z")]
+    assert rows == [
+        (1, "a", 1, "n1"),
+        (2, "b", 2, "n2"),
+        (3, "c", 3, None),
+        (4, "d", 4, "n4"),
+        (5, "e", None, None),
+        (10, "z", 10, "z"),
+    ]
 
     counts, rows = run("merge")
     assert counts == (2, 3, 0, 0)
-    assert rows == [(1, "a", 1, "n1"), (2, "b", 2, "n2"), (3, "c", 3, "keep"),
-                    (4, "d", 4, "n4"), (5, "e", None, None), (10, "z", 10, "z")]
+    assert rows == [
+        (1, "a", 1, "n1"),
+        (2, "b", 2, "n2"),
+        (3, "c", 3, "keep"),
+        (4, "d", 4, "n4"),
+        (5, "e", None, None),
+        (10, "z", 10, "z"),
+    ]
 
     # append on a natural key cannot work: the transfer fails and says why.
     receiver.sql(RECEIVER_ITEMS)
@@ -129,18 +157,32 @@ def test_append_on_a_generated_key(two_sites) -> None:
     sender, receiver = two_sites
     for site in (sender, receiver):
         site.sql("CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL)")
-    sender.sql("INSERT INTO notes (body) SELECT 'sender ' || g FROM generate_series(1, 5) g")
+    sender.sql(
+        "INSERT INTO notes (body) SELECT 'sender ' || g FROM generate_series(1, 5) g"
+    )
     receiver.sql("INSERT INTO notes (body) VALUES ('mine 1'), ('mine 2'), ('mine 3')")
     pair(sender, receiver, "--rate-limit", "10000")
     data = pull(receiver, "notes", "--strategy", "append")
-    assert (data["records_created"], data["records_updated"], data["records_skipped"],
-            data["records_failed"]) == (5, 0, 0, 0)
+    assert (
+        data["records_created"],
+        data["records_updated"],
+        data["records_skipped"],
+        data["records_failed"],
+    ) == (5, 0, 0, 0)
     assert receiver.sql("SELECT id, body FROM notes ORDER BY id") == [
-        (1, "mine 1"), (2, "mine 2"), (3, "mine 3"), (4, "sender 1"), (5, "sender 2"),
-        (6, "sender 3"), (7, "sender 4"), (8, "sender 5"),
+        (1, "mine 1"),
+        (2, "mine 2"),
+        (3, "mine 3"),
+        (4, "sender 1"),
+        (5, "sender 2"),
+        (6, "sender 3"),
+        (7, "sender 4"),
+        (8, "sender 5"),
     ]
     # The sequence moved on: a local insert after the pull does not collide.
-    assert receiver.sql("INSERT INTO notes (body) VALUES ('later') RETURNING id") == [(9,)]
+    assert receiver.sql("INSERT INTO notes (body) VALUES ('later') RETURNING id") == [
+        (9,)
+    ]
 
 
 RELATED = """
@@ -163,27 +205,38 @@ def test_related_tables_are_created_and_pulled_in_dependency_order(two_sites) ->
     data = pull(receiver, "reviews", "books", "authors", "--create-missing")
     assert [t["table"] for t in data["tables"]] == ["authors", "books", "reviews"]
     assert [(t["rows_done"], t["created"], t["failed"]) for t in data["tables"]] == [
-        (50, 50, 0), (400, 400, 0), (3000, 3000, 0)]
+        (50, 50, 0),
+        (400, 400, 0),
+        (3000, 3000, 0),
+    ]
     fks = receiver.sql(
         "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
-        "WHERE contype = 'f' AND conrelid::regclass::text NOT LIKE 'dbsync%' ORDER BY 1")
+        "WHERE contype = 'f' AND conrelid::regclass::text NOT LIKE 'dbsync%' ORDER BY 1"
+    )
     assert fks == [("books", "authors"), ("reviews", "books")]
-    assert receiver.sql("SELECT column_default FROM information_schema.columns "
-                        "WHERE table_name = 'reviews' AND column_name = 'stars'") == [("3",)]
+    assert receiver.sql(
+        "SELECT column_default FROM information_schema.columns "
+        "WHERE table_name = 'reviews' AND column_name = 'stars'"
+    ) == [("3",)]
     for table in ("authors", "books", "reviews"):
         assert checksum(receiver, table) == checksum(sender, table)
 
 
 @FAST
-def test_a_worker_killed_mid_pull_resumes_without_losing_or_doubling_rows(two_sites) -> None:
+def test_a_worker_killed_mid_pull_resumes_without_losing_or_doubling_rows(
+    two_sites,
+) -> None:
     sender, receiver = two_sites
     for site in (sender, receiver):
         site.sql("CREATE TABLE events (id bigserial PRIMARY KEY, body text NOT NULL)")
-    sender.sql("INSERT INTO events (body) SELECT 'event ' || g "
-               "FROM generate_series(1, 60000) g")
+    sender.sql(
+        "INSERT INTO events (body) SELECT 'event ' || g "
+        "FROM generate_series(1, 60000) g"
+    )
     pair(sender, receiver, "--rate-limit", "100000", "--max-records-per-request", "500")
-    queued = receiver.cli_json("pull", field(receiver, "id"), "events",
-                               "--strategy", "append")
+    queued = receiver.cli_json(
+        "pull", field(receiver, "id"), "events", "--strategy", "append"
+    )
     transfer_id = queued["id"]
 
     def progress() -> dict[str, Any]:
@@ -200,11 +253,15 @@ def test_a_worker_killed_mid_pull_resumes_without_losing_or_doubling_rows(two_si
     assert done["records_transferred"] == 60000
     assert done["records_created"] == 60000
     assert done["attempts"] >= 2
-    assert receiver.sql("SELECT count(*), count(DISTINCT body) FROM events") == [(60000, 60000)]
+    assert receiver.sql("SELECT count(*), count(DISTINCT body) FROM events") == [
+        (60000, 60000)
+    ]
 
 
 @FAST
-def test_a_sender_suspended_mid_pull_fails_the_transfer_with_its_reason(two_sites) -> None:
+def test_a_sender_suspended_mid_pull_fails_the_transfer_with_its_reason(
+    two_sites,
+) -> None:
     sender, receiver = two_sites
     sender.sql(BIG_TABLE, n=60_000)
     pair(sender, receiver, "--rate-limit", "100000", "--max-records-per-request", "500")

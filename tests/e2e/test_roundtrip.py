@@ -20,13 +20,23 @@ def rows_as_text(site: SiteProcesses, table: str) -> list[tuple]:
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SET timezone = 'UTC'; SET intervalstyle = 'postgres'")
-            columns = [r[0] for r in conn.exec_driver_sql(
-                "SELECT column_name FROM information_schema.columns "
-                f"WHERE table_name = '{table}' ORDER BY ordinal_position")]
+            columns = [
+                r[0]
+                for r in conn.exec_driver_sql(
+                    "SELECT column_name FROM information_schema.columns "
+                    f"WHERE table_name = '{table}' ORDER BY ordinal_position"
+                )
+            ]
             exprs = ", ".join(
-                f'"{c}"::jsonb::text' if c in JSONISH else f'"{c}"::text' for c in columns)
-            return [tuple(r) for r in conn.exec_driver_sql(
-                f'SELECT {exprs} FROM "{table}" ORDER BY id')]
+                f'"{c}"::jsonb::text' if c in JSONISH else f'"{c}"::text'
+                for c in columns
+            )
+            return [
+                tuple(r)
+                for r in conn.exec_driver_sql(
+                    f'SELECT {exprs} FROM "{table}" ORDER BY id'
+                )
+            ]
     finally:
         engine.dispose()
 

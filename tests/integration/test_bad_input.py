@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, update
 
 from shared.context import Site
-from shared.state.models import Connection, Counter, ModuleSettings
-from shared.security import new_token
 from shared.control import module
+from shared.security import new_token
+from shared.state.models import Connection, Counter, ModuleSettings
 
 API = "/sync/api"
 PEER = "http://127.0.0.1:19001"

@@ -16,8 +16,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = 2000
-METHODS = {"reference", "pull_empty", "present_skip", "present_overwrite",
-           "present_merge", "json_pages"}
+METHODS = {
+    "reference",
+    "pull_empty",
+    "present_skip",
+    "present_overwrite",
+    "present_merge",
+    "json_pages",
+}
 EXPECTED = {
     "pull_empty": {"created": ROWS},
     "present_skip": {"skipped": ROWS},
@@ -31,11 +37,26 @@ EXPECTED = {
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--rows", str(ROWS), "--repeat", "1",
-         "--latency-requests", "100", "--out", str(out),
-         # Redis databases apart from the default run's, so a real run may go on.
-         "--redis-db", "5"],
-        cwd=REPO, capture_output=True, text=True, timeout=230,
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--rows",
+            str(ROWS),
+            "--repeat",
+            "1",
+            "--latency-requests",
+            "100",
+            "--out",
+            str(out),
+            # Redis databases apart from the default run's, so a real run may go on.
+            "--redis-db",
+            "5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=230,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -44,7 +65,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert data["machine"]["nproc"] >= 1 and data["machine"]["postgresql"]
     summary = {s["method"]: s for s in data["summary"]}
     assert set(summary) == METHODS
-    for method, entry in summary.items():
+    for entry in summary.values():
         assert entry["rows_per_s"] > 0, entry
         assert entry["runs"] == 1
         assert entry["content_ok"] is True, entry
@@ -52,8 +73,14 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
 
     for method, expect in EXPECTED.items():
         (run,) = data["runs"][method]
-        counts = {"transferred": ROWS, "created": 0, "updated": 0, "skipped": 0,
-                  "failed": 0, **expect}
+        counts = {
+            "transferred": ROWS,
+            "created": 0,
+            "updated": 0,
+            "skipped": 0,
+            "failed": 0,
+            **expect,
+        }
         assert run["counts"] == counts, (method, run)
         assert run["rows_per_s"] > 0
         assert run["seconds"] <= run["wall_seconds"]
@@ -64,23 +91,33 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
             assert peak[tree]["processes"] >= 2, (method, peak)
 
     latency = data["latency"]["results"]
-    assert set(latency) == {"bare_falcon", "verify_connection", "register_connection",
-                            "register_connection_409"}
+    assert set(latency) == {
+        "bare_falcon",
+        "verify_connection",
+        "register_connection",
+        "register_connection_409",
+    }
     for name, r in latency.items():
         assert r["requests"] == 100 and r["all_expected"], (name, r)
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"], (name, r)
     assert latency["verify_connection"]["p95_ratio_to_bare"] > 0
 
     # It cleaned up after itself: no benchmark database is left behind.
-    from tests.pg import PG_ADMIN_URL  # noqa: PLC0415
     from sqlalchemy import create_engine, text
+
+    from tests.pg import PG_ADMIN_URL
 
     engine = create_engine(PG_ADMIN_URL)
     try:
         with engine.connect() as conn:
-            left = conn.execute(text(
-                "SELECT datname FROM pg_database WHERE datname LIKE :p"),
-                {"p": f"dbsync_bench_{data['run_tag']}%"}).scalars().all()
+            left = (
+                conn.execute(
+                    text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                    {"p": f"dbsync_bench_{data['run_tag']}%"},
+                )
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
     assert left == []

@@ -23,20 +23,18 @@ from falcon import testing
 from sqlalchemy import Engine, text
 
 from api.app import create_app
-from shared.data import bulk
-from shared.data.receiver import checkpoints
-from shared.data.receiver import copy_in as copyin
-from shared.data.receiver import importer
-from shared.data.catalog import Catalog
 from shared.context import Site
+from shared.control import module
+from shared.control.peer import PeerClient
+from shared.data import bulk
+from shared.data.catalog import Catalog
+from shared.data.receiver import checkpoints, importer, pulls
+from shared.data.receiver import copy_in as copyin
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
+from shared.settings import Settings, SettingsError
 from shared.state.migrate import upgrade
 from shared.state.models import Base, Connection, Transfer
-from shared.control.peer import PeerClient
-from shared.control import module
-from shared.data.receiver import pulls
-from shared.settings import Settings, SettingsError
 from tests.conftest import make_settings
 from tests.datasets import EVERYTHING
 from tests.pg import create_database, drop_database
@@ -728,6 +726,7 @@ def test_a_row_in_the_way_of_a_direct_copy_sends_the_page_again_staged(
     run(pair.dst, BIG.split("INSERT")[0])
     with pair.sender.db.session() as session:
         session.query(Connection).one().max_records_per_request = 1000
+
     def someone_writes(pages: int) -> None:
         if pages == 1:  # someone else writes a row the next page holds
             run(pair.dst, "INSERT INTO big (id, label) VALUES (1500, 'local')")
@@ -784,15 +783,18 @@ class _Recorder(httpx.BaseTransport):
         return self.inner.handle_request(request)
 
 
-def _json_receiver(pair: Pair, page_rows: int, events: list[Any],
-                   monkeypatch: pytest.MonkeyPatch) -> PeerClient:
+def _json_receiver(
+    pair: Pair, page_rows: int, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> PeerClient:
     """BIG on the sender, its empty table here, and a client for JSON pages
     that notes each request in ``events`` (and each page written, by a spy)."""
     run(pair.src, BIG)
     run(pair.dst, BIG.split("INSERT")[0])
     with pair.sender.db.session() as session:
         session.query(Connection).one().max_records_per_request = page_rows
-    pair.receiver.settings = dataclasses.replace(pair.receiver.settings, pull_format="json")
+    pair.receiver.settings = dataclasses.replace(
+        pair.receiver.settings, pull_format="json"
+    )
     real_import = importer.import_page
 
     def spy(conn, info, rows, strategy, *, direct=False):  # type: ignore[no-untyped-def]
@@ -821,15 +823,23 @@ def test_json_pages_are_fetched_one_ahead_and_written_in_order(
     assert pulls.run(pair.receiver, client, tid, "test").state == "completed"
     # Each page but the last is written only once the next one was asked for.
     assert [e for e in events if e[0] == "apply"] == [
-        ("apply", 1, 1000, True, True), ("apply", 1001, 1000, True, True),
-        ("apply", 2001, 1000, True, True), ("apply", 3001, 500, True, False),
+        ("apply", 1, 1000, True, True),
+        ("apply", 1001, 1000, True, True),
+        ("apply", 2001, 1000, True, True),
+        ("apply", 3001, 500, True, False),
     ]
     assert [e for e in events if e[0] == "fetch"] == [
-        ("fetch", None), ("fetch", [1000]), ("fetch", [2000]), ("fetch", [3000]),
+        ("fetch", None),
+        ("fetch", [1000]),
+        ("fetch", [2000]),
+        ("fetch", [3000]),
     ]
     done = pair.transfer(tid)
     assert (done.records_transferred, done.records_created, done.records_failed) == (
-        3500, 3500, 0)
+        3500,
+        3500,
+        0,
+    )
     assert checksum(pair.dst, "big") == checksum(pair.src, "big")
     with pair.dst.connect() as conn:
         cp = checkpoints.load(conn, tid, "big")

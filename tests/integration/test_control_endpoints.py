@@ -14,11 +14,10 @@ from sqlalchemy import inspect, select
 
 from shared import security
 from shared.context import Site
+from shared.control import connections, module
 from shared.db import utcnow
-from shared.state.models import AuditEvent, Connection, PeerNotice, Transfer
 from shared.security import new_token
-from shared.control import connections
-from shared.control import module
+from shared.state.models import AuditEvent, Connection, PeerNotice, Transfer
 
 API = "/sync/api"
 PEER = "http://127.0.0.1:19001"

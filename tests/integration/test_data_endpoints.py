@@ -18,12 +18,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from shared.context import Site
-from shared.state.models import AuditEvent, Connection, Transfer
-from shared.security import new_token
-from shared.control import access
-from shared.control import connections
-from shared.control import module
+from shared.control import access, connections, module
 from shared.control.connections import SenderOptions
+from shared.security import new_token
+from shared.state.models import AuditEvent, Connection, Transfer
 
 API = "/sync/api"
 ENDPOINTS = ["list-tables", "table-schema", "table-records", "pull-data"]

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from shared.data.catalog import BadCursor, BadFilter, Catalog, NoPrimaryKey, TableNotFound
+from shared.data.catalog import (
+    BadCursor,
+    BadFilter,
+    Catalog,
+    NoPrimaryKey,
+    TableNotFound,
+)
 from shared.data.receiver.importer import (
     AppendNotSupported,
     ImportRefused,
@@ -185,7 +191,9 @@ def test_every_type_round_trips_between_two_databases(
     assert Catalog(db_b).checksum("everything") == source.checksum("everything")
 
 
-def test_dates_and_timestamps_are_spelled_as_isoformat_writes_them(db_a: Engine) -> None:
+def test_dates_and_timestamps_are_spelled_as_isoformat_writes_them(
+    db_a: Engine,
+) -> None:
     run(
         db_a,
         "CREATE TABLE moments (id integer PRIMARY KEY, d date, ts timestamp,"
@@ -199,16 +207,28 @@ def test_dates_and_timestamps_are_spelled_as_isoformat_writes_them(db_a: Engine)
     )
     with db_a.connect() as conn:  # a session time zone the catalog must not follow
         name = conn.exec_driver_sql("SELECT current_database()").scalar()
-        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET timezone = \'Asia/Kolkata\'')
+        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'")
         conn.commit()
     db_a.dispose()
     rows = Catalog(db_a).fetch_page("moments", after=None, limit=10).rows
     assert [(r["d"], r["ts"], r["tz"]) for r in rows] == [
         ("2024-02-29", "2024-01-02T03:04:05", "2024-01-02T01:04:05+00:00"),
-        ("0001-01-01", "2024-01-02T03:04:05.500000", "2024-01-02T03:04:05.000001+00:00"),
-        ("9999-12-31", "9999-12-31T23:59:59.999999", "9999-12-31T23:59:59.999999+00:00"),
+        (
+            "0001-01-01",
+            "2024-01-02T03:04:05.500000",
+            "2024-01-02T03:04:05.000001+00:00",
+        ),
+        (
+            "9999-12-31",
+            "9999-12-31T23:59:59.999999",
+            "9999-12-31T23:59:59.999999+00:00",
+        ),
         ("0001-01-01", "0001-01-01T00:00:00", "0001-01-01T00:00:00+00:00"),
-        ("0999-12-31", "0999-12-31T23:59:59.123000", "0999-12-31T23:59:59.123400+00:00"),
+        (
+            "0999-12-31",
+            "0999-12-31T23:59:59.123000",
+            "0999-12-31T23:59:59.123400+00:00",
+        ),
     ]
     extent_rows = Catalog(db_a).fetch_page("moments", after=[2], limit=1)
     assert extent_rows.next_cursor == [3]

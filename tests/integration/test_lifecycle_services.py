@@ -14,15 +14,12 @@ import pytest
 from sqlalchemy import select, text
 
 from shared.context import Site
+from shared.control import connections, healing, module, notices
+from shared.control.connections import SenderOptions
+from shared.control.peer import PeerClient
 from shared.db import utcnow
 from shared.errors import SyncError
 from shared.state.models import AuditEvent, Connection, ModuleSettings, PeerNotice
-from shared.control.peer import PeerClient
-from shared.control import connections
-from shared.control import healing
-from shared.control import module
-from shared.control import notices
-from shared.control.connections import SenderOptions
 
 PEER = "http://127.0.0.1:19001"
 SITE_URL = "http://127.0.0.1:18999"  # tests/conftest.py

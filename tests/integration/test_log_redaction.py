@@ -17,13 +17,10 @@ from falcon import testing
 
 from api.app import create_app
 from shared.context import Site
+from shared.control import connections, healing, module, notices
+from shared.control.peer import PeerClient
 from shared.dispatch import DeferredDispatcher
 from shared.state.models import Connection, PeerNotice
-from shared.control.peer import PeerClient
-from shared.control import connections
-from shared.control import healing
-from shared.control import module
-from shared.control import notices
 
 SITE_A = (
     "http://127.0.0.1:18999"  # tests/conftest.py: the `site` fixture is A, the sender

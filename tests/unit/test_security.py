@@ -63,8 +63,10 @@ def test_guard_checks_every_resolved_address(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(
         security,
         "resolve_host",
-        lambda host, port: [ipaddress.ip_address("93.184.216.34"),
-                            ipaddress.ip_address("10.0.0.5")],
+        lambda host, port: [
+            ipaddress.ip_address("93.184.216.34"),
+            ipaddress.ip_address("10.0.0.5"),
+        ],
     )
     with pytest.raises(UnsafeURL, match="resolves to an address that is not public"):
         check_url("https://peer.example.org/", allow_private=False)
@@ -77,9 +79,15 @@ def test_guard_accepts_public_and_normalises() -> None:
 
 
 def test_private_allowed_for_local_use_but_odd_forms_and_self_still_refused() -> None:
-    assert check_url("http://127.0.0.1:8001/", allow_private=True) == "http://127.0.0.1:8001"
+    assert (
+        check_url("http://127.0.0.1:8001/", allow_private=True)
+        == "http://127.0.0.1:8001"
+    )
     with pytest.raises(UnsafeURL, match="non-canonical"):
         check_url("http://127.1:8001/", allow_private=True)
     with pytest.raises(UnsafeURL, match="itself"):
-        check_url("http://127.0.0.1:8000", allow_private=True,
-                  own_url="http://127.0.0.1:8000/")
+        check_url(
+            "http://127.0.0.1:8000",
+            allow_private=True,
+            own_url="http://127.0.0.1:8000/",
+        )

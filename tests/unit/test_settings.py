@@ -23,8 +23,13 @@ def test_postgres_urls_use_psycopg2(scheme: str) -> None:
 
 
 def test_values_are_typed_and_checked() -> None:
-    s = Settings.from_env({"SYNC_VERIFY_INTERVAL_SECONDS": "30", "SYNC_URL_PREFIX": "pk/",
-                           "SYNC_ALLOW_PRIVATE_URLS": "yes"})
+    s = Settings.from_env(
+        {
+            "SYNC_VERIFY_INTERVAL_SECONDS": "30",
+            "SYNC_URL_PREFIX": "pk/",
+            "SYNC_ALLOW_PRIVATE_URLS": "yes",
+        }
+    )
     assert s.verify_interval_seconds == 30
     assert s.api_prefix == "/pk/sync/api"
     assert s.allow_private_urls is True

@@ -18,7 +18,12 @@ from sqlalchemy import Engine, create_engine
 
 from shared.data import wire
 from shared.data.catalog import BadCursor, Catalog, TableNotFound, sqlite_kind
-from shared.data.receiver.importer import AppendNotSupported, UnsafeSchema, create_table, import_page
+from shared.data.receiver.importer import (
+    AppendNotSupported,
+    UnsafeSchema,
+    create_table,
+    import_page,
+)
 from shared.data.wire import WireError, canonical_json, decode_value, encode_value
 
 UTC = dt.UTC
@@ -579,8 +584,8 @@ def test_sqlite_kinds_follow_declared_names_then_affinity() -> None:
 )
 def test_json_is_parsed_exactly_whichever_parser_reads_it(text: str) -> None:
     expected = json.loads(text)
-    for given in (text, text.encode()):
-        parsed = wire.parse_json(given)
+    for source in (text, text.encode()):
+        parsed = wire.parse_json(source)
         assert parsed == expected
         assert json.dumps(parsed) == json.dumps(expected)  # no int turned float
     with pytest.raises(ValueError):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from workers.celery_app import app, runtime
-from shared.control import healing
-from shared.control import notices
+from shared.control import healing, notices
 from shared.data.receiver import pulls
+from workers.celery_app import app, runtime
 
 log = logging.getLogger("dbsync.tasks")
 
@@ -32,7 +31,9 @@ def sweep_notices() -> int:
     ids = notices.due(runtime.site, grace_seconds=runtime.settings.outbox_sweep_seconds)
     for notice_id in ids:
         runtime.site.dispatcher.deliver_notice(notice_id)
-    stalled = pulls.due(runtime.site, grace_seconds=runtime.settings.outbox_sweep_seconds)
+    stalled = pulls.due(
+        runtime.site, grace_seconds=runtime.settings.outbox_sweep_seconds
+    )
     for transfer_id in stalled:
         runtime.site.dispatcher.run_pull(transfer_id)
     return len(ids) + len(stalled)
@@ -42,7 +43,9 @@ def sweep_notices() -> int:
 def verify_all() -> int:
     ids = healing.verifiable(runtime.site)
     for connection_id in ids:
-        verify_connection.apply_async(args=[connection_id], queue=runtime.settings.peer_queue)
+        verify_connection.apply_async(
+            args=[connection_id], queue=runtime.settings.peer_queue
+        )
     return len(ids)
 
 

@@ -21,7 +21,9 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}"
     time_limit=6 * 3600,
 )
 def run_pull(self, transfer_id: str) -> str:  # type: ignore[no-untyped-def]
-    outcome = pulls.run(runtime.site, runtime.peer, transfer_id, f"{OWNER}:{self.request.id}")
+    outcome = pulls.run(
+        runtime.site, runtime.peer, transfer_id, f"{OWNER}:{self.request.id}"
+    )
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
     return outcome.state

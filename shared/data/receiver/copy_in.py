@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from shared.control.peer import PeerUnavailable
 from shared.data import wire
 from shared.data.catalog import PG_READ_SETTINGS, ColumnInfo, TableInfo, quote
 from shared.errors import SyncError
-from shared.control.peer import PeerUnavailable
 
 MAX_ERRORS = 100
 _READ_SIZE = 1024 * 1024  # what COPY FROM asks of its source at a time
@@ -221,8 +221,9 @@ def _full(col: ColumnInfo) -> Render:
     return render
 
 
-def _parses(shape: Callable[[str], Any], parse: Callable[[str], Any]
-            ) -> Callable[[str], bool]:
+def _parses(
+    shape: Callable[[str], Any], parse: Callable[[str], Any]
+) -> Callable[[str], bool]:
     """A check: the text has the shape and ``parse`` takes it (a real day...)."""
 
     def check(text: str) -> bool:
@@ -329,9 +330,9 @@ def _renderer(col: ColumnInfo) -> Render:
 _INLINE = {
     "int": "str(v) if type(v) is int else (NULL if v is None else r{i}(v))",
     "text": "v if type(v) is str and v.isprintable() and BACKSLASH not in v"
-            " else (NULL if v is None else r{i}(v))",
+    " else (NULL if v is None else r{i}(v))",
     "bool": "'t' if v is True else ('f' if v is False else"
-            " (NULL if v is None else r{i}(v)))",
+    " (NULL if v is None else r{i}(v)))",
 }
 _INLINE["enum"] = _INLINE["text"]
 # A plain decimal ("-12.50"): what PostgreSQL's numeric::text prints. ASCII
@@ -365,7 +366,7 @@ def _line_renderer(
         code.append(f"    f{i} = " + _INLINE.get(col.kind, _CALL).format(i=i))
     fields = "".join(f"f{i}, " for i in range(len(columns)))
     code.append(f"    return '\\t'.join(({fields}))")
-    exec("\n".join(code), env)  # noqa: S102 - code made of positions only
+    exec("\n".join(code), env)
     return env["line"]  # type: ignore[no-any-return]
 
 
@@ -378,8 +379,13 @@ class RenderedRows:
     ``chunks``. ``keep`` limits the rows to those indices, in order.
     """
 
-    def __init__(self, info: TableInfo, columns: Sequence[ColumnInfo],
-                 rows: Sequence[Mapping[str, Any]], keep: Sequence[int] | None = None):
+    def __init__(
+        self,
+        info: TableInfo,
+        columns: Sequence[ColumnInfo],
+        rows: Sequence[Mapping[str, Any]],
+        keep: Sequence[int] | None = None,
+    ):
         self._plan = [(c.name, _renderer(c)) for c in columns]
         self._line = _line_renderer(columns, [render for _, render in self._plan])
         self._pk = info.pk_columns
@@ -410,9 +416,12 @@ class RenderedRows:
 _PLAIN_KEY = {"int": int, "text": str}
 
 
-def _last_of_each_key(info: TableInfo, columns: Sequence[ColumnInfo],
-                      rows: Sequence[Mapping[str, Any]],
-                      result: PageResult) -> list[int] | None:
+def _last_of_each_key(
+    info: TableInfo,
+    columns: Sequence[ColumnInfo],
+    rows: Sequence[Mapping[str, Any]],
+    result: PageResult,
+) -> list[int] | None:
     """The rows to write when the page repeats a key: the last valid row of
     each key, the earlier ones counted skipped and invalid ones failed in
     ``result``. None when no key repeats, as in every keyset page."""
@@ -484,8 +493,9 @@ def import_rows(
     when it should hold none of the rows' keys; if one is there after all,
     the page is staged instead.
     """
-    keep = None if strategy == "append" else _last_of_each_key(info, columns, rows,
-                                                                result)
+    keep = (
+        None if strategy == "append" else _last_of_each_key(info, columns, rows, result)
+    )
     if keep == []:
         return
     rendered = RenderedRows(info, columns, rows, keep)

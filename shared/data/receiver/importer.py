@@ -28,9 +28,9 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from shared.data.receiver import copy_in as copyin
 from shared.data import wire
 from shared.data.catalog import ColumnInfo, TableInfo, quote
+from shared.data.receiver import copy_in as copyin
 from shared.data.receiver.copy_in import ImportRefused, PageResult, db_error_text
 
 STRATEGIES = ("skip", "overwrite", "merge", "append")
@@ -80,8 +80,9 @@ def import_page(
     if not rows:
         return result
     if conn.dialect.name == "postgresql":
-        copyin.import_rows(conn, table_info, columns, rows, strategy, result,
-                           direct=direct)
+        copyin.import_rows(
+            conn, table_info, columns, rows, strategy, result, direct=direct
+        )
         return result
 
     plan = [(c.name, wire.binder_for(c.kind, conn.dialect.name)) for c in columns]

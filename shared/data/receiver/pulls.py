@@ -15,25 +15,18 @@ import datetime as dt
 import logging
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from shared.data import bulk
-from shared.data.receiver import checkpoints
-from shared.data.receiver import copy_in as copyin
-from shared.data.receiver import importer
-from shared.data.catalog import TableNotFound
 from shared.context import Site
-from shared.db import after_commit, utcnow
-from shared.errors import SyncError
-from shared.state.models import OWN_TABLES, STRATEGIES, Connection, Transfer, TransferTable
+from shared.control import audit
 from shared.control.peer import (
     PeerClient,
     PeerRefused,
@@ -42,12 +35,26 @@ from shared.control.peer import (
     PeerUnavailable,
     RateLimited,
 )
-from shared.control import audit
+from shared.data import bulk
+from shared.data.catalog import TableNotFound
+from shared.data.receiver import checkpoints, importer
+from shared.data.receiver import copy_in as copyin
+from shared.db import after_commit, utcnow
+from shared.errors import SyncError
+from shared.state.models import (
+    OWN_TABLES,
+    STRATEGIES,
+    Connection,
+    Transfer,
+    TransferTable,
+)
 
 log = logging.getLogger("dbsync.pulls")
 
 TERMINAL = ("completed", "failed", "cancelled")
-PROTECTED_TABLES = frozenset(OWN_TABLES | {checkpoints.CHECKPOINT_TABLE, "alembic_version"})
+PROTECTED_TABLES = frozenset(
+    OWN_TABLES | {checkpoints.CHECKPOINT_TABLE, "alembic_version"}
+)
 
 
 class PullFailed(Exception):
@@ -105,11 +112,15 @@ def start(
         raise SyncError("bad_request", "Name the tables to pull, or use --all")
     strategy = strategy or conn.default_conflict_strategy or "skip"
     if strategy not in STRATEGIES:
-        raise SyncError("bad_request", f"strategy must be one of {', '.join(STRATEGIES)}")
+        raise SyncError(
+            "bad_request", f"strategy must be one of {', '.join(STRATEGIES)}"
+        )
     refused = sorted(set(names) & PROTECTED_TABLES)
     if refused:
-        raise SyncError("bad_request", f"Refusing to pull into this service's own tables: "
-                        f"{', '.join(refused)}")
+        raise SyncError(
+            "bad_request",
+            f"Refusing to pull into this service's own tables: {', '.join(refused)}",
+        )
     transfer = Transfer(
         id=uuid.uuid4(),
         direction="receive",
@@ -118,13 +129,22 @@ def start(
         remote_site_url=conn.site_url,
         status="pending",
         conflict_strategy=strategy,
-        create_missing=conn.create_missing_tables if create_missing is None else create_missing,
+        create_missing=conn.create_missing_tables
+        if create_missing is None
+        else create_missing,
         meta={"requested_tables": names, "all_tables": all_tables},
     )
     session.add(transfer)
     session.flush()
-    audit.record(session, actor, "transfer.created", conn, transfer_id=str(transfer.id),
-                 tables=names or ["*"], strategy=strategy)
+    audit.record(
+        session,
+        actor,
+        "transfer.created",
+        conn,
+        transfer_id=str(transfer.id),
+        tables=names or ["*"],
+        strategy=strategy,
+    )
     transfer_id = str(transfer.id)
     after_commit(session, lambda: site.dispatcher.run_pull(transfer_id))
     return transfer
@@ -159,7 +179,11 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
     with site.db.session() as session:
         transfer = session.get(Transfer, tid)
         assert transfer is not None
-        conn = session.get(Connection, transfer.connection_id) if transfer.connection_id else None
+        conn = (
+            session.get(Connection, transfer.connection_id)
+            if transfer.connection_id
+            else None
+        )
         if conn is None:
             _fail(session, transfer, "Connection was deleted")
             return Outcome("failed")
@@ -169,8 +193,16 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
         transfer.status = "running"
         transfer.started_at = transfer.started_at or utcnow()
         transfer.attempts += 1
-        job = _Job(site, client, owner, transfer.id, conn.site_url, conn.auth_token_hash,
-                   transfer.conflict_strategy or "skip", transfer.create_missing)
+        job = _Job(
+            site,
+            client,
+            owner,
+            transfer.id,
+            conn.site_url,
+            conn.auth_token_hash,
+            transfer.conflict_strategy or "skip",
+            transfer.create_missing,
+        )
     try:
         job.plan()
         job.pull_all()
@@ -186,10 +218,17 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
         transfer.completed_at = utcnow()
         transfer.eta_seconds = 0
         transfer.lease_owner = transfer.lease_until = None
-        audit.record(session, "system", "transfer.completed", None,
-                     transfer_id=str(tid), created=transfer.records_created,
-                     updated=transfer.records_updated, skipped=transfer.records_skipped,
-                     failed=transfer.records_failed)
+        audit.record(
+            session,
+            "system",
+            "transfer.completed",
+            None,
+            transfer_id=str(tid),
+            created=transfer.records_created,
+            updated=transfer.records_updated,
+            skipped=transfer.records_skipped,
+            failed=transfer.records_failed,
+        )
     return Outcome("completed")
 
 
@@ -200,7 +239,9 @@ def _wait(site: Site, tid: uuid.UUID, error: str, hint: float | None) -> Outcome
         if transfer.attempts >= s.pull_max_attempts:
             _fail(session, transfer, f"Sender unreachable: {error}")
             return Outcome("failed")
-        delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (transfer.attempts - 1))
+        delay = min(
+            s.retry_max_seconds, s.retry_base_seconds * 2 ** (transfer.attempts - 1)
+        )
         if hint:
             delay = max(delay, min(hint, s.retry_max_seconds))
         transfer.status = "retrying"
@@ -218,19 +259,37 @@ def _fail(session: Session, transfer: Transfer, message: str) -> None:
     transfer.lease_owner = transfer.lease_until = None
     session.execute(
         update(TransferTable)
-        .where(TransferTable.transfer_id == transfer.id, TransferTable.status != "completed")
+        .where(
+            TransferTable.transfer_id == transfer.id,
+            TransferTable.status != "completed",
+        )
         .values(status="failed")
     )
-    audit.record(session, "system", "transfer.failed", None, reason=message[:500],
-                 transfer_id=str(transfer.id))
+    audit.record(
+        session,
+        "system",
+        "transfer.failed",
+        None,
+        reason=message[:500],
+        transfer_id=str(transfer.id),
+    )
     log.warning("transfer failed id=%s error=%s", transfer.id, message[:200])
 
 
 class _Job:
     """One run of one transfer; rebuilt from the checkpoints on every run."""
 
-    def __init__(self, site: Site, client: PeerClient, owner: str, transfer_id: uuid.UUID,
-                 site_url: str, token_hash: str, strategy: str, create_missing: bool):
+    def __init__(
+        self,
+        site: Site,
+        client: PeerClient,
+        owner: str,
+        transfer_id: uuid.UUID,
+        site_url: str,
+        token_hash: str,
+        strategy: str,
+        create_missing: bool,
+    ):
         self.site = site
         self.client = client
         self.owner = owner
@@ -249,8 +308,12 @@ class _Job:
         # spending one of the transfer's attempts. Other transient failures
         # end this run; the task retries it later from the checkpoint.
         try:
-            resp = _pacing()(self.client.post, self.site_url, endpoint,
-                             {"auth_token_hash": self.token_hash, **body})
+            resp = _pacing()(
+                self.client.post,
+                self.site_url,
+                endpoint,
+                {"auth_token_hash": self.token_hash, **body},
+            )
         except PeerRefused as ex:
             raise PullFailed(str(ex)) from None
         if resp.status != 200 or resp.body.get("success") is not True:
@@ -259,14 +322,23 @@ class _Job:
 
     def plan(self) -> None:
         with self.site.db.session() as session:
-            if session.scalar(select(TransferTable.id).where(
-                    TransferTable.transfer_id == self.transfer_id).limit(1)) is not None:
+            if (
+                session.scalar(
+                    select(TransferTable.id)
+                    .where(TransferTable.transfer_id == self.transfer_id)
+                    .limit(1)
+                )
+                is not None
+            ):
                 return
             transfer = session.get(Transfer, self.transfer_id)
             requested = list(transfer.meta.get("requested_tables") or [])
             all_tables = bool(transfer.meta.get("all_tables"))
-        offered = {t["name"]: t for t in self.call("list-tables", {}).get("tables", [])
-                   if isinstance(t, dict) and isinstance(t.get("name"), str)}
+        offered = {
+            t["name"]: t
+            for t in self.call("list-tables", {}).get("tables", [])
+            if isinstance(t, dict) and isinstance(t.get("name"), str)
+        }
         if all_tables:
             names = sorted(n for n in offered if n not in PROTECTED_TABLES)
         else:
@@ -274,7 +346,9 @@ class _Job:
             if missing:
                 raise PullFailed(f"Sender does not offer: {', '.join(missing)}")
             names = requested
-        ordered = dependency_order(names, {n: offered[n].get("depends_on") or [] for n in names})
+        ordered = dependency_order(
+            names, {n: offered[n].get("depends_on") or [] for n in names}
+        )
         with self.site.db.session() as session:
             transfer = session.get(Transfer, self.transfer_id)
             expected = 0
@@ -282,17 +356,27 @@ class _Job:
                 rows = offered[name].get("row_count")
                 rows = rows if isinstance(rows, int) else None
                 expected += rows or 0
-                session.add(TransferTable(transfer_id=self.transfer_id, table_name=name,
-                                          position=position, rows_expected=rows))
+                session.add(
+                    TransferTable(
+                        transfer_id=self.transfer_id,
+                        table_name=name,
+                        position=position,
+                        rows_expected=rows,
+                    )
+                )
             transfer.records_expected = expected
             transfer.meta = {**transfer.meta, "tables": ordered}
 
     def pull_all(self) -> None:
         checkpoints.ensure_table(self.site.db.data_engine)
         with self.site.db.session() as session:
-            tables = list(session.scalars(
-                select(TransferTable).where(TransferTable.transfer_id == self.transfer_id)
-                .order_by(TransferTable.position)))
+            tables = list(
+                session.scalars(
+                    select(TransferTable)
+                    .where(TransferTable.transfer_id == self.transfer_id)
+                    .order_by(TransferTable.position)
+                )
+            )
         for tt in tables:
             if tt.status != "completed":
                 self.pull_table(tt.table_name)
@@ -307,16 +391,22 @@ class _Job:
         if not self.catalog.is_offerable(name):
             raise PullFailed(f"Refusing to write into protected table {name}")
         if not self.create_missing:
-            raise PullFailed(f"Table {name} does not exist on this site "
-                             "(pull with --create-missing to create it)")
+            raise PullFailed(
+                f"Table {name} does not exist on this site "
+                "(pull with --create-missing to create it)"
+            )
         schema = self.call("table-schema", {"table_name": name}).get("schema")
         if not isinstance(schema, dict):
             raise PullFailed(f"Sender sent no schema for {name}")
         self._schemas[name] = schema
         with self.site.db.data_engine.begin() as conn:
             try:
-                importer.create_table(conn, name, schema,
-                                      existing_tables=set(self.catalog.offered_tables()))
+                importer.create_table(
+                    conn,
+                    name,
+                    schema,
+                    existing_tables=set(self.catalog.offered_tables()),
+                )
             except importer.ImportRefused as ex:
                 raise PullFailed(f"Cannot create {name}: {ex}") from None
         self.catalog = self.site.catalog()
@@ -337,9 +427,12 @@ class _Job:
             self._pull_json(name, info, cp)
             return
         while not cp.done:
-            body: dict[str, Any] = {"table_name": name, "conflict_strategy": self.strategy,
-                                    "format": plan.wire_format,
-                                    "limit": self.site.settings.bulk_page_rows}
+            body: dict[str, Any] = {
+                "table_name": name,
+                "conflict_strategy": self.strategy,
+                "format": plan.wire_format,
+                "limit": self.site.settings.bulk_page_rows,
+            }
             if cp.cursor is not None:
                 body["after"] = cp.cursor
             try:
@@ -352,8 +445,9 @@ class _Job:
             self.rows_this_run += rows
             self._progress(name, cp, status="completed" if cp.done else "running")
 
-    def _pull_json(self, name: str, info: importer.TableInfo,
-                   cp: checkpoints.Checkpoint) -> None:
+    def _pull_json(
+        self, name: str, info: importer.TableInfo, cp: checkpoints.Checkpoint
+    ) -> None:
         """Pull JSON pages, fetching each while the one before it is written.
 
         The sender encodes a page while this site writes the previous one,
@@ -362,10 +456,15 @@ class _Job:
         it again from the checkpoint.
         """
         direct = self._copies_like_insert(info)
-        with _quick_thread_switches(), ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="dbsync-fetch"
-        ) as ahead:
-            upcoming = ahead.submit(self._fetch_json, name, cp.cursor) if not cp.done else None
+        with (
+            _quick_thread_switches(),
+            ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="dbsync-fetch"
+            ) as ahead,
+        ):
+            upcoming = (
+                ahead.submit(self._fetch_json, name, cp.cursor) if not cp.done else None
+            )
             while upcoming is not None:
                 # Parsed here, not in the fetching thread: the two would only
                 # take turns at the interpreter lock, and that thread's socket
@@ -373,8 +472,11 @@ class _Job:
                 status, content, size = upcoming.result()
                 page = _json_page(PeerResponse.parse(status, content), size)
                 del content  # parsed: only one page's body and rows at a time
-                upcoming = (ahead.submit(self._fetch_json, name, page.next_cursor)
-                            if page.has_more else None)
+                upcoming = (
+                    ahead.submit(self._fetch_json, name, page.next_cursor)
+                    if page.has_more
+                    else None
+                )
                 try:
                     self._apply_json(name, info, cp, page, direct)
                 except BaseException:
@@ -402,18 +504,32 @@ class _Job:
             content = resp.read()
             return resp.status, content, resp.bytes_read
 
-    def _apply_json(self, name: str, info: importer.TableInfo,
-                    cp: checkpoints.Checkpoint, page: JsonPage, direct: bool) -> None:
+    def _apply_json(
+        self,
+        name: str,
+        info: importer.TableInfo,
+        cp: checkpoints.Checkpoint,
+        page: JsonPage,
+        direct: bool,
+    ) -> None:
         """Write one JSON page with its checkpoint in one transaction."""
         with self.site.db.data_engine.begin() as conn:
             direct = direct and _nothing_in_the_way(conn, info, cp)
             try:
-                result = importer.import_page(conn, info, page.rows, self.strategy,
-                                              direct=direct)
+                result = importer.import_page(
+                    conn, info, page.rows, self.strategy, direct=direct
+                )
             except importer.ImportRefused as ex:
                 raise PullFailed(f"{name}: {ex}") from None
-            _advance(conn, cp, result, len(page.rows), page.next_cursor, page.has_more,
-                     page.size)
+            _advance(
+                conn,
+                cp,
+                result,
+                len(page.rows),
+                page.next_cursor,
+                page.has_more,
+                page.size,
+            )
 
     def _bulk_plan(self, name: str, info: importer.TableInfo) -> bulk.Plan | None:
         """The COPY format to ask for, when this site's data database takes one."""
@@ -435,28 +551,48 @@ class _Job:
         log.info("pulling %s as %s", name, plan.wire_format if plan else "json")
         return plan
 
-    def _pull_page(self, name: str, info: importer.TableInfo,
-                   cp: checkpoints.Checkpoint, body: dict[str, Any],
-                   plan: bulk.Plan) -> int:
+    def _pull_page(
+        self,
+        name: str,
+        info: importer.TableInfo,
+        cp: checkpoints.Checkpoint,
+        body: dict[str, Any],
+        plan: bulk.Plan,
+    ) -> int:
         """Fetch one bulk page and apply it with its checkpoint in one transaction."""
         engine = self.site.db.data_engine
         with self._open("pull-data", body) as resp:
             if bulk.is_bulk(resp.media_type):
                 try:
-                    incoming = bulk.read_headers(resp.headers, resp.media_type, name,
-                                                 body["format"])
+                    incoming = bulk.read_headers(
+                        resp.headers, resp.media_type, name, body["format"]
+                    )
                 except bulk.BadPage as ex:
                     raise PullFailed(
-                        f"Invalid response from remote site ({ex})") from None
+                        f"Invalid response from remote site ({ex})"
+                    ) from None
                 with engine.begin() as conn:
                     direct = plan.direct and _nothing_in_the_way(conn, info, cp)
                     try:
-                        result = bulk.apply_page(conn, info, incoming, resp.iter_bytes(),
-                                                 self.strategy, direct=direct)
+                        result = bulk.apply_page(
+                            conn,
+                            info,
+                            incoming,
+                            resp.iter_bytes(),
+                            self.strategy,
+                            direct=direct,
+                        )
                     except importer.ImportRefused as ex:
                         raise PullFailed(f"{name}: {ex}") from None
-                    _advance(conn, cp, result, incoming.count, incoming.next_cursor,
-                             incoming.has_more, resp.bytes_read)
+                    _advance(
+                        conn,
+                        cp,
+                        result,
+                        incoming.count,
+                        incoming.next_cursor,
+                        incoming.has_more,
+                        resp.bytes_read,
+                    )
                 return incoming.count
             page = _json_page(resp.response(), resp.bytes_read)
         # Asked for COPY data, answered with JSON: a table the sender cannot
@@ -467,8 +603,13 @@ class _Job:
     def _open(self, endpoint: str, body: dict[str, Any]) -> PeerStream:
         """POST for a streamed answer, waiting out the sender's pacing like ``call``."""
         try:
-            return _pacing()(self.client.post_stream, self.site_url, endpoint,
-                             {"auth_token_hash": self.token_hash, **body}, bulk.ACCEPT)
+            return _pacing()(
+                self.client.post_stream,
+                self.site_url,
+                endpoint,
+                {"auth_token_hash": self.token_hash, **body},
+                bulk.ACCEPT,
+            )
         except PeerRefused as ex:
             raise PullFailed(str(ex)) from None
 
@@ -476,22 +617,35 @@ class _Job:
         """Mirror the checkpoint into the state database and renew the lease."""
         now = utcnow()
         with self.site.db.session() as session:
-            tt = session.scalar(select(TransferTable).where(
-                TransferTable.transfer_id == self.transfer_id,
-                TransferTable.table_name == name))
+            tt = session.scalar(
+                select(TransferTable).where(
+                    TransferTable.transfer_id == self.transfer_id,
+                    TransferTable.table_name == name,
+                )
+            )
             tt.status = status
             tt.cursor = cp.cursor
             tt.pages_done, tt.rows_done = cp.pages, cp.rows_done
             tt.created, tt.updated, tt.skipped, tt.failed = (
-                cp.created, cp.updated, cp.skipped, cp.failed)
+                cp.created,
+                cp.updated,
+                cp.skipped,
+                cp.failed,
+            )
             tt.errors = cp.errors
             tt.started_at = tt.started_at or now
             if status == "completed":
                 tt.finished_at = now
             session.flush()
-            totals = session.execute(
-                select(TransferTable).where(TransferTable.transfer_id == self.transfer_id)
-            ).scalars().all()
+            totals = (
+                session.execute(
+                    select(TransferTable).where(
+                        TransferTable.transfer_id == self.transfer_id
+                    )
+                )
+                .scalars()
+                .all()
+            )
             transfer = session.get(Transfer, self.transfer_id)
             transfer.records_transferred = sum(t.rows_done for t in totals)
             transfer.records_created = sum(t.created for t in totals)
@@ -508,7 +662,8 @@ class _Job:
             transfer.status = "running"
             transfer.lease_owner = self.owner
             transfer.lease_until = now + dt.timedelta(
-                seconds=self.site.settings.pull_lease_seconds)
+                seconds=self.site.settings.pull_lease_seconds
+            )
 
 
 RATE_LIMIT_WAITS = 120
@@ -541,8 +696,9 @@ def _pacing() -> Retrying:
     )
 
 
-def _nothing_in_the_way(conn: Any, info: importer.TableInfo,
-                        cp: checkpoints.Checkpoint) -> bool:
+def _nothing_in_the_way(
+    conn: Any, info: importer.TableInfo, cp: checkpoints.Checkpoint
+) -> bool:
     """Whether a page may be copied straight into the target.
 
     True while this table's pull has only created rows, starting from an
@@ -555,8 +711,15 @@ def _nothing_in_the_way(conn: Any, info: importer.TableInfo,
     return cp.pages > 0 or bulk.table_is_empty(conn, info)
 
 
-def _advance(conn: Any, cp: checkpoints.Checkpoint, result: importer.PageResult,
-             rows: int, next_cursor: Any, has_more: bool, size: int) -> None:
+def _advance(
+    conn: Any,
+    cp: checkpoints.Checkpoint,
+    result: importer.PageResult,
+    rows: int,
+    next_cursor: Any,
+    has_more: bool,
+    size: int,
+) -> None:
     """Count a page into the checkpoint and save it in the page's transaction."""
     cp.pages += 1
     cp.rows_done += rows
@@ -612,11 +775,13 @@ def due(site: Site, grace_seconds: float) -> list[str]:
     cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
     with site.db.session() as session:
         rows = session.scalars(
-            select(Transfer.id).where(
+            select(Transfer.id)
+            .where(
                 Transfer.direction == "receive",
                 Transfer.status.not_in(TERMINAL),
                 ((Transfer.lease_until.is_(None)) & (Transfer.updated_at < cutoff))
                 | (Transfer.lease_until < cutoff),
-            ).limit(100)
+            )
+            .limit(100)
         )
         return [str(r) for r in rows]

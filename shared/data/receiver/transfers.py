@@ -21,8 +21,11 @@ def get(session: Session, transfer_id: str) -> Transfer:
 
 
 def newest(session: Session, limit: int) -> list[Transfer]:
-    return list(session.scalars(
-        select(Transfer).order_by(Transfer.created_at.desc()).limit(limit)))
+    return list(
+        session.scalars(
+            select(Transfer).order_by(Transfer.created_at.desc()).limit(limit)
+        )
+    )
 
 
 def describe(transfer: Transfer, with_tables: bool = True) -> dict[str, Any]:
@@ -33,7 +36,9 @@ def describe(transfer: Transfer, with_tables: bool = True) -> dict[str, Any]:
         "id": str(transfer.id),
         "direction": transfer.direction,
         "connection": transfer.connection_name,
-        "connection_id": str(transfer.connection_id) if transfer.connection_id else None,
+        "connection_id": str(transfer.connection_id)
+        if transfer.connection_id
+        else None,
         "remote_site_url": transfer.remote_site_url,
         "status": transfer.status,
         "strategy": transfer.conflict_strategy,
@@ -54,14 +59,28 @@ def describe(transfer: Transfer, with_tables: bool = True) -> dict[str, Any]:
     }
     if with_tables:
         session = Session.object_session(transfer)
-        rows = session.scalars(
-            select(TransferTable).where(TransferTable.transfer_id == transfer.id)
-            .order_by(TransferTable.position)) if session else []
+        rows = (
+            session.scalars(
+                select(TransferTable)
+                .where(TransferTable.transfer_id == transfer.id)
+                .order_by(TransferTable.position)
+            )
+            if session
+            else []
+        )
         data["tables"] = [
-            {"table": t.table_name, "status": t.status, "rows_expected": t.rows_expected,
-             "rows_done": t.rows_done, "pages": t.pages_done, "created": t.created,
-             "updated": t.updated, "skipped": t.skipped, "failed": t.failed,
-             "errors": t.errors or []}
+            {
+                "table": t.table_name,
+                "status": t.status,
+                "rows_expected": t.rows_expected,
+                "rows_done": t.rows_done,
+                "pages": t.pages_done,
+                "created": t.created,
+                "updated": t.updated,
+                "skipped": t.skipped,
+                "failed": t.failed,
+                "errors": t.errors or [],
+            }
             for t in rows
         ]
     return data

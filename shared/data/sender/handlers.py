@@ -8,20 +8,21 @@ Every call passes every connection control first (shared.control.access).
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
+from shared.context import Site
+from shared.control import access
+from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.data import bulk
 from shared.data import catalog as cat
-from shared.context import Site
 from shared.db import utcnow
 from shared.errors import SyncError, bad_request
 from shared.state.models import STRATEGIES, Connection, Transfer
-from shared.control import access
-from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.validation import Field, validate
 
 TABLE = Field("table_name", str, required=True, max_length=255)
@@ -29,7 +30,11 @@ PREVIEW_MAX = 100
 
 
 def _authorise(
-    session: Session, site: Site, body: Mapping[str, Any], fields: list[Field], ip: str,
+    session: Session,
+    site: Site,
+    body: Mapping[str, Any],
+    fields: list[Field],
+    ip: str,
     new_download: Callable[[Session, dict[str, Any]], bool] | None = None,
 ) -> tuple[Connection, dict[str, Any], bool]:
     """Validate the body and pass every control; say whether a download starts."""
@@ -74,8 +79,9 @@ def _table(site: Site, conn: Connection, name: str) -> cat.Catalog:
     return catalog
 
 
-def list_tables(session: Session, site: Site, body: Mapping[str, Any], ip: str
-                ) -> dict[str, Any]:
+def list_tables(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any]:
     conn, _, _ = _authorise(session, site, body, [], ip)
     catalog = site.catalog()
     names = [t for t in catalog.offered_tables() if access.table_allowed(conn, t)]
@@ -83,8 +89,9 @@ def list_tables(session: Session, site: Site, body: Mapping[str, Any], ip: str
     return {"success": True, "tables": catalog.table_summaries(names)}
 
 
-def table_schema(session: Session, site: Site, body: Mapping[str, Any], ip: str
-                 ) -> dict[str, Any]:
+def table_schema(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any]:
     conn, data, _ = _authorise(session, site, body, [TABLE], ip)
     catalog = _table(site, conn, data["table_name"])
     return {
@@ -104,8 +111,9 @@ PREVIEW_FIELDS = [
 ]
 
 
-def table_records(session: Session, site: Site, body: Mapping[str, Any], ip: str
-                  ) -> dict[str, Any]:
+def table_records(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any]:
     conn, data, _ = _authorise(session, site, body, PREVIEW_FIELDS, ip)
     name = data["table_name"]
     catalog = _table(site, conn, name)
@@ -116,16 +124,27 @@ def table_records(session: Session, site: Site, body: Mapping[str, Any], ip: str
         raise bad_request("Field ids may hold at most 1000 values", field="ids")
     try:
         rows, has_more = catalog.preview(
-            name, limit=limit, offset=offset, ids=ids or None,
-            id_start=data["id_start"], id_end=data["id_end"],
+            name,
+            limit=limit,
+            offset=offset,
+            ids=ids or None,
+            id_start=data["id_start"],
+            id_end=data["id_end"],
         )
     except cat.BadFilter as ex:
         raise bad_request(f"Invalid filter: {ex}") from None
     except DataError:
-        raise bad_request("Invalid filter: a key value is out of range for its column"
-                          ) from None
-    return {"success": True, "table": name, "records": rows, "limit": limit,
-            "offset": offset, "has_more": has_more}
+        raise bad_request(
+            "Invalid filter: a key value is out of range for its column"
+        ) from None
+    return {
+        "success": True,
+        "table": name,
+        "records": rows,
+        "limit": limit,
+        "offset": offset,
+        "has_more": has_more,
+    }
 
 
 PULL_FIELDS = [
@@ -137,8 +156,9 @@ PULL_FIELDS = [
 ]
 
 
-def pull_data(session: Session, site: Site, body: Mapping[str, Any], ip: str
-              ) -> dict[str, Any] | bulk.CopyPage:
+def pull_data(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any] | bulk.CopyPage:
     """One page: a JSON answer, or a bulk.CopyPage when the receiver asked for a
     COPY format this site can serve (the caller streams it, then closes it).
 
@@ -147,8 +167,9 @@ def pull_data(session: Session, site: Site, body: Mapping[str, Any], ip: str
     json_page_cap. An unknown format, or a table that cannot go as COPY data
     (SQLite, no primary key), gets the JSON page.
     """
-    conn, data, new_download = _authorise(session, site, body, PULL_FIELDS, ip,
-                                          _starts_download)
+    conn, data, new_download = _authorise(
+        session, site, body, PULL_FIELDS, ip, _starts_download
+    )
     name = data["table_name"]
     catalog = _table(site, conn, name)
     strategy = data["conflict_strategy"] or "skip"
@@ -158,59 +179,104 @@ def pull_data(session: Session, site: Site, body: Mapping[str, Any], ip: str
     if wire_format not in bulk.COPY_FORMATS or not bulk.can_serve(catalog, name):
         wire_format = None
     cap = site.settings.bulk_page_rows if wire_format else site.settings.json_page_cap
-    limit = min(data["limit"] or conn.max_records_per_request,
-                conn.max_records_per_request, cap)
+    limit = min(
+        data["limit"] or conn.max_records_per_request, conn.max_records_per_request, cap
+    )
     if conn.max_records_total is not None:
         limit = max(1, min(limit, conn.max_records_total - conn.records_downloaded))
     try:
         if wire_format:
-            copy_page = bulk.open_page(site.db.data_engine, catalog, name,
-                                       after=data["after"], limit=limit,
-                                       wire_format=wire_format)
+            copy_page = bulk.open_page(
+                site.db.data_engine,
+                catalog,
+                name,
+                after=data["after"],
+                limit=limit,
+                wire_format=wire_format,
+            )
             if copy_page is not None:
                 try:
                     access.count_page(session, conn, copy_page.count, new_download, 0)
-                    _record_send(session, conn, name, strategy, copy_page.count,
-                                 new_download, copy_page.has_more, ip)
+                    _record_send(
+                        session,
+                        conn,
+                        name,
+                        strategy,
+                        copy_page.count,
+                        new_download,
+                        copy_page.has_more,
+                        ip,
+                    )
                 except BaseException:
                     copy_page.close()
                     raise
                 return copy_page
-        page = catalog.fetch_page(name, after=data["after"],
-                                  limit=min(limit, site.settings.json_page_cap),
-                                  for_body=True)
+        page = catalog.fetch_page(
+            name,
+            after=data["after"],
+            limit=min(limit, site.settings.json_page_cap),
+            for_body=True,
+        )
     except cat.BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
     except DataError:
-        raise bad_request("Invalid cursor: a key value is out of range for its column",
-                          field="after") from None
+        raise bad_request(
+            "Invalid cursor: a key value is out of range for its column", field="after"
+        ) from None
     except cat.NoPrimaryKey as ex:
         raise SyncError("conflict", str(ex)) from None
     count = len(page.rows)
     access.count_page(session, conn, count, new_download, 0)
     _record_send(session, conn, name, strategy, count, new_download, page.has_more, ip)
-    return {"success": True, "table": name, "data": page.rows, "count": count,
-            "has_more": page.has_more, "next_cursor": page.next_cursor}
+    return {
+        "success": True,
+        "table": name,
+        "data": page.rows,
+        "count": count,
+        "has_more": page.has_more,
+        "next_cursor": page.next_cursor,
+    }
 
 
-def _record_send(session: Session, conn: Connection, table: str, strategy: str,
-                 count: int, new_download: bool, has_more: bool, ip: str) -> None:
+def _record_send(
+    session: Session,
+    conn: Connection,
+    table: str,
+    strategy: str,
+    count: int,
+    new_download: bool,
+    has_more: bool,
+    ip: str,
+) -> None:
     """Keep one ``send`` transfer per pull with its counts and timestamps."""
     now = utcnow()
     transfer = None
     if not new_download:
         transfer = session.scalar(
-            select(Transfer).where(
-                Transfer.direction == "send", Transfer.connection_id == conn.id,
-                Transfer.table_name == table, Transfer.status == "in_progress",
-            ).order_by(Transfer.created_at.desc()).limit(1)
+            select(Transfer)
+            .where(
+                Transfer.direction == "send",
+                Transfer.connection_id == conn.id,
+                Transfer.table_name == table,
+                Transfer.status == "in_progress",
+            )
+            .order_by(Transfer.created_at.desc())
+            .limit(1)
         )
     if transfer is None:
         transfer = Transfer(
-            id=uuid.uuid4(), direction="send", connection_id=conn.id,
-            connection_name=conn.name, remote_site_url=conn.site_url,
-            table_name=table, status="in_progress", conflict_strategy=strategy,
-            requester_ip=ip[:64], started_at=now, meta={"pages": 0}, records_transferred=0,
+            id=uuid.uuid4(),
+            direction="send",
+            connection_id=conn.id,
+            connection_name=conn.name,
+            remote_site_url=conn.site_url,
+            table_name=table,
+            status="in_progress",
+            conflict_strategy=strategy,
+            requester_ip=ip[:64],
+            started_at=now,
+            meta={"pages": 0},
+            records_transferred=0,
         )
         session.add(transfer)
     transfer.records_transferred += count

@@ -35,7 +35,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         migrate(connection)
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    engine = make_engine(
+        config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool
+    )
     with engine.connect() as conn:
         migrate(conn)
     engine.dispose()
