@@ -8,7 +8,7 @@ import falcon
 
 from api.middleware import read_json, remote_ip
 from shared.context import Site
-from shared.data import bulk
+from shared.data.sender import copy_out
 from shared.data.sender import handlers as data_api
 
 
@@ -32,7 +32,7 @@ class PullData(DataCall):
         body = read_json(req, self._site.settings.max_body_bytes)
         ip = remote_ip(req, self._site.settings.trust_forwarded)
         page = self._handler(req.context.session, self._site, body, ip)
-        if not isinstance(page, bulk.CopyPage):
+        if not isinstance(page, copy_out.CopyPage):
             resp.media = page
             return
         try:

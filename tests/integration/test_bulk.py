@@ -26,10 +26,11 @@ from api.app import create_app
 from shared.context import Site
 from shared.control import module
 from shared.control.peer import PeerClient
-from shared.data import bulk
+from shared.data import copy_format
 from shared.data.catalog import Catalog
-from shared.data.receiver import checkpoints, importer, pulls
+from shared.data.receiver import bulk_in, checkpoints, importer, pulls
 from shared.data.receiver import copy_in as copyin
+from shared.data.sender import copy_out
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
 from shared.settings import Settings, SettingsError
@@ -187,13 +188,13 @@ def copy_into(engine: Engine, table: str, data: bytes, copy_format: str) -> int:
 # --- the sender ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("wire_format", [bulk.BINARY, bulk.TEXT])
+@pytest.mark.parametrize("wire_format", [copy_format.BINARY, copy_format.TEXT])
 def test_the_sender_streams_pages_as_copy_data(pair: Pair, wire_format: str) -> None:
     run(pair.src, EVERYTHING)
     run(pair.dst, EVERYTHING, "TRUNCATE everything")
     first = pair.pull_data(table_name="everything", format=wire_format, limit=2)
     assert first.status_code == 200
-    assert first.headers["content-type"] == bulk.MEDIA_TYPES[wire_format]
+    assert first.headers["content-type"] == copy_format.MEDIA_TYPES[wire_format]
     assert first.headers["x-sync-table"] == "everything"
     assert first.headers["x-sync-format"] == wire_format
     columns = json.loads(first.headers["x-sync-columns"])
@@ -209,9 +210,9 @@ def test_the_sender_streams_pages_as_copy_data(pair: Pair, wire_format: str) -> 
     assert rest.headers["x-sync-has-more"] == "false"
     assert json.loads(rest.headers["x-sync-next-cursor"]) is None
 
-    copy_format = bulk.COPY_FORMATS[wire_format]
-    assert copy_into(pair.dst, "everything", first.content, copy_format) == 2
-    assert copy_into(pair.dst, "everything", rest.content, copy_format) == 3
+    copy_kind = copy_format.COPY_FORMATS[wire_format]
+    assert copy_into(pair.dst, "everything", first.content, copy_kind) == 2
+    assert copy_into(pair.dst, "everything", rest.content, copy_kind) == 3
     assert as_text(pair.dst, "everything") == as_text(pair.src, "everything")
 
     # Every control and counter of pull-data applies as for JSON pages.
@@ -245,7 +246,7 @@ def test_bulk_pages_are_capped_by_the_connection_and_the_site(pair: Pair) -> Non
     )
     with pair.sender.db.session() as session:
         session.query(Connection).one().max_records_per_request = 7
-    page = pair.pull_data(format=bulk.BINARY, limit=1000)
+    page = pair.pull_data(format=copy_format.BINARY, limit=1000)
     assert page.headers["x-sync-count"] == "7"
     assert json.loads(page.headers["x-sync-next-cursor"]) == [7]
 
@@ -256,7 +257,7 @@ def test_bulk_pages_are_capped_by_the_connection_and_the_site(pair: Pair) -> Non
     body = {
         "auth_token_hash": TOKEN_HASH,
         "table_name": "t",
-        "format": bulk.TEXT,
+        "format": copy_format.TEXT,
         "after": [7],
         "limit": 1000,
     }
@@ -276,12 +277,12 @@ def test_the_sender_answers_json_when_copy_data_cannot_serve(
         "CREATE TABLE t (id integer PRIMARY KEY, v text)",
         "INSERT INTO t VALUES (1, 'x')",
     )
-    unkeyed = pair.pull_data(table_name="loose", format=bulk.BINARY)
+    unkeyed = pair.pull_data(table_name="loose", format=copy_format.BINARY)
     assert unkeyed.headers["content-type"].startswith("application/json")
     assert sorted(r["v"] for r in unkeyed.json["data"]) == ["a", "b"]
     unknown = pair.pull_data(format="parquet")
     assert unknown.json["data"] == [{"id": 1, "v": "x"}]
-    bad_cursor = pair.pull_data(format=bulk.BINARY, after=["x"])
+    bad_cursor = pair.pull_data(format=copy_format.BINARY, after=["x"])
     assert bad_cursor.status_code == 400 and bad_cursor.json["field"] == "after"
 
     # A site whose data database is SQLite always answers JSON pages.
@@ -299,7 +300,11 @@ def test_the_sender_answers_json_when_copy_data_cannot_serve(
     http = testing.TestClient(create_app(site))
     answer = http.simulate_post(
         f"{API}/pull-data",
-        json={"auth_token_hash": TOKEN_HASH, "table_name": "t", "format": bulk.BINARY},
+        json={
+            "auth_token_hash": TOKEN_HASH,
+            "table_name": "t",
+            "format": copy_format.BINARY,
+        },
     )
     site.db.dispose()
     assert answer.headers["content-type"].startswith("application/json")
@@ -315,9 +320,14 @@ def test_a_copy_page_releases_its_connection_however_it_ends(pair: Pair) -> None
     catalog = pair.sender.catalog()
     pool = pair.src.pool
 
-    def page() -> bulk.CopyPage:
-        opened = bulk.open_page(
-            pair.src, catalog, "t", after=None, limit=20000, wire_format=bulk.BINARY
+    def page() -> copy_out.CopyPage:
+        opened = copy_out.open_page(
+            pair.src,
+            catalog,
+            "t",
+            after=None,
+            limit=20000,
+            wire_format=copy_format.BINARY,
         )
         assert opened is not None
         return opened
@@ -353,11 +363,13 @@ SOURCE = (
 NEW = [(4, "d", 4, None), (5, "E", 5, "n5b"), (6, "f", 6, "f")]
 
 
-def fetch(pair: Pair, wire_format: str, **body: Any) -> tuple[bulk.IncomingPage, bytes]:
+def fetch(
+    pair: Pair, wire_format: str, **body: Any
+) -> tuple[bulk_in.IncomingPage, bytes]:
     answer = pair.pull_data(format=wire_format, **body)
     assert answer.status_code == 200, answer.text
     media = answer.headers["content-type"]
-    page = bulk.read_headers(
+    page = bulk_in.read_headers(
         answer.headers, media, body.get("table_name", "t"), wire_format
     )
     return page, answer.content
@@ -365,7 +377,7 @@ def fetch(pair: Pair, wire_format: str, **body: Any) -> tuple[bulk.IncomingPage,
 
 def apply(
     pair: Pair,
-    page: bulk.IncomingPage,
+    page: bulk_in.IncomingPage,
     data: bytes,
     strategy: str,
     direct: bool = False,
@@ -374,7 +386,9 @@ def apply(
     info = pair.receiver.catalog().describe("t")
     pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
     with pair.dst.begin() as conn:
-        return bulk.apply_page(conn, info, page, iter(pieces), strategy, direct=direct)
+        return bulk_in.apply_page(
+            conn, info, page, iter(pieces), strategy, direct=direct
+        )
 
 
 @pytest.mark.parametrize(
@@ -397,7 +411,7 @@ def apply(
         ),
     ],
 )
-@pytest.mark.parametrize("wire_format", [bulk.BINARY, bulk.TEXT])
+@pytest.mark.parametrize("wire_format", [copy_format.BINARY, copy_format.TEXT])
 def test_each_strategy_applies_a_copy_page_exactly(
     pair: Pair,
     wire_format: str,
@@ -408,7 +422,8 @@ def test_each_strategy_applies_a_copy_page_exactly(
     run(
         pair.src,
         "CREATE TABLE t (id integer PRIMARY KEY, name text, qty integer,"
-        " note text" + (")" if wire_format == bulk.BINARY else ", extra integer)"),
+        " note text"
+        + (")" if wire_format == copy_format.BINARY else ", extra integer)"),
         SOURCE,
     )
     run(pair.dst, *TARGET)
@@ -416,7 +431,9 @@ def test_each_strategy_applies_a_copy_page_exactly(
     result = apply(pair, page, data, strategy)
     assert (result.created, result.updated, result.skipped, result.failed) == counts
     assert result.errors == []
-    assert result.ignored_columns == ([] if wire_format == bulk.BINARY else ["extra"])
+    assert result.ignored_columns == (
+        [] if wire_format == copy_format.BINARY else ["extra"]
+    )
     assert rows(pair.dst) == existing + NEW
 
 
@@ -432,7 +449,7 @@ def test_text_pages_cast_to_the_receivers_types_and_enforce_lengths(pair: Pair) 
         "CREATE TABLE t (id bigint PRIMARY KEY, name varchar(8),"
         " qty numeric(6,1), at timestamptz)",
     )
-    page, data = fetch(pair, bulk.TEXT)
+    page, data = fetch(pair, copy_format.TEXT)
     result = apply(pair, page, data, "skip")
     assert (result.created, result.failed) == (1, 1)
     assert result.errors == [
@@ -456,7 +473,7 @@ def test_rejected_rows_of_a_copy_page_fail_alone_and_the_rest_lands(pair: Pair) 
         "INSERT INTO t VALUES (2, 'B2', 20, NULL)",
     )
     run(pair.dst, *TARGET)
-    page, data = fetch(pair, bulk.BINARY, limit=100_000)
+    page, data = fetch(pair, copy_format.BINARY, limit=100_000)
     assert page.count == 2501
     result = apply(pair, page, data, "overwrite", chunk=65536)
     assert (result.created, result.updated, result.skipped, result.failed) == (
@@ -490,7 +507,7 @@ def test_direct_copy_fills_an_empty_table_and_refuses_one_in_the_way(
         SOURCE,
     )
     run(pair.dst, TARGET[0])
-    page, data = fetch(pair, bulk.BINARY)
+    page, data = fetch(pair, copy_format.BINARY)
     result = apply(pair, page, data, "merge", direct=True)
     assert (result.created, result.updated, result.skipped, result.failed) == (
         5,
@@ -519,7 +536,7 @@ def test_append_copies_rows_in_page_order_and_leaves_keys_to_the_database(
         "CREATE TABLE t (id bigserial PRIMARY KEY, body text NOT NULL)",
         "INSERT INTO t (body) VALUES ('mine 1'), ('mine 2')",
     )
-    page, data = fetch(pair, bulk.BINARY)
+    page, data = fetch(pair, copy_format.BINARY)
     result = apply(pair, page, data, "append")
     assert (result.created, result.updated, result.skipped, result.failed) == (
         1500,
@@ -539,7 +556,7 @@ def test_a_body_that_breaks_off_leaves_nothing(pair: Pair) -> None:
         SOURCE,
     )
     run(pair.dst, TARGET[0])
-    for wire_format in (bulk.BINARY, bulk.TEXT):
+    for wire_format in (copy_format.BINARY, copy_format.TEXT):
         page, data = fetch(pair, wire_format)
 
         def broken(data: bytes = data) -> Iterator[bytes]:
@@ -549,15 +566,17 @@ def test_a_body_that_breaks_off_leaves_nothing(pair: Pair) -> None:
         info = pair.receiver.catalog().describe("t")
         for direct in (False, True):
             with pytest.raises(pulls.PeerUnavailable), pair.dst.begin() as conn:
-                bulk.apply_page(conn, info, page, broken(), "skip", direct=direct)
+                bulk_in.apply_page(conn, info, page, broken(), "skip", direct=direct)
         # Cut at a row boundary, the count still gives it away.
-        short = data[: data.index(b"\n") + 1] if wire_format == bulk.TEXT else None
+        short = (
+            data[: data.index(b"\n") + 1] if wire_format == copy_format.TEXT else None
+        )
         if short:
             with (
                 pytest.raises(pulls.PeerUnavailable, match="broke off"),
                 pair.dst.begin() as conn,
             ):
-                bulk.apply_page(conn, info, page, iter([short]), "skip")
+                bulk_in.apply_page(conn, info, page, iter([short]), "skip")
     assert rows(pair.dst) == []
 
 
@@ -587,7 +606,7 @@ def _record_formats(
     """Note each bulk page applied (format, direct); ``after`` runs after each
     with the number applied so far."""
     formats: list[tuple[str, bool]] = []
-    real_apply = bulk.apply_page
+    real_apply = bulk_in.apply_page
 
     def spy(conn, info, page, chunks, strategy, *, direct=False):  # type: ignore[no-untyped-def]
         formats.append((page.format, direct))
@@ -596,7 +615,7 @@ def _record_formats(
             after(len(formats))
         return result
 
-    monkeypatch.setattr(bulk, "apply_page", spy)
+    monkeypatch.setattr(bulk_in, "apply_page", spy)
     return formats
 
 
@@ -620,7 +639,7 @@ def test_a_multi_page_pull_goes_through_the_fast_path(
         0,
     )
     assert checksum(pair.dst, "big") == checksum(pair.src, "big")
-    expected = bulk.BINARY if receiver_type == "text" else bulk.TEXT
+    expected = copy_format.BINARY if receiver_type == "text" else copy_format.TEXT
     assert formats == [(expected, True)] * 4
     with pair.dst.connect() as conn:
         cp = checkpoints.load(conn, tid, "big")
@@ -736,7 +755,8 @@ def test_a_row_in_the_way_of_a_direct_copy_sends_the_page_again_staged(
     assert pulls.run(pair.receiver, pair.peer(), tid, "test").state == "completed"
     assert (
         formats
-        == [(bulk.BINARY, True), (bulk.BINARY, True)] + [(bulk.BINARY, False)] * 3
+        == [(copy_format.BINARY, True), (copy_format.BINARY, True)]
+        + [(copy_format.BINARY, False)] * 3
     )
     done = pair.transfer(tid)
     assert (done.records_transferred, done.records_created, done.records_skipped) == (
@@ -750,7 +770,7 @@ def test_a_row_in_the_way_of_a_direct_copy_sends_the_page_again_staged(
 
 
 @pytest.mark.parametrize(
-    ("setting", "expected"), [("json", []), ("pg_copy_text", [bulk.TEXT] * 2)]
+    ("setting", "expected"), [("json", []), ("pg_copy_text", [copy_format.TEXT] * 2)]
 )
 def test_the_receiver_setting_chooses_the_format(
     pair: Pair, monkeypatch: pytest.MonkeyPatch, setting: str, expected: list[str]
@@ -891,13 +911,13 @@ def test_a_copy_that_fails_mid_stream_aborts_the_body(pair: Pair) -> None:
         "CREATE TABLE t (id integer PRIMARY KEY, v text)",
         "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series(1, 100000) g",
     )
-    page = bulk.open_page(
+    page = copy_out.open_page(
         pair.src,
         pair.sender.catalog(),
         "t",
         after=None,
         limit=100_000,
-        wire_format=bulk.BINARY,
+        wire_format=copy_format.BINARY,
     )
     assert page is not None
     next(page)
@@ -911,7 +931,7 @@ def test_a_copy_that_fails_mid_stream_aborts_the_body(pair: Pair) -> None:
             .all()
         )
     assert killed == [True]
-    with pytest.raises(bulk.StreamAborted):
+    with pytest.raises(copy_out.StreamAborted):
         for _chunk in page:
             pass
     page.close()
@@ -930,21 +950,21 @@ def test_the_streaming_post_maps_answers_like_post(pair: Pair) -> None:
         pair.receiver.settings, transport=httpx.MockTransport(lambda r: next(answers))
     )
     with pytest.raises(pulls.RateLimited) as limited:
-        client.post_stream(SENDER_URL, "pull-data", {}, bulk.ACCEPT)
+        client.post_stream(SENDER_URL, "pull-data", {}, copy_format.ACCEPT)
     assert limited.value.retry_after == 7.0 and "slow" in str(limited.value)
     with pytest.raises(pulls.PeerUnavailable, match="HTTP 503 down"):
-        client.post_stream(SENDER_URL, "pull-data", {}, bulk.ACCEPT)
-    with client.post_stream(SENDER_URL, "pull-data", {}, bulk.ACCEPT) as refused:
+        client.post_stream(SENDER_URL, "pull-data", {}, copy_format.ACCEPT)
+    with client.post_stream(SENDER_URL, "pull-data", {}, copy_format.ACCEPT) as refused:
         assert (refused.status, refused.response().error) == (403, "No")
     with pytest.raises(pulls.PeerRefused):
-        client.post_stream(RECEIVER_URL, "pull-data", {}, bulk.ACCEPT)  # itself
+        client.post_stream(RECEIVER_URL, "pull-data", {}, copy_format.ACCEPT)  # itself
 
     def drop(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
     client = PeerClient(pair.receiver.settings, transport=httpx.MockTransport(drop))
     with pytest.raises(pulls.PeerUnavailable, match="ConnectError"):
-        client.post_stream(SENDER_URL, "pull-data", {}, bulk.ACCEPT)
+        client.post_stream(SENDER_URL, "pull-data", {}, copy_format.ACCEPT)
 
 
 def test_the_pull_format_setting_is_checked() -> None:

@@ -1,7 +1,7 @@
 """Write pulled rows into a PostgreSQL table through COPY, with a conflict strategy.
 
 Every page a PostgreSQL receiver pulls ends here: a bulk page's COPY bytes
-as they arrive (shared.data.bulk), and a JSON page, rendered here as COPY text
+as they arrive (shared.data.receiver.bulk_in), and a JSON page, rendered here as COPY text
 by the target's own column kinds (``import_rows``). The rows go into a
 temporary staging table and one set-based statement per strategy applies
 them; or, when the target should hold none of their keys, straight into

@@ -3,7 +3,7 @@
 A transfer names the tables; the worker orders them by foreign-key dependency,
 creates missing ones from the sender's schema when allowed, and imports each
 page with one set-based statement for its strategy. Between two PostgreSQL
-sites pages travel as COPY data (shared.data.bulk), otherwise as JSON rows
+sites pages travel as COPY data (shared.data.sender.copy_out), otherwise as JSON rows
 (shared.data.receiver.importer). The page and its checkpoint commit together in the data
 database (see shared.data.receiver.checkpoints), so a killed worker resumes exactly where
 the last commit left it.
@@ -35,9 +35,9 @@ from shared.control.peer import (
     PeerUnavailable,
     RateLimited,
 )
-from shared.data import bulk
+from shared.data import copy_format
 from shared.data.catalog import TableNotFound
-from shared.data.receiver import checkpoints, importer
+from shared.data.receiver import bulk_in, checkpoints, importer
 from shared.data.receiver import copy_in as copyin
 from shared.db import after_commit, utcnow
 from shared.errors import SyncError
@@ -440,7 +440,9 @@ class _Job:
             except copyin.Rejected as ex:
                 # Nothing of the page was kept: ask for it again, staged.
                 log.info("%s; fetching the page again", ex)
-                plan = bulk.Plan(bulk.TEXT if ex.as_text else plan.wire_format, False)
+                plan = bulk_in.Plan(
+                    copy_format.TEXT if ex.as_text else plan.wire_format, False
+                )
                 continue
             self.rows_this_run += rows
             self._progress(name, cp, status="completed" if cp.done else "running")
@@ -531,7 +533,7 @@ class _Job:
                 page.size,
             )
 
-    def _bulk_plan(self, name: str, info: importer.TableInfo) -> bulk.Plan | None:
+    def _bulk_plan(self, name: str, info: importer.TableInfo) -> bulk_in.Plan | None:
         """The COPY format to ask for, when this site's data database takes one."""
         engine = self.site.db.data_engine
         wanted = self.site.settings.pull_format
@@ -545,9 +547,9 @@ class _Job:
                 # Without the sender's types only the text format is safe.
                 log.info("no schema for %s (%s): asking for text COPY", name, ex)
         with engine.connect() as conn:
-            plan = bulk.plan(conn, info, schema, self.strategy)
-        if plan is not None and wanted == bulk.TEXT:
-            plan = bulk.Plan(bulk.TEXT, plan.direct)
+            plan = bulk_in.plan(conn, info, schema, self.strategy)
+        if plan is not None and wanted == copy_format.TEXT:
+            plan = bulk_in.Plan(copy_format.TEXT, plan.direct)
         log.info("pulling %s as %s", name, plan.wire_format if plan else "json")
         return plan
 
@@ -557,24 +559,24 @@ class _Job:
         info: importer.TableInfo,
         cp: checkpoints.Checkpoint,
         body: dict[str, Any],
-        plan: bulk.Plan,
+        plan: bulk_in.Plan,
     ) -> int:
         """Fetch one bulk page and apply it with its checkpoint in one transaction."""
         engine = self.site.db.data_engine
         with self._open("pull-data", body) as resp:
-            if bulk.is_bulk(resp.media_type):
+            if copy_format.is_bulk(resp.media_type):
                 try:
-                    incoming = bulk.read_headers(
+                    incoming = bulk_in.read_headers(
                         resp.headers, resp.media_type, name, body["format"]
                     )
-                except bulk.BadPage as ex:
+                except bulk_in.BadPage as ex:
                     raise PullFailed(
                         f"Invalid response from remote site ({ex})"
                     ) from None
                 with engine.begin() as conn:
                     direct = plan.direct and _nothing_in_the_way(conn, info, cp)
                     try:
-                        result = bulk.apply_page(
+                        result = bulk_in.apply_page(
                             conn,
                             info,
                             incoming,
@@ -608,7 +610,7 @@ class _Job:
                 self.site_url,
                 endpoint,
                 {"auth_token_hash": self.token_hash, **body},
-                bulk.ACCEPT,
+                copy_format.ACCEPT,
             )
         except PeerRefused as ex:
             raise PullFailed(str(ex)) from None
@@ -708,7 +710,7 @@ def _nothing_in_the_way(
     """
     if cp.failed or cp.created != cp.rows_done:
         return False
-    return cp.pages > 0 or bulk.table_is_empty(conn, info)
+    return cp.pages > 0 or bulk_in.table_is_empty(conn, info)
 
 
 def _advance(

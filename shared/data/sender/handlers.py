@@ -1,6 +1,6 @@
 """Answer the data calls a receiver makes: list-tables, table-schema,
 table-records (preview) and pull-data (keyset pages, as JSON or, between two
-PostgreSQL sites, as COPY data: see shared.data.bulk).
+PostgreSQL sites, as COPY data: see shared.data.sender.copy_out).
 
 Every call passes every connection control first (shared.control.access).
 """
@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.control import access
 from shared.control.handlers import TOKEN_HASH, require_enabled
-from shared.data import bulk
 from shared.data import catalog as cat
+from shared.data import copy_format
+from shared.data.sender import copy_out
 from shared.db import utcnow
 from shared.errors import SyncError, bad_request
 from shared.state.models import STRATEGIES, Connection, Transfer
@@ -158,8 +159,8 @@ PULL_FIELDS = [
 
 def pull_data(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
-) -> dict[str, Any] | bulk.CopyPage:
-    """One page: a JSON answer, or a bulk.CopyPage when the receiver asked for a
+) -> dict[str, Any] | copy_out.CopyPage:
+    """One page: a JSON answer, or a copy_out.CopyPage when the receiver asked for a
     COPY format this site can serve (the caller streams it, then closes it).
 
     A bulk page is at most the connection's max_records_per_request and this
@@ -176,7 +177,9 @@ def pull_data(
     if strategy not in STRATEGIES:
         raise bad_request("Invalid conflict_strategy", field="conflict_strategy")
     wire_format = data["format"]
-    if wire_format not in bulk.COPY_FORMATS or not bulk.can_serve(catalog, name):
+    if wire_format not in copy_format.COPY_FORMATS or not copy_out.can_serve(
+        catalog, name
+    ):
         wire_format = None
     cap = site.settings.bulk_page_rows if wire_format else site.settings.json_page_cap
     limit = min(
@@ -186,7 +189,7 @@ def pull_data(
         limit = max(1, min(limit, conn.max_records_total - conn.records_downloaded))
     try:
         if wire_format:
-            copy_page = bulk.open_page(
+            copy_page = copy_out.open_page(
                 site.db.data_engine,
                 catalog,
                 name,
