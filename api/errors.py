@@ -6,24 +6,26 @@ import logging
 
 import falcon
 
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 
 log = logging.getLogger("dbsync.api")
 
-STATUS_BY_KIND = {
-    "bad_request": falcon.HTTP_400,
-    "unauthorized": falcon.HTTP_401,
-    "forbidden": falcon.HTTP_403,
-    "not_found": falcon.HTTP_404,
-    "conflict": falcon.HTTP_409,
-    "too_large": falcon.HTTP_413,
-    "throttled": falcon.HTTP_429,
-    "disabled": falcon.HTTP_503,
+# Every ErrorKind has its status here (a unit test checks), so no kind falls
+# through to a default answer.
+STATUS_BY_KIND: dict[ErrorKind, str] = {
+    ErrorKind.BAD_REQUEST: falcon.HTTP_400,
+    ErrorKind.UNAUTHORIZED: falcon.HTTP_401,
+    ErrorKind.FORBIDDEN: falcon.HTTP_403,
+    ErrorKind.NOT_FOUND: falcon.HTTP_404,
+    ErrorKind.CONFLICT: falcon.HTTP_409,
+    ErrorKind.TOO_LARGE: falcon.HTTP_413,
+    ErrorKind.THROTTLED: falcon.HTTP_429,
+    ErrorKind.DISABLED: falcon.HTTP_503,
 }
 
 
 def handle_sync_error(req, resp, ex: SyncError, params) -> None:  # type: ignore[no-untyped-def]
-    resp.status = STATUS_BY_KIND.get(ex.kind, falcon.HTTP_400)
+    resp.status = STATUS_BY_KIND[ex.kind]
     resp.media = ex.body()
     if ex.retry_after is not None:
         resp.set_header("Retry-After", str(ex.retry_after))

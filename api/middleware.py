@@ -8,7 +8,7 @@ import falcon
 import orjson
 
 from shared.db import Database
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 
 
 class InvalidBody:
@@ -40,14 +40,14 @@ class DBSession:
 def read_json(req: falcon.Request, limit: int) -> Any:
     """Read at most ``limit`` bytes and parse them; 413 beyond, InvalidBody if not JSON."""
     if req.content_length is not None and req.content_length > limit:
-        raise SyncError("too_large", "Request body too large")
+        raise SyncError(ErrorKind.TOO_LARGE, "Request body too large")
     if req.content_length is None and req.env.get("wsgi.input_terminated"):
         # A chunked body: the server marks its end, bounded_stream would read none.
         raw = req.stream.read(limit + 1)
     else:
         raw = req.bounded_stream.read(limit + 1)
     if len(raw) > limit:
-        raise SyncError("too_large", "Request body too large")
+        raise SyncError(ErrorKind.TOO_LARGE, "Request body too large")
     try:
         body = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.control import counters, healing
 from shared.db import utcnow
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 from shared.security import same_secret
 from shared.state.models import Connection
 
@@ -35,7 +35,7 @@ def sender_connection(session: Session, token_hash: str) -> Connection:
         )
     )
     if conn is None or not same_secret(conn.auth_token_hash, token_hash):
-        raise SyncError("unauthorized", "Invalid connection")
+        raise SyncError(ErrorKind.UNAUTHORIZED, "Invalid connection")
     return conn
 
 
@@ -45,42 +45,44 @@ def authorise(
     """Return the sender connection if every control lets this call through."""
     conn = sender_connection(session, token_hash)
     if conn.status != "active":
-        raise SyncError("forbidden", "Connection is not active")
+        raise SyncError(ErrorKind.FORBIDDEN, "Connection is not active")
     now = utcnow()
     if conn.expires_at is not None and conn.expires_at <= now:
         _expire_now(site, conn)
-        raise SyncError("forbidden", "Connection expired")
+        raise SyncError(ErrorKind.FORBIDDEN, "Connection expired")
     if conn.ip_allowlist and not ip_allowed(caller.ip, conn.ip_allowlist):
-        raise SyncError("forbidden", "IP not allowed")
+        raise SyncError(ErrorKind.FORBIDDEN, "IP not allowed")
     if not within_hours(now.hour, conn.allowed_hours_start, conn.allowed_hours_end):
-        raise SyncError("forbidden", "Outside allowed hours")
+        raise SyncError(ErrorKind.FORBIDDEN, "Outside allowed hours")
     if (
         caller.new_download
         and conn.max_downloads is not None
         and conn.downloads_used >= conn.max_downloads
     ):
-        raise SyncError("forbidden", "Download limit reached")
+        raise SyncError(ErrorKind.FORBIDDEN, "Download limit reached")
     if (
         conn.max_records_total is not None
         and conn.records_downloaded >= conn.max_records_total
     ):
-        raise SyncError("forbidden", "Record limit reached")
+        raise SyncError(ErrorKind.FORBIDDEN, "Record limit reached")
     wait = counters.take(
         site.db.engine, f"rate:{conn.id}", conn.rate_limit_requests_per_minute, 60
     )
     if wait is not None:
-        raise SyncError("throttled", "Rate limit exceeded", retry_after=wait)
+        raise SyncError(ErrorKind.THROTTLED, "Rate limit exceeded", retry_after=wait)
     return conn
 
 
 def check_table(conn: Connection, table: str) -> None:
     if table in (conn.excluded_tables or []):
         raise SyncError(
-            "forbidden", "This connection is not authorised to access that table"
+            ErrorKind.FORBIDDEN,
+            "This connection is not authorised to access that table",
         )
     if conn.allowed_tables and table not in conn.allowed_tables:
         raise SyncError(
-            "forbidden", "This connection is not authorised to access that table"
+            ErrorKind.FORBIDDEN,
+            "This connection is not authorised to access that table",
         )
 
 

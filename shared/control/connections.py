@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.control import audit, notices
 from shared.db import parse_uuid, utcnow
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 from shared.security import UnsafeURL, check_url, hash_token, new_token
 from shared.state.models import Connection
 
@@ -45,30 +45,38 @@ class SenderOptions:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
-                raise SyncError("bad_request", f"Invalid CIDR: {cidr}") from None
+                raise SyncError(
+                    ErrorKind.BAD_REQUEST, f"Invalid CIDR: {cidr}"
+                ) from None
         for name in ("max_downloads", "max_records_total"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise SyncError("bad_request", f"{name} must be >= 0")
+                raise SyncError(ErrorKind.BAD_REQUEST, f"{name} must be >= 0")
         if not 1 <= self.max_records_per_request <= 1_000_000:
-            raise SyncError("bad_request", "max_records_per_request must be 1..1000000")
+            raise SyncError(
+                ErrorKind.BAD_REQUEST, "max_records_per_request must be 1..1000000"
+            )
         if self.rate_limit_requests_per_minute < 1:
-            raise SyncError("bad_request", "rate_limit must be >= 1")
+            raise SyncError(ErrorKind.BAD_REQUEST, "rate_limit must be >= 1")
         hours = (self.allowed_hours_start, self.allowed_hours_end)
         if (hours[0] is None) != (hours[1] is None):
-            raise SyncError("bad_request", "allowed hours need a start and an end")
+            raise SyncError(
+                ErrorKind.BAD_REQUEST, "allowed hours need a start and an end"
+            )
         for h in hours:
             if h is not None and not 0 <= h <= 23:
-                raise SyncError("bad_request", "allowed hours are 0..23 (UTC)")
+                raise SyncError(ErrorKind.BAD_REQUEST, "allowed hours are 0..23 (UTC)")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
-            raise SyncError("bad_request", "expires_at needs a time zone offset")
+            raise SyncError(
+                ErrorKind.BAD_REQUEST, "expires_at needs a time zone offset"
+            )
 
 
 def get(session: Session, connection_id: str | uuid.UUID) -> Connection:
     key = parse_uuid(connection_id)
     conn = session.get(Connection, key) if key is not None else None
     if conn is None:
-        raise SyncError("not_found", f"No connection {connection_id}")
+        raise SyncError(ErrorKind.NOT_FOUND, f"No connection {connection_id}")
     return conn
 
 
@@ -97,7 +105,7 @@ def create_sender(
     options = options or SenderOptions()
     options.check()
     if not name.strip():
-        raise SyncError("bad_request", "A connection needs a name")
+        raise SyncError(ErrorKind.BAD_REQUEST, "A connection needs a name")
     try:
         site_url = check_url(
             url,
@@ -105,14 +113,16 @@ def create_sender(
             own_url=site.settings.site_url,
         )
     except UnsafeURL as ex:
-        raise SyncError("bad_request", f"Invalid URL: {ex}") from None
+        raise SyncError(ErrorKind.BAD_REQUEST, f"Invalid URL: {ex}") from None
     clash = session.scalar(
         select(Connection).where(
             Connection.site_url == site_url, Connection.direction == "sender"
         )
     )
     if clash is not None:
-        raise SyncError("conflict", f"A sender connection to {site_url} already exists")
+        raise SyncError(
+            ErrorKind.CONFLICT, f"A sender connection to {site_url} already exists"
+        )
     token = new_token()
     conn = Connection(
         id=uuid.uuid4(),
@@ -139,7 +149,7 @@ def approve(
     session: Session, site: Site, conn: Connection, actor: str = "operator"
 ) -> None:
     if conn.status != "pending":
-        raise SyncError("conflict", f"Connection is {conn.status}, not pending")
+        raise SyncError(ErrorKind.CONFLICT, f"Connection is {conn.status}, not pending")
     conn.status = "active"
     conn.approved_at = utcnow()
     audit.record(session, actor, "connection.approved", conn)
@@ -159,7 +169,7 @@ def suspend(
     notify: bool = True,
 ) -> None:
     if conn.status != "active":
-        raise SyncError("conflict", f"Connection is {conn.status}, not active")
+        raise SyncError(ErrorKind.CONFLICT, f"Connection is {conn.status}, not active")
     conn.status = "suspended"
     conn.suspended_at = utcnow()
     conn.suspended_reason = reason or "Suspended by operator"
@@ -180,7 +190,9 @@ def reactivate(
     session: Session, site: Site, conn: Connection, actor: str = "operator"
 ) -> None:
     if conn.status != "suspended":
-        raise SyncError("conflict", f"Connection is {conn.status}, not suspended")
+        raise SyncError(
+            ErrorKind.CONFLICT, f"Connection is {conn.status}, not suspended"
+        )
     conn.status = "active"
     conn.suspended_at = None
     conn.suspended_reason = None
@@ -198,7 +210,7 @@ def revoke(
     notify: bool = True,
 ) -> None:
     if conn.status == "revoked":
-        raise SyncError("conflict", "Connection is already revoked")
+        raise SyncError(ErrorKind.CONFLICT, "Connection is already revoked")
     conn.status = "revoked"
     conn.revoked_at = utcnow()
     conn.revoked_reason = reason or "Revoked by operator"
@@ -241,7 +253,7 @@ def bulk(
         for conn in changed:
             revoke(session, site, conn, reason)
     else:
-        raise SyncError("bad_request", f"unknown bulk action {action}")
+        raise SyncError(ErrorKind.BAD_REQUEST, f"unknown bulk action {action}")
     return changed
 
 

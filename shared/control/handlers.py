@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.control import audit, counters, module, notices
 from shared.db import utcnow
-from shared.errors import SyncError, disabled, not_found
+from shared.errors import ErrorKind, SyncError
 from shared.security import (
     UnsafeURL,
     check_url,
@@ -45,6 +45,14 @@ PEER_STATUSES = ("active", "suspended", "revoked")
 TOUCH_EVERY = dt.timedelta(seconds=60)
 
 
+def disabled() -> SyncError:
+    return SyncError(ErrorKind.DISABLED, "DB Sync module is disabled")
+
+
+def not_found(message: str = "Connection not found", **extra: Any) -> SyncError:
+    return SyncError(ErrorKind.NOT_FOUND, message, extra=extra)
+
+
 def touch(conn: Connection, now: dt.datetime) -> None:
     """Record contact, at most once a minute: a frequent caller need not write."""
     if conn.last_connected_at is None or now - conn.last_connected_at >= TOUCH_EVERY:
@@ -68,7 +76,7 @@ def register(
     if not settings.enabled:
         raise disabled()
     if settings.incoming_mode == "deny_all":
-        raise SyncError("forbidden", "Incoming connections are not allowed")
+        raise SyncError(ErrorKind.FORBIDDEN, "Incoming connections are not allowed")
     data = validate(body, REGISTER_FIELDS)
     try:
         sender_url = check_url(
@@ -77,7 +85,7 @@ def register(
             own_url=site.settings.site_url,
         )
     except UnsafeURL:
-        raise SyncError("bad_request", "Invalid sender_url") from None
+        raise SyncError(ErrorKind.BAD_REQUEST, "Invalid sender_url") from None
     if settings.incoming_mode == "require_password":
         _check_password(
             site, settings.incoming_password_hash, data["password"], remote_ip
@@ -88,7 +96,7 @@ def register(
         )
     )
     if clash is not None:
-        raise SyncError("conflict", "A connection already exists")
+        raise SyncError(ErrorKind.CONFLICT, "A connection already exists")
     pending = settings.incoming_mode == "require_approval"
     now = utcnow()
     conn = Connection(
@@ -110,7 +118,7 @@ def register(
     try:
         session.flush()
     except IntegrityError:
-        raise SyncError("conflict", "A connection already exists") from None
+        raise SyncError(ErrorKind.CONFLICT, "A connection already exists") from None
     audit.record(
         session,
         "peer",
@@ -143,13 +151,15 @@ def _check_password(
         site.db.engine, key, s.register_max_failures, s.register_failure_window_seconds
     )
     if wait is not None:
-        raise SyncError("throttled", "Too many failed attempts", retry_after=wait)
+        raise SyncError(
+            ErrorKind.THROTTLED, "Too many failed attempts", retry_after=wait
+        )
     if not password_hash or not password:
         counters.hit(site.db.engine, key, s.register_failure_window_seconds)
-        raise SyncError("unauthorized", "Password required")
+        raise SyncError(ErrorKind.UNAUTHORIZED, "Password required")
     if not verify_password(password_hash, password):
         counters.hit(site.db.engine, key, s.register_failure_window_seconds)
-        raise SyncError("unauthorized", "Invalid password")
+        raise SyncError(ErrorKind.UNAUTHORIZED, "Invalid password")
 
 
 def _by_site_and_hash(session: Session, site_url: str, token_hash: str) -> Connection:
@@ -204,10 +214,10 @@ def update_status(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
     data = validate(body, UPDATE_FIELDS)
     status = data["status"]
     if status not in PEER_STATUSES:
-        raise SyncError("bad_request", "Invalid status value")
+        raise SyncError(ErrorKind.BAD_REQUEST, "Invalid status value")
     conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
     if conn.status == "revoked" and status != "revoked":
-        raise SyncError("conflict", "Connection is revoked")
+        raise SyncError(ErrorKind.CONFLICT, "Connection is revoked")
     conn.remote_status = status
     now = utcnow()
     changed = False

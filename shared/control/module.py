@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 from shared.security import hash_password
 from shared.state.models import INCOMING_MODES, ModuleSettings
 
@@ -32,7 +32,8 @@ def status_body(row: ModuleSettings) -> dict[str, object]:
 def set_mode(session: Session, mode: str) -> ModuleSettings:
     if mode not in INCOMING_MODES:
         raise SyncError(
-            "bad_request", f"incoming_mode must be one of {', '.join(INCOMING_MODES)}"
+            ErrorKind.BAD_REQUEST,
+            f"incoming_mode must be one of {', '.join(INCOMING_MODES)}",
         )
     row = get(session)
     row.incoming_mode = mode
