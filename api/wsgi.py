@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from api.app import create_app
 from api.enqueue import CeleryDispatcher
-from shared.context import Site
-from shared.db import Database
+from shared.context import site_from_env
 from shared.logging import configure_logging
-from shared.settings import Settings
 
-settings = Settings.from_env()
-settings.ensure_home()
 configure_logging()
-db = Database(settings.database_url, settings.data_database_url)
-app = create_app(Site(settings, db, CeleryDispatcher(settings)))
+site = site_from_env(CeleryDispatcher)
+db = site.db  # gunicorn_conf resets its pools after fork
+app = create_app(site)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.db import Database
@@ -35,3 +36,18 @@ class Site:
             | set(self.settings.excluded_tables),
             checksum_row_limit=self.settings.checksum_row_limit,
         )
+
+
+def site_from_env(
+    dispatcher: Callable[[Settings], Dispatcher], settings: Settings | None = None
+) -> Site:
+    """The site a process runs, from ``SYNC_*`` variables unless settings are given.
+
+    Every entry point (web, worker, CLI) builds its site here and differs only
+    in how it hands work to the workers.
+    """
+    if settings is None:
+        settings = Settings.from_env()
+        settings.ensure_home()
+    db = Database(settings.database_url, settings.data_database_url)
+    return Site(settings, db, dispatcher(settings))
