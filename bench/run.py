@@ -535,10 +535,10 @@ class Bench:
     # latency
 
     def start_bare_app(self) -> str:
-        from cli.main import _serve_argv
+        from cli.commands.run import serve_argv
 
         port = free_port()
-        argv = _serve_argv("127.0.0.1", port, self.args.web_workers)
+        argv = serve_argv("127.0.0.1", port, self.args.web_workers)
         argv[argv.index("api.wsgi:app")] = "bench.bare_app:app"
         at = argv.index("--config")  # dbsync's config only resets DB pools after fork
         del argv[at : at + 2]
@@ -662,7 +662,7 @@ class Bench:
             "clients": a.latency_clients,
             "requests_per_endpoint": a.latency_requests,
             "gunicorn": f"same argv as `dbsync serve --workers {a.web_workers}` "
-            "(cli.main._serve_argv), without dbsync's post-fork DB hook",
+            "(cli.commands.run.serve_argv), without dbsync's post-fork DB hook",
             "method": (
                 "each client is a thread with its own httpx.Client on loopback; "
                 "min(100, max(10, requests / 10)) warm-up requests first, not counted; latency is "

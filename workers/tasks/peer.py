@@ -2,58 +2,55 @@
 
 from __future__ import annotations
 
-import logging
-
+from shared import dispatch
 from shared.control import healing, notices
 from shared.data.receiver import pulls
-from workers.celery_app import app, runtime
-
-log = logging.getLogger("dbsync.tasks")
+from workers.base import SiteTask
+from workers.celery_app import app
 
 
 @app.task(
-    name="dbsync.deliver_notice",
+    name=dispatch.DELIVER_NOTICE,
     bind=True,
     acks_late=True,
     # The horizon stored with each notice bounds the retries, not a count.
     max_retries=None,
     time_limit=120,
 )
-def deliver_notice(self, notice_id: int) -> str:  # type: ignore[no-untyped-def]
-    outcome = notices.deliver(runtime.site, runtime.peer, notice_id)
-    if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in)
-    return outcome.state
+def deliver_notice(self: SiteTask, notice_id: int) -> str:
+    rt = self.runtime
+    return self.conclude(notices.deliver(rt.site, rt.peer, notice_id))
 
 
-@app.task(name="dbsync.sweep_notices", acks_late=True, time_limit=60)
-def sweep_notices() -> int:
-    ids = notices.due(runtime.site, grace_seconds=runtime.settings.outbox_sweep_seconds)
+@app.task(name=dispatch.SWEEP_NOTICES, bind=True, acks_late=True, time_limit=60)
+def sweep_notices(self: SiteTask) -> int:
+    site = self.runtime.site
+    grace = site.settings.outbox_sweep_seconds
+    ids = notices.due(site, grace_seconds=grace)
     for notice_id in ids:
-        runtime.site.dispatcher.deliver_notice(notice_id)
-    stalled = pulls.due(
-        runtime.site, grace_seconds=runtime.settings.outbox_sweep_seconds
-    )
+        site.dispatcher.deliver_notice(notice_id)
+    stalled = pulls.due(site, grace_seconds=grace)
     for transfer_id in stalled:
-        runtime.site.dispatcher.run_pull(transfer_id)
+        site.dispatcher.run_pull(transfer_id)
     return len(ids) + len(stalled)
 
 
-@app.task(name="dbsync.verify_all", acks_late=True, time_limit=60)
-def verify_all() -> int:
-    ids = healing.verifiable(runtime.site)
+@app.task(name=dispatch.VERIFY_ALL, bind=True, acks_late=True, time_limit=60)
+def verify_all(self: SiteTask) -> int:
+    site = self.runtime.site
+    ids = healing.verifiable(site)
     for connection_id in ids:
         verify_connection.apply_async(
-            args=[connection_id], queue=runtime.settings.peer_queue
+            args=[connection_id], queue=site.settings.peer_queue
         )
     return len(ids)
 
 
-@app.task(name="dbsync.verify_connection", acks_late=True, time_limit=120)
-def verify_connection(connection_id: str) -> str:
-    return healing.verify(runtime.site, runtime.peer, connection_id)
+@app.task(name=dispatch.VERIFY_CONNECTION, bind=True, acks_late=True, time_limit=120)
+def verify_connection(self: SiteTask, connection_id: str) -> str:
+    return healing.verify(self.runtime.site, self.runtime.peer, connection_id)
 
 
-@app.task(name="dbsync.expire_connections", acks_late=True, time_limit=60)
-def expire_connections() -> int:
-    return healing.expire(runtime.site)
+@app.task(name=dispatch.EXPIRE_CONNECTIONS, bind=True, acks_late=True, time_limit=60)
+def expire_connections(self: SiteTask) -> int:
+    return healing.expire(self.runtime.site)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
+from shared import dispatch
 from shared.data.receiver import pulls
-from workers.celery_app import app, runtime
-
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
+from workers.base import SiteTask
+from workers.celery_app import app
 
 
 @app.task(
-    name="dbsync.run_pull",
+    name=dispatch.RUN_PULL,
     bind=True,
     acks_late=True,
     # Each run resumes from the checkpoints; attempts are bounded by
@@ -20,10 +17,6 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}"
     max_retries=None,
     time_limit=6 * 3600,
 )
-def run_pull(self, transfer_id: str) -> str:  # type: ignore[no-untyped-def]
-    outcome = pulls.run(
-        runtime.site, runtime.peer, transfer_id, f"{OWNER}:{self.request.id}"
-    )
-    if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in)
-    return outcome.state
+def run_pull(self: SiteTask, transfer_id: str) -> str:
+    rt = self.runtime
+    return self.conclude(pulls.run(rt.site, rt.peer, transfer_id, self.lease_owner))

@@ -1,0 +1,1 @@
+"""The ``dbsync`` subcommands, one module per command group."""

@@ -1,0 +1,100 @@
+"""``dbsync transfers``: pulls made by this site and pulls it served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cli.common import console, emit, friendly, site
+
+
+def summary(data: dict[str, Any]) -> None:
+    """Print one transfer: a row per table, then its first errors."""
+    table = Table(
+        "table",
+        "status",
+        "rows",
+        "created",
+        "updated",
+        "skipped",
+        "failed",
+        title=f"transfer {data['id']}: {data['status']}",
+    )
+    for t in data["tables"]:
+        table.add_row(
+            t["table"],
+            t["status"],
+            str(t["rows_done"]),
+            str(t["created"]),
+            str(t["updated"]),
+            str(t["skipped"]),
+            str(t["failed"]),
+        )
+    console.print(table)
+    if data.get("error"):
+        click.echo(f"error: {data['error']}")
+    for t in data["tables"]:
+        for err in t["errors"][:5]:
+            click.echo(f"{t['table']}: {err}")
+
+
+@click.group()
+def transfers() -> None:
+    """Pulls made by this site (receive) and served by it (send)."""
+
+
+@transfers.command("list")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def transfers_list(limit: int, as_json: bool) -> None:
+    from shared.data.receiver import transfers as svc
+
+    with site().db.session() as session:
+        rows = [svc.describe(t, with_tables=False) for t in svc.newest(session, limit)]
+
+    def render(items: list[dict[str, Any]]) -> None:
+        table = Table(
+            "id",
+            "direction",
+            "connection",
+            "status",
+            "strategy",
+            "rows",
+            "created",
+            "updated",
+            "skipped",
+            "failed",
+            "started",
+        )
+        for t in items:
+            table.add_row(
+                t["id"],
+                t["direction"],
+                t["connection"] or "",
+                t["status"],
+                t["strategy"] or "",
+                f"{t['records_transferred']}",
+                str(t["records_created"]),
+                str(t["records_updated"]),
+                str(t["records_skipped"]),
+                str(t["records_failed"]),
+                t["started_at"] or "",
+            )
+        console.print(table)
+
+    emit(rows, as_json, render)
+
+
+@transfers.command("show")
+@click.argument("transfer_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def transfers_show(transfer_id: str, as_json: bool) -> None:
+    from shared.data.receiver import transfers as svc
+
+    with site().db.session() as session:
+        data = svc.describe(svc.get(session, transfer_id))
+    emit(data, as_json, summary)
