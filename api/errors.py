@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import falcon
 
@@ -24,14 +25,18 @@ STATUS_BY_KIND: dict[ErrorKind, str] = {
 }
 
 
-def handle_sync_error(req, resp, ex: SyncError, params) -> None:  # type: ignore[no-untyped-def]
+def handle_sync_error(
+    req: falcon.Request, resp: falcon.Response, ex: SyncError, params: dict[str, Any]
+) -> None:
     resp.status = STATUS_BY_KIND[ex.kind]
     resp.media = ex.body()
     if ex.retry_after is not None:
         resp.set_header("Retry-After", str(ex.retry_after))
 
 
-def handle_unexpected(req, resp, ex: Exception, params) -> None:  # type: ignore[no-untyped-def]
+def handle_unexpected(
+    req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]
+) -> None:
     if isinstance(ex, falcon.HTTPError):
         raise ex
     log.exception("unhandled error on %s %s", req.method, req.path)
@@ -39,7 +44,9 @@ def handle_unexpected(req, resp, ex: Exception, params) -> None:  # type: ignore
     resp.media = {"success": False, "error": "Internal server error"}
 
 
-def serialize_http_error(req, resp, ex: falcon.HTTPError) -> None:  # type: ignore[no-untyped-def]
+def serialize_http_error(
+    req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError
+) -> None:
     """Falcon's own errors (404 route, 405, malformed JSON) in our body shape."""
     message = ex.description or ex.title or "Error"
     if ex.status_code == 404 and not ex.description:

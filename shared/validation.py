@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import bad_request
+from shared.errors import SyncError, bad_request
 
 _INT_TEXT = re.compile(r"\s*-?[0-9]{1,18}\s*")
 
@@ -67,7 +67,7 @@ def check_value(f: Field, value: Any) -> Any:
     return value
 
 
-def _wrong(f: Field):  # type: ignore[no-untyped-def]
+def _wrong(f: Field) -> SyncError:
     names = {str: "a string", int: "an integer", list: "a list", bool: "a boolean"}
     kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
     want = " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -29,7 +30,12 @@ def settings_show(as_json: bool) -> None:
             "incoming_password_set": bool(row.incoming_password_hash),
             "site_url": current.settings.site_url,
         }
-    emit(data, as_json, lambda d: [click.echo(f"{k}: {v}") for k, v in d.items()])
+
+    def render(items: dict[str, Any]) -> None:
+        for key, value in items.items():
+            click.echo(f"{key}: {value}")
+
+    emit(data, as_json, render)
 
 
 @settings.command("set")
