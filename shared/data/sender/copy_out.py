@@ -94,11 +94,12 @@ def _copy_out_sql(
     """The COPY of exactly the extent's rows, as one driver-ready statement.
 
     It is the keyset page JSON pages read, rendered for psycopg2 by the
-    connection's dialect (placeholders, doubled percent signs) and bound by psycopg2,
-    because COPY takes no parameters.
+    connection's dialect (placeholders, doubled percent signs) and bound by
+    psycopg2 here, because COPY takes no parameters.
     """
     keyset = Keyset.after_key(info, extent.after, pg=True)
-    # LIMIT on the snapshot the extent was counted on gives exactly its rows.
+    # LIMIT on the snapshot the extent was counted on gives exactly its rows
+    # (none for an empty extent: LIMIT 0 reads nothing).
     select = keyset.select(column_list(info.columns), limit=extent.count)
     copy = text(f"COPY ({select}) TO STDOUT (FORMAT {copy_format})")
     compiled = copy.compile(dialect=conn.dialect)
