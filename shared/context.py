@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shared.db import Database
 from shared.dispatch import Dispatcher
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.data.sender.offer import Catalog
 
 
 @dataclass
@@ -16,13 +20,13 @@ class Site:
     db: Database
     dispatcher: Dispatcher
 
-    def catalog(self):  # type: ignore[no-untyped-def]
+    def catalog(self) -> Catalog:
         """A fresh view of the offered tables of this site's data database.
 
         Build one per request or per pull: a Catalog caches table descriptions.
         """
-        from shared.data.catalog import Catalog
         from shared.data.receiver.checkpoints import CHECKPOINT_TABLE
+        from shared.data.sender.offer import Catalog
         from shared.state.models import OWN_TABLES
 
         engine = self.db.data_engine

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from shared.data.catalog import Catalog
+from shared.data.sender.offer import Catalog
 from tests.e2e.conftest import SiteProcesses, eventually, field, pair
 
 pytestmark = pytest.mark.e2e

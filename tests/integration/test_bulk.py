@@ -27,10 +27,10 @@ from shared.context import Site
 from shared.control import module
 from shared.control.peer import PeerClient
 from shared.data import copy_format
-from shared.data.catalog import Catalog
 from shared.data.receiver import bulk_in, checkpoints, importer, pulls
 from shared.data.receiver import copy_in as copyin
 from shared.data.sender import copy_out
+from shared.data.sender.offer import Catalog
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
 from shared.settings import Settings, SettingsError

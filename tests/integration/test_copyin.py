@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from shared.data.catalog import Catalog
 from shared.data.receiver.copy_in import unbounded_type
 from shared.data.receiver.importer import import_page
+from shared.data.sender.offer import Catalog
 from tests.pg import create_database, drop_database
 
 

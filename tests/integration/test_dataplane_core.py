@@ -12,13 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from shared.data.catalog import (
-    BadCursor,
-    BadFilter,
-    Catalog,
-    NoPrimaryKey,
-    TableNotFound,
-)
+from shared.data.keyset import BadCursor
 from shared.data.receiver.importer import (
     AppendNotSupported,
     ImportRefused,
@@ -27,6 +21,9 @@ from shared.data.receiver.importer import (
     create_table,
     import_page,
 )
+from shared.data.schema import NoPrimaryKey, TableNotFound
+from shared.data.sender.offer import Catalog
+from shared.data.sender.preview import BadFilter
 from tests.datasets import ALL_BYTES, EVERYTHING, UID
 from tests.pg import create_database, drop_database
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from shared.data.catalog import TableInfo, quote
 from shared.data.copy_format import BINARY, COPY_FORMATS, MEDIA_TYPES, TEXT, utf8
 from shared.data.receiver import copy_in as copyin
 from shared.data.receiver import importer
+from shared.data.schema import TableInfo, quote
 
 # Built-in type OIDs are fixed in PostgreSQL's catalog and equal on every
 # server; binary COPY of arrays (and records) carries them.

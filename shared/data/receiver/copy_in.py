@@ -30,7 +30,7 @@ from sqlalchemy import Connection
 
 from shared.control.peer import PeerUnavailable
 from shared.data import wire
-from shared.data.catalog import PG_READ_SETTINGS, ColumnInfo, TableInfo, quote
+from shared.data.schema import PG_READ_SETTINGS, ColumnInfo, TableInfo, quote
 from shared.errors import SyncError
 
 MAX_ERRORS = 100

@@ -29,9 +29,9 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from shared.data import wire
-from shared.data.catalog import ColumnInfo, TableInfo, quote
 from shared.data.receiver import copy_in as copyin
 from shared.data.receiver.copy_in import ImportRefused, PageResult, db_error_text
+from shared.data.schema import ColumnInfo, TableInfo, quote
 
 STRATEGIES = ("skip", "overwrite", "merge", "append")
 

@@ -36,9 +36,9 @@ from shared.control.peer import (
     RateLimited,
 )
 from shared.data import copy_format
-from shared.data.catalog import TableNotFound
 from shared.data.receiver import bulk_in, checkpoints, importer
 from shared.data.receiver import copy_in as copyin
+from shared.data.schema import TableNotFound
 from shared.db import after_commit, utcnow
 from shared.errors import SyncError
 from shared.state.models import (

@@ -23,17 +23,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
-from shared.data import wire
-from shared.data.catalog import (
-    PG_READ_SETTINGS,
-    Catalog,
-    PageExtent,
-    TableInfo,
-    quote,
-)
 from shared.data.copy_format import COPY_FORMATS, MEDIA_TYPES, utf8
+from shared.data.keyset import Keyset, column_list
+from shared.data.schema import PG_READ_SETTINGS, TableInfo, Tables
+from shared.data.sender.pages import PageExtent, page_extent
 
 log = logging.getLogger("dbsync.bulk")
 
@@ -51,23 +46,14 @@ class StreamAborted(Exception):
     """The COPY behind a streamed page failed after its headers were sent."""
 
 
-def _pct(name: str) -> str:
-    """A quoted identifier inside psycopg2 SQL, where % starts a placeholder."""
-    return quote(name).replace("%", "%%")
-
-
-def _pct_table(info: TableInfo) -> str:
-    return info.qualified.replace("%", "%%")
-
-
-def can_serve(catalog: Catalog, table: str) -> bool:
+def can_serve(tables: Tables, table: str) -> bool:
     """Whether pages of ``table`` can go as COPY data: PostgreSQL, with a key."""
-    return catalog.dialect == "postgresql" and bool(catalog.describe(table).primary_key)
+    return tables.dialect == "postgresql" and bool(tables.describe(table).primary_key)
 
 
 def open_page(
     engine: Engine,
-    catalog: Catalog,
+    tables: Tables,
     table: str,
     *,
     after: list[Any] | None,
@@ -78,9 +64,9 @@ def open_page(
 
     Returns None when the page cannot travel this way after all (metadata
     too large for headers, a connection that is not UTF-8); the caller then
-    answers with a JSON page. Raises what ``Catalog.page_extent`` raises.
+    answers with a JSON page. Raises what ``pages.page_extent`` raises.
     """
-    info = catalog.describe(table)
+    info = tables.describe(table)
     conn = engine.connect()
     try:
         if not utf8(conn):
@@ -88,7 +74,7 @@ def open_page(
             return None
         conn.execution_options(isolation_level="REPEATABLE READ")
         conn.exec_driver_sql(_SENDER_SETTINGS)
-        extent = catalog.page_extent(conn, table, after=after, limit=limit)
+        extent = page_extent(tables, conn, table, after=after, limit=limit)
         sql = _copy_out_sql(conn, info, extent, COPY_FORMATS[wire_format])
         page = CopyPage(conn, info, wire_format, extent, sql)
     except BaseException:
@@ -105,25 +91,21 @@ def open_page(
 def _copy_out_sql(
     conn: Connection, info: TableInfo, extent: PageExtent, copy_format: str
 ) -> str:
-    pk = info.pk_columns
-    order = ", ".join(_pct(c.name) for c in pk)
-    params: list[Any] = []
-    if extent.count == 0:
-        where = " WHERE false"
-    elif extent.after is None:
-        where = ""
-    else:
-        holders = ", ".join(f"CAST(%s AS {c.type})" for c in pk)
-        where = f" WHERE ({order}) > ({holders})"
-        params = [wire.pg_param(v, c.kind) for v, c in zip(extent.after, pk)]
-    # LIMIT on the snapshot the extent was counted on gives exactly its rows.
-    select = (
-        f"SELECT {', '.join(_pct(c.name) for c in info.columns)}"
-        f" FROM {_pct_table(info)}{where} ORDER BY {order} LIMIT {int(extent.count)}"
-    )
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    """The COPY of exactly the extent's rows, as one driver-ready statement.
+
+    It is the keyset page JSON pages read, rendered for psycopg2 by the
+    connection's dialect (placeholders, doubled percent signs) and bound by
+    psycopg2 here, because COPY takes no parameters.
+    """
+    keyset = Keyset.after_key(info, extent.after, pg=True)
+    # LIMIT on the snapshot the extent was counted on gives exactly its rows
+    # (none for an empty extent: LIMIT 0 reads nothing).
+    select = keyset.select(column_list(info.columns), limit=extent.count)
+    copy = text(f"COPY ({select}) TO STDOUT (FORMAT {copy_format})")
+    compiled = copy.compile(dialect=conn.dialect)
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # None only once closed
     try:
-        sql = cur.mogrify(f"COPY ({select}) TO STDOUT (FORMAT {copy_format})", params)
+        sql = cur.mogrify(compiled.string, compiled.construct_params(keyset.params))
     finally:
         cur.close()
     return bytes(sql).decode("utf-8")
@@ -208,7 +190,7 @@ class CopyPage:
         ok = False
         try:
             assert self._conn is not None
-            cur = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cur = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # None only once closed
             try:
                 cur.copy_expert(self._sql, writer)
                 copied = cur.rowcount

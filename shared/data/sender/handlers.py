@@ -18,9 +18,12 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.control import access
 from shared.control.handlers import TOKEN_HASH, require_enabled
-from shared.data import catalog as cat
 from shared.data import copy_format
+from shared.data.keyset import BadCursor
+from shared.data.schema import NoPrimaryKey
 from shared.data.sender import copy_out
+from shared.data.sender.offer import Catalog
+from shared.data.sender.preview import BadFilter
 from shared.db import utcnow
 from shared.errors import SyncError, bad_request
 from shared.state.models import STRATEGIES, Connection, Transfer
@@ -71,7 +74,7 @@ def _starts_download(session: Session, data: dict[str, Any]) -> bool:
     return serving is None
 
 
-def _table(site: Site, conn: Connection, name: str) -> cat.Catalog:
+def _table(site: Site, conn: Connection, name: str) -> Catalog:
     """Check the table rules, then that the table is offered; return the catalog."""
     access.check_table(conn, name)
     catalog = site.catalog()
@@ -132,7 +135,7 @@ def table_records(
             id_start=data["id_start"],
             id_end=data["id_end"],
         )
-    except cat.BadFilter as ex:
+    except BadFilter as ex:
         raise bad_request(f"Invalid filter: {ex}") from None
     except DataError:
         raise bad_request(
@@ -220,13 +223,13 @@ def pull_data(
             limit=min(limit, site.settings.json_page_cap),
             for_body=True,
         )
-    except cat.BadCursor as ex:
+    except BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
     except DataError:
         raise bad_request(
             "Invalid cursor: a key value is out of range for its column", field="after"
         ) from None
-    except cat.NoPrimaryKey as ex:
+    except NoPrimaryKey as ex:
         raise SyncError("conflict", str(ex)) from None
     count = len(page.rows)
     access.count_page(session, conn, count, new_download, 0)

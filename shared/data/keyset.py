@@ -1,0 +1,119 @@
+"""Say a keyset page in SQL once: a keyed table's rows after a key, in key order.
+
+Keys are compared as a row value, ``(k1, k2) > (v1, v2)``, so composite keys
+page correctly and a row is never skipped or repeated while keys are not
+rewritten. The SQL is ``text()`` with named binds; the JSON page reader runs
+it as it is, and COPY out renders the same statement for the driver
+(``shared.data.sender.copy_out``).
+
+A cursor is the wire-encoded key of a page's last row; ``decode_cursor`` turns
+one a caller sent into key values, and ``binds`` binds them as each column's
+type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.data import wire
+from shared.data.schema import ColumnInfo, TableInfo, quote_text
+from shared.errors import SyncError
+
+
+class BadCursor(SyncError):
+    """An ``after`` cursor that is not the key of a row of this table.
+
+    The message is the detail (what is wrong); the caller words the answer.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("bad_request", detail)
+
+
+def decode_cursor(after: Any, pk: list[ColumnInfo]) -> list[Any]:
+    """The key values of a wire-encoded cursor; BadCursor if it is not a key."""
+    if not isinstance(after, list) or len(after) != len(pk):
+        raise BadCursor(f"expected a list of {len(pk)} key value(s)")
+    values = []
+    for value, col in zip(after, pk):
+        if value is None:
+            raise BadCursor(f"{col.name}: a key value cannot be null")
+        try:
+            values.append(wire.decode_value(value, col.kind, col.name))
+        except wire.WireError as ex:
+            raise BadCursor(str(ex)) from None
+    return values
+
+
+def binds(
+    columns: Sequence[ColumnInfo],
+    prefix: str,
+    params: dict[str, Any],
+    values: list[Any],
+    *,
+    pg: bool,
+) -> str:
+    """Bind decoded key values; on PostgreSQL cast each to its column's type."""
+    holders = []
+    for i, (col, value) in enumerate(zip(columns, values)):
+        name = f"{prefix}{i}"
+        if pg:
+            params[name] = wire.pg_param(value, col.kind)
+            holders.append(f"CAST(:{name} AS {col.type})")
+        else:
+            params[name] = wire.sqlite_param(value, col.kind)
+            holders.append(f":{name}")
+    return ", ".join(holders)
+
+
+def column_list(columns: Sequence[ColumnInfo]) -> str:
+    """Quoted column names, comma-separated, for ``text()`` SQL."""
+    return ", ".join(quote_text(c.name) for c in columns)
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """The rows of a keyed table after ``after`` (decoded key values; None: all).
+
+    ``where`` and ``params`` are the predicate and its binds; ``select`` and
+    ``count`` the statements built on them.
+    """
+
+    info: TableInfo
+    after: list[Any] | None
+    where: str
+    params: dict[str, Any]
+
+    @classmethod
+    def after_cursor(cls, info: TableInfo, cursor: Any, *, pg: bool) -> Keyset:
+        """The keyset after a cursor a caller sent (None: from the first row)."""
+        if cursor is None:
+            return cls.after_key(info, None, pg=pg)
+        return cls.after_key(info, decode_cursor(cursor, info.pk_columns), pg=pg)
+
+    @classmethod
+    def after_key(
+        cls, info: TableInfo, values: list[Any] | None, *, pg: bool
+    ) -> Keyset:
+        """The keyset after decoded key values (None: from the first row)."""
+        if values is None:
+            return cls(info, None, "", {})
+        pk = info.pk_columns
+        params: dict[str, Any] = {}
+        holders = binds(pk, "k", params, values, pg=pg)
+        return cls(info, values, f" WHERE ({column_list(pk)}) > ({holders})", params)
+
+    def select(self, columns: str, *, limit: int, offset: int | None = None) -> str:
+        """``SELECT columns`` of the keyset in key order: ``limit`` rows, after
+        skipping ``offset``."""
+        sql = (
+            f"SELECT {columns} FROM {self.info.qualified_text}{self.where}"
+            f" ORDER BY {column_list(self.info.pk_columns)} LIMIT {int(limit)}"
+        )
+        return sql if offset is None else f"{sql} OFFSET {int(offset)}"
+
+    def count(self) -> str:
+        """``SELECT count(*)`` of the keyset."""
+        return f"SELECT count(*) FROM {self.info.qualified_text}{self.where}"
