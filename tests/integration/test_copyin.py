@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine
 
 from shared.data.catalog import Catalog
 from shared.data.receiver.copy_in import unbounded_type
-from shared.data.receiver.importer import import_page
+from shared.data.receiver.writer import import_page
 from tests.pg import create_database, drop_database
 
 

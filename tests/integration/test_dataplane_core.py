@@ -19,14 +19,9 @@ from shared.data.catalog import (
     NoPrimaryKey,
     TableNotFound,
 )
-from shared.data.receiver.importer import (
-    AppendNotSupported,
-    ImportRefused,
-    UnsafeSchema,
-    check_append,
-    create_table,
-    import_page,
-)
+from shared.data.ddl import UnsafeSchema, create_table
+from shared.data.receiver.pages import AppendNotSupported, ImportRefused, check_append
+from shared.data.receiver.writer import import_page
 from tests.datasets import ALL_BYTES, EVERYTHING, UID
 from tests.pg import create_database, drop_database
 

@@ -18,12 +18,9 @@ from sqlalchemy import Engine, create_engine
 
 from shared.data import wire
 from shared.data.catalog import BadCursor, Catalog, TableNotFound, sqlite_kind
-from shared.data.receiver.importer import (
-    AppendNotSupported,
-    UnsafeSchema,
-    create_table,
-    import_page,
-)
+from shared.data.ddl import UnsafeSchema, create_table
+from shared.data.receiver.pages import AppendNotSupported
+from shared.data.receiver.writer import import_page
 from shared.data.wire import WireError, canonical_json, decode_value, encode_value
 
 UTC = dt.UTC
