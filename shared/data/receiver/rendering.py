@@ -100,16 +100,27 @@ def _jsonb_text(value: Any) -> str | None:
         text = orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
         return None
+    if "null" in text and not _finite(value):
+        return None  # orjson writes NaN and infinities as null; jsonb refuses them
     return text.replace("\\", "\\\\") if "\\" in text else text
+
+
+def _finite(value: Any) -> bool:
+    """Whether a parsed JSON value holds no NaN or infinity (the standard
+    library's parser, which shared.data.wire falls back to, reads them)."""
+    if type(value) is float:
+        return value - value == 0.0
+    if type(value) is dict:
+        return all(_finite(v) for v in value.values())
+    if type(value) is list:
+        return all(_finite(v) for v in value)
+    return True
 
 
 # What the fast paths' source may name besides ``v`` and the fallback.
 _ENV: dict[str, Any] = {
     "NULL": NULL,
     "BACKSLASH": "\\",
-    # A plain decimal ("-12.50"): what PostgreSQL's numeric::text prints.
-    # ASCII only: Decimal reads other scripts' digits, PostgreSQL does not.
-    "PLAIN_DECIMAL": re.compile(r"-?\d{1,1000}(?:\.\d{1,1000})?", re.ASCII).fullmatch,
     "CANONICAL_UUID": re.compile(
         r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     ).fullmatch,
@@ -145,7 +156,12 @@ FAST_PATHS: dict[str, str] = {
     "enum": _TEXT,
     "bool": "'t' if v is True else ('f' if v is False else {slow})",
     "float": "repr(v) if type(v) is float and v - v == 0.0 else {slow}",  # finite
-    "numeric": "v if type(v) is str and PLAIN_DECIMAL(v) else {slow}",
+    # A plain decimal ("-12.50"), what PostgreSQL's numeric::text prints:
+    # digits, then a point and digits if any. ASCII only: Decimal reads other
+    # scripts' digits, PostgreSQL does not.
+    "numeric": "v if type(v) is str and v.isascii()"
+    " and (w := v.removeprefix('-').partition('.'))[0].isdigit()"
+    " and (not w[1] or w[2].isdigit()) else {slow}",
     "uuid": "v if type(v) is str and CANONICAL_UUID(v) else {slow}",
     "date": "v if type(v) is str and IS_DATE(v) else {slow}",
     "timestamp": "v if type(v) is str and IS_TIMESTAMP(v) else {slow}",
