@@ -16,6 +16,7 @@ from celery.signals import worker_process_init
 from kombu import Exchange, Queue
 
 from shared import dispatch
+from shared.data.receiver import sources
 from shared.settings import Settings
 from workers.base import SiteTask
 
@@ -74,3 +75,12 @@ def _freeze_startup_heap(**_kwargs: Any) -> None:
     # What the process inherited lives as long as it: full collections need
     # not walk it again on every page of rows a pull builds.
     gc.freeze()
+
+
+@worker_process_init.connect
+def _quick_thread_switches(**_kwargs: Any) -> None:
+    # Process-wide, so set once here rather than from inside a pull: a JSON
+    # pull's fetch thread must get the interpreter lock quickly between
+    # socket reads (measured in tune_for_pulls' docstring). Tasks of the peer
+    # queue are short HTTP calls and do not mind.
+    sources.tune_for_pulls()

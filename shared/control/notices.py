@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.backoff import backoff
 from shared.context import Site
 from shared.control.peer import PeerClient, PeerRefused, PeerResponse, PeerUnavailable
 from shared.db import after_commit, utcnow
@@ -89,16 +89,6 @@ class Outcome:
     retry_in: float | None = None
 
 
-def backoff(site: Site, attempts: int, hint: float | None = None) -> float:
-    """Exponential backoff with full jitter in [delay/2, delay], capped."""
-    s = site.settings
-    delay = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** max(0, attempts - 1))
-    delay = random.uniform(delay / 2, delay)
-    if hint:
-        delay = max(delay, min(hint, s.retry_max_seconds))
-    return delay
-
-
 def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
     """Try one notice once; say whether and when to try again."""
     with site.db.session() as session:
@@ -128,7 +118,12 @@ def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
             horizon = notice.created_at + dt.timedelta(
                 seconds=site.settings.retry_horizon_seconds
             )
-            delay = backoff(site, notice.attempts, ex.retry_after)
+            delay = backoff(
+                notice.attempts,
+                site.settings.retry_base_seconds,
+                site.settings.retry_max_seconds,
+                hint=ex.retry_after,
+            )
             if now + dt.timedelta(seconds=delay) > horizon:
                 _finish(notice, conn, "gave_up", f"peer unreachable: {ex}")
                 log.warning(

@@ -25,9 +25,9 @@ from sqlalchemy import Engine, text
 from api.app import create_app
 from shared.context import Site
 from shared.control import module
-from shared.control.peer import PeerClient
+from shared.control.peer import PeerClient, RateLimited
 from shared.data import copy_format
-from shared.data.receiver import bulk_in, checkpoints, importer, pulls
+from shared.data.receiver import bulk_in, checkpoints, pulls, writer
 from shared.data.receiver import copy_in as copyin
 from shared.data.sender import copy_out
 from shared.data.sender.offer import Catalog
@@ -573,7 +573,7 @@ def test_a_body_that_breaks_off_leaves_nothing(pair: Pair) -> None:
         )
         if short:
             with (
-                pytest.raises(pulls.PeerUnavailable, match="broke off"),
+                pytest.raises(copyin.BrokeOff, match="broke off"),
                 pair.dst.begin() as conn,
             ):
                 bulk_in.apply_page(conn, info, page, iter([short]), "skip")
@@ -815,7 +815,7 @@ def _json_receiver(
     pair.receiver.settings = dataclasses.replace(
         pair.receiver.settings, pull_format="json"
     )
-    real_import = importer.import_page
+    real_import = writer.import_page
 
     def spy(conn, info, rows, strategy, *, direct=False):  # type: ignore[no-untyped-def]
         # Was the next page asked for while this one is still to be written?
@@ -827,7 +827,7 @@ def _json_receiver(
         events.append(("apply", rows[0]["id"], len(rows), direct, next_fetch in events))
         return real_import(conn, info, rows, strategy, direct=direct)
 
-    monkeypatch.setattr(importer, "import_page", spy)
+    monkeypatch.setattr(writer, "import_page", spy)
     return PeerClient(
         pair.receiver.settings,
         transport=_Recorder(httpx.WSGITransport(app=create_app(pair.sender)), events),
@@ -879,7 +879,7 @@ def test_a_json_page_that_fails_keeps_its_checkpoint_and_the_next_run_resumes(
 ) -> None:
     events: list[Any] = []
     client = _json_receiver(pair, 1000, events, monkeypatch)
-    spy = importer.import_page
+    spy = writer.import_page
     failed: list[int] = []
 
     def third_fails(conn, info, rows, strategy, *, direct=False):  # type: ignore[no-untyped-def]
@@ -888,7 +888,7 @@ def test_a_json_page_that_fails_keeps_its_checkpoint_and_the_next_run_resumes(
             raise RuntimeError("injected")
         return spy(conn, info, rows, strategy, direct=direct)
 
-    monkeypatch.setattr(importer, "import_page", third_fails)
+    monkeypatch.setattr(writer, "import_page", third_fails)
     tid = pair.start_pull("big")
     with pytest.raises(RuntimeError, match="injected"):
         pulls.run(pair.receiver, client, tid, "test")
@@ -949,7 +949,7 @@ def test_the_streaming_post_maps_answers_like_post(pair: Pair) -> None:
     client = PeerClient(
         pair.receiver.settings, transport=httpx.MockTransport(lambda r: next(answers))
     )
-    with pytest.raises(pulls.RateLimited) as limited:
+    with pytest.raises(RateLimited) as limited:
         client.post_stream(SENDER_URL, "pull-data", {}, copy_format.ACCEPT)
     assert limited.value.retry_after == 7.0 and "slow" in str(limited.value)
     with pytest.raises(pulls.PeerUnavailable, match="HTTP 503 down"):

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from shared.data.receiver.copy_in import unbounded_type
-from shared.data.receiver.importer import import_page
+from shared.data.receiver.writer import import_page
 from shared.data.sender.offer import Catalog
 from tests.pg import create_database, drop_database
 

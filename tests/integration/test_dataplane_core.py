@@ -12,15 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from shared.data.ddl import UnsafeSchema, create_table
 from shared.data.keyset import BadCursor
-from shared.data.receiver.importer import (
-    AppendNotSupported,
-    ImportRefused,
-    UnsafeSchema,
-    check_append,
-    create_table,
-    import_page,
-)
+from shared.data.receiver.pages import AppendNotSupported, ImportRefused, check_append
+from shared.data.receiver.writer import import_page
 from shared.data.schema import NoPrimaryKey, TableNotFound
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter

@@ -17,13 +17,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine
 
 from shared.data import wire
+from shared.data.ddl import UnsafeSchema, create_table
 from shared.data.keyset import BadCursor
-from shared.data.receiver.importer import (
-    AppendNotSupported,
-    UnsafeSchema,
-    create_table,
-    import_page,
-)
+from shared.data.receiver.pages import AppendNotSupported
+from shared.data.receiver.writer import import_page
 from shared.data.schema import TableNotFound, sqlite_kind
 from shared.data.sender.offer import Catalog
 from shared.data.wire import WireError, canonical_json, decode_value, encode_value

@@ -17,8 +17,9 @@ from sqlalchemy import Connection
 
 from shared.data.copy_format import BINARY, COPY_FORMATS, MEDIA_TYPES, TEXT, utf8
 from shared.data.receiver import copy_in as copyin
-from shared.data.receiver import importer
-from shared.data.schema import TableInfo, quote
+from shared.data.receiver.pages import IncomingPage, PageResult, choose_columns
+from shared.data.schema import TableInfo
+from shared.state.models import STRATEGIES
 
 # Built-in type OIDs are fixed in PostgreSQL's catalog and equal on every
 # server; binary COPY of arrays (and records) carries them.
@@ -27,26 +28,6 @@ _FIRST_NON_BUILTIN_OID = 10_000
 
 class BadPage(Exception):
     """A bulk answer whose metadata does not describe the page asked for."""
-
-
-def _pct(name: str) -> str:
-    """A quoted identifier inside psycopg2 SQL, where % starts a placeholder."""
-    return quote(name).replace("%", "%%")
-
-
-def _pct_table(info: TableInfo) -> str:
-    return info.qualified.replace("%", "%%")
-
-
-@dataclass(frozen=True)
-class IncomingPage:
-    """The metadata of a bulk page as its headers give it."""
-
-    format: str
-    columns: list[str]
-    count: int
-    has_more: bool
-    next_cursor: list[Any] | None
 
 
 def read_headers(
@@ -133,7 +114,7 @@ def plan(
 
 def table_is_empty(conn: Connection, info: TableInfo) -> bool:
     return not conn.exec_driver_sql(
-        f"SELECT EXISTS (SELECT 1 FROM {_pct_table(info)})"
+        f"SELECT EXISTS (SELECT 1 FROM {info.qualified_driver})"
     ).scalar()
 
 
@@ -145,20 +126,21 @@ def apply_page(
     strategy: str,
     *,
     direct: bool = False,
-) -> importer.PageResult:
+) -> PageResult:
     """COPY one bulk page into ``info``'s table with a conflict strategy.
 
-    Counts follow ``import_page``: ``created + updated + skipped + failed ==
+    Counts follow shared.data.receiver.pages: ``created + updated + skipped + failed ==
     page.count``. With ``direct`` the rows go straight into the target, for a
     target that should hold none of their keys; if it does (or refuses a row)
     this raises Rejected and the page must be fetched again and staged.
     Raises ImportRefused when the page cannot apply to this table at all,
-    PeerUnavailable when the body breaks off or falls short of its count.
+    BrokeOff when the body falls short of its count; an error reading the
+    body is raised as the body raised it.
     """
-    if strategy not in importer.STRATEGIES:
+    if strategy not in STRATEGIES:
         raise ValueError(f"unknown conflict strategy {strategy!r}")
-    columns, ignored = importer.choose_columns(info, page.columns, strategy)
-    result = importer.PageResult(ignored_columns=ignored)
+    columns, ignored = choose_columns(info, page.columns, strategy)
+    result = PageResult(ignored_columns=ignored)
     source = copyin.CopySource(COPY_FORMATS[page.format], page.columns, page.count)
     applier = copyin.CopyApplier(conn, info, source, columns, strategy, result)
     if direct and not ignored:

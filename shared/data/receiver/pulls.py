@@ -1,44 +1,38 @@
 """Pull tables from a sender into the data database, page by page, resumably.
 
-A transfer names the tables; the worker orders them by foreign-key dependency,
-creates missing ones from the sender's schema when allowed, and imports each
-page with one set-based statement for its strategy. Between two PostgreSQL
-sites pages travel as COPY data (shared.data.sender.copy_out), otherwise as JSON rows
-(shared.data.receiver.importer). The page and its checkpoint commit together in the data
-database (see shared.data.receiver.checkpoints), so a killed worker resumes exactly where
-the last commit left it.
+A transfer names the tables; the pull orders them by foreign-key dependency,
+creates missing ones from the sender's schema when allowed, and then, table by
+table, lets a page source (shared.data.receiver.sources: COPY data between two
+PostgreSQL sites, JSON rows otherwise) feed the writer
+(shared.data.receiver.writer), recording progress as it goes. The page and its
+checkpoint commit together in the data database (see
+shared.data.receiver.checkpoints), so a killed worker resumes exactly where the
+last commit left it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 import uuid
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
+from shared.backoff import backoff
 from shared.context import Site
 from shared.control import audit
-from shared.control.peer import (
-    PeerClient,
-    PeerRefused,
-    PeerResponse,
-    PeerStream,
-    PeerUnavailable,
-    RateLimited,
-)
-from shared.data import copy_format
-from shared.data.receiver import bulk_in, checkpoints, importer
+from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
+from shared.data import copy_format, ddl
+from shared.data.receiver import bulk_in, checkpoints, sources
 from shared.data.receiver import copy_in as copyin
-from shared.data.schema import TableNotFound
+from shared.data.receiver.pages import ImportRefused, Page, PageResult, check_append
+from shared.data.receiver.sources import CopySource, JsonSource, Sender
+from shared.data.receiver.writer import Writer
+from shared.data.schema import TableInfo, TableNotFound
 from shared.db import after_commit, utcnow
 from shared.errors import SyncError
 from shared.state.models import (
@@ -59,27 +53,6 @@ PROTECTED_TABLES = frozenset(
 
 class PullFailed(Exception):
     """A permanent failure: the transfer ends with this message."""
-
-
-@dataclass(frozen=True)
-class JsonPage:
-    """One JSON pull-data page as received."""
-
-    rows: list[dict[str, Any]]
-    next_cursor: Any
-    has_more: bool
-    size: int
-
-
-def _json_page(answer: PeerResponse, size: int) -> JsonPage:
-    if answer.status != 200 or answer.body.get("success") is not True:
-        raise PullFailed(answer.error)
-    rows = answer.body.get("data")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise PullFailed("Invalid response from remote site")
-    next_cursor = answer.body.get("next_cursor")
-    has_more = answer.body.get("has_more") is True and next_cursor is not None
-    return JsonPage(rows, next_cursor, has_more, size)
 
 
 @dataclass(frozen=True)
@@ -208,6 +181,8 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
         job.pull_all()
     except PeerUnavailable as ex:
         return _wait(site, tid, str(ex), ex.retry_after)
+    except copyin.BrokeOff as ex:
+        return _wait(site, tid, str(ex), None)
     except PullFailed as ex:
         with site.db.session() as session:
             _fail(session, session.get(Transfer, tid), str(ex))
@@ -239,11 +214,9 @@ def _wait(site: Site, tid: uuid.UUID, error: str, hint: float | None) -> Outcome
         if transfer.attempts >= s.pull_max_attempts:
             _fail(session, transfer, f"Sender unreachable: {error}")
             return Outcome("failed")
-        delay = min(
-            s.retry_max_seconds, s.retry_base_seconds * 2 ** (transfer.attempts - 1)
+        delay = backoff(
+            transfer.attempts, s.retry_base_seconds, s.retry_max_seconds, hint=hint
         )
-        if hint:
-            delay = max(delay, min(hint, s.retry_max_seconds))
         transfer.status = "retrying"
         transfer.error_message = f"waiting to retry: {error}"[:500]
         # The lease now marks when to try again, so the sweep leaves it alone.
@@ -291,11 +264,9 @@ class _Job:
         create_missing: bool,
     ):
         self.site = site
-        self.client = client
+        self.sender = Sender(client, site_url, token_hash)
         self.owner = owner
         self.transfer_id = transfer_id
-        self.site_url = site_url
-        self.token_hash = token_hash
         self.strategy = strategy
         self.create_missing = create_missing
         self.catalog = site.catalog()
@@ -304,16 +275,11 @@ class _Job:
         self._schemas: dict[str, Any] = {}
 
     def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        # A 429 is the sender pacing us: wait as told and go on, without
-        # spending one of the transfer's attempts. Other transient failures
-        # end this run; the task retries it later from the checkpoint.
+        # A 429 is the sender pacing us: the sender waits as told and goes on,
+        # without spending one of the transfer's attempts. Other transient
+        # failures end this run; the task retries it later from the checkpoint.
         try:
-            resp = _pacing()(
-                self.client.post,
-                self.site_url,
-                endpoint,
-                {"auth_token_hash": self.token_hash, **body},
-            )
+            resp = self.sender.post(endpoint, body)
         except PeerRefused as ex:
             raise PullFailed(str(ex)) from None
         if resp.status != 200 or resp.body.get("success") is not True:
@@ -381,7 +347,7 @@ class _Job:
             if tt.status != "completed":
                 self.pull_table(tt.table_name)
 
-    def target(self, name: str) -> importer.TableInfo:
+    def target(self, name: str) -> TableInfo:
         if name in PROTECTED_TABLES:
             raise PullFailed(f"Refusing to write into this service's own table {name}")
         try:
@@ -401,95 +367,86 @@ class _Job:
         self._schemas[name] = schema
         with self.site.db.data_engine.begin() as conn:
             try:
-                importer.create_table(
+                ddl.create_table(
                     conn,
                     name,
                     schema,
                     existing_tables=set(self.catalog.offered_tables()),
                 )
-            except importer.ImportRefused as ex:
+            except ddl.UnsafeSchema as ex:
                 raise PullFailed(f"Cannot create {name}: {ex}") from None
         self.catalog = self.site.catalog()
         log.info("created table %s from the sender's schema", name)
         return self.catalog.describe(name)
 
     def pull_table(self, name: str) -> None:
+        """Feed the table's pages from its source to its writer, each page
+        with its checkpoint in one transaction, until the sender has no more."""
         info = self.target(name)
         if self.strategy == "append":
             try:
-                importer.check_append(info)
-            except importer.ImportRefused as ex:
+                check_append(info)
+            except ImportRefused as ex:
                 raise PullFailed(str(ex)) from None
         cp = checkpoints.load(self.site.db.data_engine, str(self.transfer_id), name)
         self._progress(name, cp, status="running")
-        plan = self._bulk_plan(name, info)
-        if plan is None:
-            self._pull_json(name, info, cp)
-            return
-        while not cp.done:
-            body: dict[str, Any] = {
-                "table_name": name,
-                "conflict_strategy": self.strategy,
-                "format": plan.wire_format,
-                "limit": self.site.settings.bulk_page_rows,
-            }
-            if cp.cursor is not None:
-                body["after"] = cp.cursor
-            try:
-                rows = self._pull_page(name, info, cp, body, plan)
-            except copyin.Rejected as ex:
-                # Nothing of the page was kept: ask for it again, staged.
-                log.info("%s; fetching the page again", ex)
-                plan = bulk_in.Plan(
-                    copy_format.TEXT if ex.as_text else plan.wire_format, False
-                )
-                continue
-            self.rows_this_run += rows
-            self._progress(name, cp, status="completed" if cp.done else "running")
+        writer = Writer(info, self.strategy)
+        try:
+            with self._source(name, info) as source:
+                while not cp.done:
+                    try:
+                        page = self._write(source, writer, cp)
+                    except copyin.Rejected as ex:
+                        # Nothing of the page was kept: ask for it again, staged.
+                        log.info("%s; fetching the page again", ex)
+                        source.restage(as_text=ex.as_text)
+                        continue
+                    self.rows_this_run += page.count
+                    self._progress(
+                        name, cp, status="completed" if cp.done else "running"
+                    )
+                    del page  # written: only one page's rows at a time
+        except (PeerRefused, sources.BadAnswer) as ex:
+            raise PullFailed(str(ex)) from None
+        except ImportRefused as ex:
+            raise PullFailed(f"{name}: {ex}") from None
 
-    def _pull_json(
-        self, name: str, info: importer.TableInfo, cp: checkpoints.Checkpoint
-    ) -> None:
-        """Pull JSON pages, fetching each while the one before it is written.
-
-        The sender encodes a page while this site writes the previous one,
-        so a pull takes about the longer of the two rather than their sum.
-        A page fetched ahead of a failure is dropped: the next run asks for
-        it again from the checkpoint.
-        """
-        direct = self._copies_like_insert(info)
+    def _write(
+        self,
+        source: CopySource | JsonSource,
+        writer: Writer,
+        cp: checkpoints.Checkpoint,
+    ) -> Page:
+        """Fetch the page after the checkpoint and write it with the checkpoint
+        advanced, in one transaction of the data database."""
         with (
-            _quick_thread_switches(),
-            ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="dbsync-fetch"
-            ) as ahead,
+            source.page(cp.cursor) as page,
+            self.site.db.data_engine.begin() as conn,
         ):
-            upcoming = (
-                ahead.submit(self._fetch_json, name, cp.cursor) if not cp.done else None
+            direct = source.may_go_direct(page) and _nothing_in_the_way(
+                conn, writer.info, cp
             )
-            while upcoming is not None:
-                # Parsed here, not in the fetching thread: the two would only
-                # take turns at the interpreter lock, and that thread's socket
-                # reads would wait behind the parse.
-                status, content, size = upcoming.result()
-                page = _json_page(PeerResponse.parse(status, content), size)
-                del content  # parsed: only one page's body and rows at a time
-                upcoming = (
-                    ahead.submit(self._fetch_json, name, page.next_cursor)
-                    if page.has_more
-                    else None
-                )
-                try:
-                    self._apply_json(name, info, cp, page, direct)
-                except BaseException:
-                    if upcoming is not None:
-                        upcoming.cancel()
-                    raise
-                self.rows_this_run += len(page.rows)
-                self._progress(name, cp, status="completed" if cp.done else "running")
-                del page
+            result = writer.apply(conn, page, direct=direct)
+            _advance(conn, cp, result, page)
+        return page
 
-    def _copies_like_insert(self, info: importer.TableInfo) -> bool:
+    def _source(self, name: str, info: TableInfo) -> CopySource | JsonSource:
+        """Where the table's pages come from: COPY data when this site's data
+        database takes it, JSON rows otherwise."""
+        plan = self._bulk_plan(name, info)
+        if plan is not None:
+            return CopySource(
+                self.sender,
+                name,
+                self.strategy,
+                plan,
+                self.site.settings.bulk_page_rows,
+            )
+        return JsonSource(
+            self.sender, name, self.strategy, direct=self._copies_like_insert(info)
+        )
+
+    def _copies_like_insert(self, info: TableInfo) -> bool:
         """Whether JSON pages may be copied straight into an empty target."""
         engine = self.site.db.data_engine
         if self.strategy == "append" or engine.dialect.name != "postgresql":
@@ -497,43 +454,7 @@ class _Job:
         with engine.connect() as conn:
             return copyin.copies_like_insert(conn, info)
 
-    def _fetch_json(self, name: str, cursor: Any) -> tuple[int, bytes, int]:
-        """Ask for the JSON page after ``cursor``: its status, body and size."""
-        body: dict[str, Any] = {"table_name": name, "conflict_strategy": self.strategy}
-        if cursor is not None:
-            body["after"] = cursor
-        with self._open("pull-data", body) as resp:
-            content = resp.read()
-            return resp.status, content, resp.bytes_read
-
-    def _apply_json(
-        self,
-        name: str,
-        info: importer.TableInfo,
-        cp: checkpoints.Checkpoint,
-        page: JsonPage,
-        direct: bool,
-    ) -> None:
-        """Write one JSON page with its checkpoint in one transaction."""
-        with self.site.db.data_engine.begin() as conn:
-            direct = direct and _nothing_in_the_way(conn, info, cp)
-            try:
-                result = importer.import_page(
-                    conn, info, page.rows, self.strategy, direct=direct
-                )
-            except importer.ImportRefused as ex:
-                raise PullFailed(f"{name}: {ex}") from None
-            _advance(
-                conn,
-                cp,
-                result,
-                len(page.rows),
-                page.next_cursor,
-                page.has_more,
-                page.size,
-            )
-
-    def _bulk_plan(self, name: str, info: importer.TableInfo) -> bulk_in.Plan | None:
+    def _bulk_plan(self, name: str, info: TableInfo) -> bulk_in.Plan | None:
         """The COPY format to ask for, when this site's data database takes one."""
         engine = self.site.db.data_engine
         wanted = self.site.settings.pull_format
@@ -552,68 +473,6 @@ class _Job:
             plan = bulk_in.Plan(copy_format.TEXT, plan.direct)
         log.info("pulling %s as %s", name, plan.wire_format if plan else "json")
         return plan
-
-    def _pull_page(
-        self,
-        name: str,
-        info: importer.TableInfo,
-        cp: checkpoints.Checkpoint,
-        body: dict[str, Any],
-        plan: bulk_in.Plan,
-    ) -> int:
-        """Fetch one bulk page and apply it with its checkpoint in one transaction."""
-        engine = self.site.db.data_engine
-        with self._open("pull-data", body) as resp:
-            if copy_format.is_bulk(resp.media_type):
-                try:
-                    incoming = bulk_in.read_headers(
-                        resp.headers, resp.media_type, name, body["format"]
-                    )
-                except bulk_in.BadPage as ex:
-                    raise PullFailed(
-                        f"Invalid response from remote site ({ex})"
-                    ) from None
-                with engine.begin() as conn:
-                    direct = plan.direct and _nothing_in_the_way(conn, info, cp)
-                    try:
-                        result = bulk_in.apply_page(
-                            conn,
-                            info,
-                            incoming,
-                            resp.iter_bytes(),
-                            self.strategy,
-                            direct=direct,
-                        )
-                    except importer.ImportRefused as ex:
-                        raise PullFailed(f"{name}: {ex}") from None
-                    _advance(
-                        conn,
-                        cp,
-                        result,
-                        incoming.count,
-                        incoming.next_cursor,
-                        incoming.has_more,
-                        resp.bytes_read,
-                    )
-                return incoming.count
-            page = _json_page(resp.response(), resp.bytes_read)
-        # Asked for COPY data, answered with JSON: a table the sender cannot
-        # serve as COPY data (see data_api.pull_data).
-        self._apply_json(name, info, cp, page, direct=False)
-        return len(page.rows)
-
-    def _open(self, endpoint: str, body: dict[str, Any]) -> PeerStream:
-        """POST for a streamed answer, waiting out the sender's pacing like ``call``."""
-        try:
-            return _pacing()(
-                self.client.post_stream,
-                self.site_url,
-                endpoint,
-                {"auth_token_hash": self.token_hash, **body},
-                copy_format.ACCEPT,
-            )
-        except PeerRefused as ex:
-            raise PullFailed(str(ex)) from None
 
     def _progress(self, name: str, cp: checkpoints.Checkpoint, status: str) -> None:
         """Mirror the checkpoint into the state database and renew the lease."""
@@ -668,39 +527,7 @@ class _Job:
             )
 
 
-RATE_LIMIT_WAITS = 120
-FETCH_SWITCH_INTERVAL = 0.0005  # seconds
-
-
-@contextmanager
-def _quick_thread_switches() -> Iterator[None]:
-    """Hand the interpreter between threads every 0.5 ms instead of 5 ms.
-
-    The fetching thread reads a page in dozens of socket reads, each needing
-    the interpreter lock that the writing thread holds while it renders rows:
-    at the default interval each read may wait 5 ms, up to a third of a
-    second for a 4 MB page, which is about as long as writing one.
-    """
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, FETCH_SWITCH_INTERVAL))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
-def _pacing() -> Retrying:
-    return Retrying(
-        retry=retry_if_exception_type(RateLimited),
-        wait=_retry_after_wait,
-        stop=stop_after_attempt(RATE_LIMIT_WAITS),
-        reraise=True,
-    )
-
-
-def _nothing_in_the_way(
-    conn: Any, info: importer.TableInfo, cp: checkpoints.Checkpoint
-) -> bool:
+def _nothing_in_the_way(conn: Any, info: TableInfo, cp: checkpoints.Checkpoint) -> bool:
     """Whether a page may be copied straight into the target.
 
     True while this table's pull has only created rows, starting from an
@@ -714,34 +541,22 @@ def _nothing_in_the_way(
 
 
 def _advance(
-    conn: Any,
-    cp: checkpoints.Checkpoint,
-    result: importer.PageResult,
-    rows: int,
-    next_cursor: Any,
-    has_more: bool,
-    size: int,
+    conn: Any, cp: checkpoints.Checkpoint, result: PageResult, page: Page
 ) -> None:
     """Count a page into the checkpoint and save it in the page's transaction."""
     cp.pages += 1
-    cp.rows_done += rows
+    cp.rows_done += page.count
     cp.created += result.created
     cp.updated += result.updated
     cp.skipped += result.skipped
     cp.failed += result.failed
-    cp.bytes_done += size
+    cp.bytes_done += page.size
     room = checkpoints.MAX_KEPT_ERRORS - len(cp.errors)
     if room > 0:
         cp.errors.extend(result.errors[:room])
-    cp.cursor = next_cursor if has_more else cp.cursor
-    cp.done = not has_more
+    cp.cursor = page.next_cursor if page.has_more else cp.cursor
+    cp.done = not page.has_more
     checkpoints.save(conn, cp)
-
-
-def _retry_after_wait(state: Any) -> float:
-    ex = state.outcome.exception() if state.outcome else None
-    hint = getattr(ex, "retry_after", None) or 1.0
-    return float(min(max(hint, 0.5), 60.0))
 
 
 def dependency_order(names: list[str], depends_on: dict[str, list[str]]) -> list[str]:

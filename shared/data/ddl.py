@@ -1,289 +1,41 @@
-"""Apply pages of pulled rows to a target table; create missing tables from a schema.
+"""Create a receiver's table from a sender's table-schema payload, safely.
 
-``import_page`` runs inside the caller's transaction (the caller advances its
-checkpoint in the same one) and never commits. On PostgreSQL a page is
-rendered as COPY text and applied through shared.data.receiver.copy_in (staging table, one
-set-based statement per strategy, smaller statements down to one row only
-when the database rejects it). On SQLite it is one executemany upsert, row
-by row in savepoints only when that is rejected, so a bad row fails alone and
-the rest of the page still lands.
-
-Counting rules, so ``created + updated + skipped + failed == len(rows)``:
-
-- A row whose values do not decode for the target's columns is failed.
-- Duplicate keys inside one page: the last occurrence wins (it is the one
-  written); each earlier occurrence is counted as skipped.
-- skip: rows whose key exists are skipped. overwrite / merge: they are
-  updated, even when no value changes.
+A pull may create a missing table (``--create-missing``) from what the sender
+describes; the payload is untrusted, so only names, types and defaults that
+are safe to write as SQL are kept, and what is left out is reported.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from shared.data import wire
-from shared.data.receiver import copy_in as copyin
-from shared.data.receiver.copy_in import ImportRefused, PageResult, db_error_text
-from shared.data.schema import ColumnInfo, TableInfo, quote
-
-STRATEGIES = ("skip", "overwrite", "merge", "append")
+from shared.data.schema import quote
+from shared.errors import SyncError
 
 
-class AppendNotSupported(ImportRefused):
-    """``append`` needs a single-column key that the database generates."""
-
-
-class UnsafeSchema(ImportRefused):
+class UnsafeSchema(SyncError):
     """A table-schema payload this site will not turn into SQL."""
 
-
-@dataclass
-class _Entry:
-    """One decoded row ready to bind, with the key to report it by."""
-
-    key: Any
-    params: tuple[Any, ...]
+    def __init__(self, message: str) -> None:
+        super().__init__("conflict", message)
 
 
-def import_page(
-    conn: Connection,
-    table_info: TableInfo,
-    rows: Sequence[Mapping[str, Any]],
-    strategy: str,
-    *,
-    direct: bool = False,
-) -> PageResult:
-    """Apply wire rows to ``table_info``'s table with a conflict strategy.
+def db_error_text(ex: BaseException) -> str:
+    """The database's message for a refused statement: first line, never the values."""
+    orig = getattr(ex, "orig", ex)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if primary:
+        return str(primary)
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
 
-    Values are decoded by the target's own column kinds; incoming columns the
-    target lacks (or computes itself) are ignored and listed once in
-    ``ignored_columns``. Raises ImportRefused (AppendNotSupported for
-    append) when the strategy cannot apply to this table at all, e.g. a
-    table without a primary key. ``direct`` (PostgreSQL) copies straight
-    into a target expected to hold none of the rows' keys.
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown conflict strategy {strategy!r}")
-    result = PageResult()
-    incoming = dict.fromkeys(chain.from_iterable(rows))  # every name, first seen first
-    columns, result.ignored_columns = choose_columns(
-        table_info, list(incoming), strategy, check_keys=bool(rows)
-    )
-    pk = table_info.pk_columns
-    if not rows:
-        return result
-    if conn.dialect.name == "postgresql":
-        copyin.import_rows(
-            conn, table_info, columns, rows, strategy, result, direct=direct
-        )
-        return result
-
-    plan = [(c.name, wire.binder_for(c.kind, conn.dialect.name)) for c in columns]
-    entries: list[_Entry] = []
-    for row in rows:
-        key = [row.get(c.name) for c in pk] if pk else None
-        try:
-            params = tuple(_bind_row(row, plan))
-        except wire.WireError as ex:
-            result.fail(key, str(ex))
-            continue
-        entries.append(_Entry(key, params))
-    if strategy != "append":
-        entries = _last_wins(entries, [columns.index(c) for c in pk], result)
-    if entries:
-        _SqliteApply(conn, table_info, columns, strategy, result).run(entries)
-    return result
-
-
-def choose_columns(
-    info: TableInfo, incoming: Sequence[str], strategy: str, *, check_keys: bool = True
-) -> tuple[list[ColumnInfo], list[str]]:
-    """The target columns a page writes (in table order) and the incoming ones ignored.
-
-    Incoming columns the target lacks or computes itself are ignored. Raises
-    ImportRefused (AppendNotSupported for append) when the strategy cannot
-    apply to this table at all; ``check_keys`` also requires the key columns
-    among the incoming ones.
-    """
-    names = set(incoming)
-    writable = {c.name for c in info.columns if not c.generated}
-    ignored = sorted(n for n in names if n not in writable)
-    columns = [c for c in info.columns if c.name in writable and c.name in names]
-    if strategy == "append":
-        key_col = check_append(info)
-        columns = [c for c in columns if c.name != key_col.name]
-        if not columns:
-            raise AppendNotSupported(
-                f"Rows for {info.name} carry no column besides the key"
-            )
-        return columns, ignored
-    if not info.primary_key:
-        raise ImportRefused(
-            f"Table {info.name} has no primary key: a new row cannot be"
-            " told from one already there",
-        )
-    missing = [n for n in info.primary_key if n not in names]
-    if check_keys and missing:
-        raise ImportRefused(f"Rows for {info.name} lack key column(s) {missing}")
-    return columns, ignored
-
-
-def _bind_row(
-    row: Mapping[str, Any], plan: list[tuple[str, Callable[[Any], Any]]]
-) -> Iterator[Any]:
-    """Decode a row by the target's kinds into bind parameters, in column order."""
-    for name, bind in plan:
-        try:
-            yield bind(row.get(name))
-        except ValueError as ex:
-            raise wire.WireError(name, str(ex)) from None
-
-
-def check_append(info: TableInfo) -> ColumnInfo:
-    """Return the generated key column ``append`` leaves to the database.
-
-    Raises AppendNotSupported unless the primary key is one column with a
-    default, identity or sequence.
-    """
-    if len(info.primary_key) != 1:
-        raise AppendNotSupported(
-            f"append needs a single-column generated primary key; {info.name} has"
-            f" {'none' if not info.primary_key else 'key ' + str(info.primary_key)}"
-        )
-    col = info.pk_columns[0]
-    if col.identity is None and col.default is None:
-        raise AppendNotSupported(
-            f"append needs a primary key the database generates; {info.name}.{col.name}"
-            " has no default, identity or sequence (use skip, overwrite or merge)"
-        )
-    return col
-
-
-def _last_wins(
-    entries: list[_Entry], key_idx: list[int], result: PageResult
-) -> list[_Entry]:
-    """Keep the last row of each key, in page order; count the others skipped."""
-    last: dict[Any, int] = {}
-    for i, entry in enumerate(entries):
-        last[_hashable(tuple(entry.params[j] for j in key_idx))] = i
-    kept = sorted(last.values())
-    result.skipped += len(entries) - len(kept)
-    return [entries[i] for i in kept]
-
-
-def _hashable(value: Any) -> Any:
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
-
-
-# --- SQLite ----------------------------------------------------------------------
-
-
-class _SqliteApply:
-    """executemany upserts; counts from the keys that existed before."""
-
-    def __init__(
-        self,
-        conn: Connection,
-        info: TableInfo,
-        columns: list[ColumnInfo],
-        strategy: str,
-        result: PageResult,
-    ) -> None:
-        self._conn = conn
-        self._info = info
-        self._columns = columns
-        self._strategy = strategy
-        self._result = result
-
-    def run(self, entries: list[_Entry]) -> None:
-        dbapi = self._conn.connection.driver_connection
-        if not dbapi.in_transaction:  # type: ignore[union-attr]
-            # pysqlite opens a transaction only before DML; a SAVEPOINT issued
-            # first would become the outer transaction and RELEASE would commit.
-            self._conn.exec_driver_sql("BEGIN")
-        sql = self._statement()
-        exists = (
-            self._existing(entries) if self._strategy != "append" else lambda e: False
-        )
-        savepoint = self._conn.begin_nested()
-        try:
-            self._conn.exec_driver_sql(sql, [e.params for e in entries])
-        except DBAPIError:
-            savepoint.rollback()
-            written = []
-            for entry in entries:
-                row_savepoint = self._conn.begin_nested()
-                try:
-                    self._conn.exec_driver_sql(sql, entry.params)
-                except DBAPIError as ex:
-                    row_savepoint.rollback()
-                    self._result.fail(entry.key, db_error_text(ex))
-                    continue
-                row_savepoint.commit()
-                written.append(entry)
-        else:
-            savepoint.commit()
-            written = entries
-        for entry in written:
-            if not exists(entry):
-                self._result.created += 1
-            elif self._strategy == "skip":
-                self._result.skipped += 1
-            else:
-                self._result.updated += 1
-
-    def _statement(self) -> str:
-        cols = ", ".join(quote(c.name) for c in self._columns)
-        marks = ", ".join("?" for _ in self._columns)
-        head = f"INSERT INTO {quote(self._info.name)} ({cols}) VALUES ({marks})"
-        if self._strategy == "append":
-            return head
-        pk = ", ".join(quote(n) for n in self._info.primary_key)
-        others = [c for c in self._columns if c.name not in self._info.primary_key]
-        if self._strategy == "skip" or not others:
-            return head + f" ON CONFLICT ({pk}) DO NOTHING"
-        table = quote(self._info.name)
-        if self._strategy == "overwrite":
-            sets = [f"{quote(c.name)} = excluded.{quote(c.name)}" for c in others]
-        else:
-            sets = [
-                f"{quote(c.name)} = COALESCE(excluded.{quote(c.name)},"
-                f" {table}.{quote(c.name)})"
-                for c in others
-            ]
-        return head + f" ON CONFLICT ({pk}) DO UPDATE SET {', '.join(sets)}"
-
-    def _existing(self, entries: list[_Entry]) -> Callable[[_Entry], bool]:
-        idx = [self._columns.index(c) for c in self._info.pk_columns]
-        pk = ", ".join(quote(n) for n in self._info.primary_key)
-        found: set[Any] = set()
-        for start in range(0, len(entries), 200):
-            chunk = entries[start : start + 200]
-            rows = ", ".join("(" + ", ".join("?" for _ in idx) + ")" for _ in chunk)
-            params = [e.params[j] for e in chunk for j in idx]
-            found.update(
-                tuple(r)
-                for r in self._conn.exec_driver_sql(
-                    f"SELECT {pk} FROM {quote(self._info.name)}"
-                    f" WHERE ({pk}) IN (VALUES {rows})",
-                    tuple(params),
-                )
-            )
-        return lambda e: tuple(e.params[j] for j in idx) in found
-
-
-# --- creating tables -------------------------------------------------------------
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

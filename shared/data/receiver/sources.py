@@ -1,0 +1,250 @@
+"""Fetch the pages of one table from its sender, as JSON rows or as COPY data.
+
+A page source asks the sender's pull-data endpoint for the page after a
+cursor and hands it over as a shared.data.receiver.pages page, for the
+writer to apply. It owns how pages are fetched: the sender's pacing (a 429
+is waited out as its Retry-After says, without spending one of the
+transfer's attempts), and for JSON the page fetched one ahead while the one
+before it is written. What to pull, and what a failure means for the
+transfer, is the pull's (shared.data.receiver.pulls).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from shared.control.peer import PeerClient, PeerResponse, PeerStream, RateLimited
+from shared.data import copy_format
+from shared.data.receiver import bulk_in
+from shared.data.receiver.pages import BulkPage, JsonPage, Page
+
+RATE_LIMIT_WAITS = 120  # answers of 429 waited out for one request
+FETCH_SWITCH_INTERVAL = 0.0005  # seconds
+
+T = TypeVar("T")
+
+
+def tune_for_pulls() -> None:
+    """Hand the interpreter between threads every 0.5 ms instead of 5 ms.
+
+    Call once when a process that runs pulls starts (a pool process of the
+    worker). A JSON source fetches the next page in a thread while the pull
+    writes this one: the fetching thread reads a page in dozens of socket
+    reads, each needing the interpreter lock that the writing thread holds
+    while it renders rows. At the default interval each read may wait 5 ms,
+    up to a third of a second for a 4 MB page, which is about as long as
+    writing one.
+    """
+    sys.setswitchinterval(min(sys.getswitchinterval(), FETCH_SWITCH_INTERVAL))
+
+
+class BadAnswer(Exception):
+    """The sender answered, but not with the page asked for (the transfer fails)."""
+
+
+def retry_after_wait(hint: float | None) -> float:
+    """Seconds to wait on a 429: as the sender says, between 0.5 s and a minute."""
+    return float(min(max(hint or 1.0, 0.5), 60.0))
+
+
+def paced(call: Callable[[], T], *, sleep: Callable[[float], Any] = time.sleep) -> T:
+    """``call()``, waiting out the sender's 429s as told, up to RATE_LIMIT_WAITS
+    tries; the last RateLimited is raised as it came."""
+    for attempt in range(1, RATE_LIMIT_WAITS + 1):
+        try:
+            return call()
+        except RateLimited as ex:
+            if attempt == RATE_LIMIT_WAITS:
+                raise
+            sleep(retry_after_wait(ex.retry_after))
+    raise AssertionError("unreachable")  # the last try returns or raises
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Where a pull asks: the sender's URL and this connection's token."""
+
+    client: PeerClient
+    site_url: str
+    token_hash: str
+
+    def post(self, endpoint: str, body: dict[str, Any]) -> PeerResponse:
+        """POST for a JSON answer, waiting out the sender's pacing."""
+        return paced(
+            lambda: self.client.post(
+                self.site_url, endpoint, {"auth_token_hash": self.token_hash, **body}
+            )
+        )
+
+    def open(self, endpoint: str, body: dict[str, Any]) -> PeerStream:
+        """POST for a streamed answer, waiting out the sender's pacing."""
+        return paced(
+            lambda: self.client.post_stream(
+                self.site_url,
+                endpoint,
+                {"auth_token_hash": self.token_hash, **body},
+                copy_format.ACCEPT,
+            )
+        )
+
+
+def json_page(answer: PeerResponse, size: int) -> JsonPage:
+    """The JSON page in a pull-data answer; BadAnswer if it holds none."""
+    if answer.status != 200 or answer.body.get("success") is not True:
+        raise BadAnswer(answer.error)
+    rows = answer.body.get("data")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise BadAnswer("Invalid response from remote site")
+    next_cursor = answer.body.get("next_cursor")
+    has_more = answer.body.get("has_more") is True and next_cursor is not None
+    return JsonPage(rows, next_cursor, has_more, size)
+
+
+class JsonSource:
+    """JSON pages of one table, each fetched while the one before it is written.
+
+    The sender encodes a page while this site writes the previous one, so a
+    pull takes about the longer of the two rather than their sum. A page
+    fetched ahead of a failure is dropped: the next run asks for it again
+    from the checkpoint. Use as a context manager (it owns the fetching
+    thread).
+    """
+
+    def __init__(
+        self, sender: Sender, table: str, strategy: str, *, direct: bool
+    ) -> None:
+        self._sender = sender
+        self._table = table
+        self._strategy = strategy
+        self.direct = direct  # whether its pages may be copied straight in
+        self._ahead = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="dbsync-fetch"
+        )
+        self._upcoming: tuple[Any, Future[tuple[int, bytes, int]]] | None = None
+
+    def __enter__(self) -> JsonSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cancel()
+        self._ahead.shutdown()
+
+    def may_go_direct(self, page: Page) -> bool:
+        return self.direct
+
+    def restage(self, *, as_text: bool) -> None:
+        """Write the pages staged from now on (JSON is text already)."""
+        self.direct = False
+
+    @contextmanager
+    def page(self, cursor: Any) -> Iterator[Page]:
+        """The page after ``cursor``; the one after it is asked for meanwhile."""
+        upcoming = self._upcoming
+        self._upcoming = None
+        if upcoming is None or upcoming[0] != cursor:
+            if upcoming is not None:
+                upcoming[1].cancel()
+            upcoming = (cursor, self._ahead.submit(self._fetch, cursor))
+        # Parsed here, not in the fetching thread: the two would only take
+        # turns at the interpreter lock, and that thread's socket reads
+        # would wait behind the parse.
+        status, content, size = upcoming[1].result()
+        page = json_page(PeerResponse.parse(status, content), size)
+        del content, upcoming  # parsed: only one page's body and rows at a time
+        if page.has_more:
+            self._upcoming = (
+                page.next_cursor,
+                self._ahead.submit(self._fetch, page.next_cursor),
+            )
+        try:
+            yield page
+        except BaseException:
+            self._cancel()
+            raise
+
+    def _cancel(self) -> None:
+        if self._upcoming is not None:
+            self._upcoming[1].cancel()
+            self._upcoming = None
+
+    def _fetch(self, cursor: Any) -> tuple[int, bytes, int]:
+        """Ask for the JSON page after ``cursor``: its status, body and size."""
+        body: dict[str, Any] = {
+            "table_name": self._table,
+            "conflict_strategy": self._strategy,
+        }
+        if cursor is not None:
+            body["after"] = cursor
+        with self._sender.open("pull-data", body) as resp:
+            content = resp.read()
+            return resp.status, content, resp.bytes_read
+
+
+class CopySource:
+    """Bulk (COPY data) pages of one table, each streamed as it is written.
+
+    A sender that cannot serve the table as COPY data answers with a JSON
+    page; that page is handed over as it is, never to be copied straight in.
+    """
+
+    def __init__(
+        self,
+        sender: Sender,
+        table: str,
+        strategy: str,
+        plan: bulk_in.Plan,
+        page_rows: int,
+    ) -> None:
+        self._sender = sender
+        self._table = table
+        self._strategy = strategy
+        self._page_rows = page_rows
+        self.plan = plan
+
+    def __enter__(self) -> CopySource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def may_go_direct(self, page: Page) -> bool:
+        return self.plan.direct and isinstance(page, BulkPage)
+
+    def restage(self, *, as_text: bool) -> None:
+        """Ask again for pages staged, never straight in (as text if told)."""
+        wire_format = copy_format.TEXT if as_text else self.plan.wire_format
+        self.plan = bulk_in.Plan(wire_format, False)
+
+    @contextmanager
+    def page(self, cursor: Any) -> Iterator[Page]:
+        """The page after ``cursor``, its body open while the page is written."""
+        body: dict[str, Any] = {
+            "table_name": self._table,
+            "conflict_strategy": self._strategy,
+            "format": self.plan.wire_format,
+            "limit": self._page_rows,
+        }
+        if cursor is not None:
+            body["after"] = cursor
+        with self._sender.open("pull-data", body) as resp:
+            if copy_format.is_bulk(resp.media_type):
+                try:
+                    incoming = bulk_in.read_headers(
+                        resp.headers, resp.media_type, self._table, body["format"]
+                    )
+                except bulk_in.BadPage as ex:
+                    raise BadAnswer(
+                        f"Invalid response from remote site ({ex})"
+                    ) from None
+                yield BulkPage(incoming, resp)
+                return
+            # Asked for COPY data, answered with JSON: a table the sender
+            # cannot serve as COPY data (see the sender's pull_data).
+            page = json_page(resp.response(), resp.bytes_read)
+        yield page
