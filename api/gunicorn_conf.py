@@ -6,13 +6,13 @@ from __future__ import annotations
 import gc
 
 
-def post_fork(server, worker) -> None:  # type: ignore[no-untyped-def]
+def post_fork(server, worker) -> None:
     from api import wsgi
 
     wsgi.db.dispose(close=False)
 
 
-def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
+def post_worker_init(worker) -> None:
     # Modules and the app live as long as the worker: full collections need
     # not walk them again on every page of rows a request builds.
     gc.freeze()

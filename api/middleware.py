@@ -24,7 +24,7 @@ class DBSession:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.session = self._db.sessionmaker()
 
-    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:  # type: ignore[no-untyped-def]
+    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:
         session = req.context.get("session")
         if session is None:
             return

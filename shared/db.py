@@ -35,7 +35,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+    def process_bind_param(self, value, dialect):
         if value is None:
             return None
         if value.tzinfo is None:
@@ -43,7 +43,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
+    def process_result_value(self, value, dialect):
         if value is None:
             return None
         if value.tzinfo is None:
@@ -74,7 +74,7 @@ def make_engine(url: str, **kwargs: object) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -114,7 +114,7 @@ class Database:
             self.data_engine.dispose(close=close)
 
 
-def after_commit(session: Session, fn) -> None:  # type: ignore[no-untyped-def]
+def after_commit(session: Session, fn) -> None:
     """Run ``fn`` once the session's current transaction has committed.
 
     Work for a worker is enqueued from here, never earlier, so the worker always

@@ -162,7 +162,7 @@ class Settings:
             name = "SYNC_" + f.name.upper()
             if env.get(name):
                 values[f.name] = _int(name, env[name], minimum=1)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # values parsed above, typed per field
 
     def ensure_home(self) -> None:
         """Create the folder that holds the embedded SQLite files."""

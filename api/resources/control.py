@@ -38,7 +38,7 @@ class RegisterConnection:
 class PeerCall:
     """A control call whose handler needs only the session and the body."""
 
-    def __init__(self, site: Site, handler: Callable) -> None:  # type: ignore[type-arg]
+    def __init__(self, site: Site, handler: Callable) -> None:
         self._site = site
         self._handler = handler
 

@@ -15,7 +15,7 @@ from shared.data.sender import handlers as data_api
 class DataCall:
     """A data call: parse the bounded body, hand it with the caller's IP to a service."""
 
-    def __init__(self, site: Site, handler: Callable) -> None:  # type: ignore[type-arg]
+    def __init__(self, site: Site, handler: Callable) -> None:
         self._site = site
         self._handler = handler
 

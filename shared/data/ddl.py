@@ -16,14 +16,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from shared.data.schema import quote
-from shared.errors import SyncError
 
 
-class UnsafeSchema(SyncError):
-    """A table-schema payload this site will not turn into SQL."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("conflict", message)
+class UnsafeSchema(Exception):
+    """A table-schema payload this site will not turn into SQL (the pull fails)."""
 
 
 def db_error_text(ex: BaseException) -> str:

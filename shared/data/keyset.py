@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.data import wire
 from shared.data.schema import ColumnInfo, TableInfo, quote_text
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 
 
 class BadCursor(SyncError):
@@ -29,7 +29,7 @@ class BadCursor(SyncError):
     """
 
     def __init__(self, detail: str) -> None:
-        super().__init__("bad_request", detail)
+        super().__init__(ErrorKind.BAD_REQUEST, detail)
 
 
 def decode_cursor(after: Any, pk: list[ColumnInfo]) -> list[Any]:

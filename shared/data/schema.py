@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 
 ALWAYS_EXCLUDED = frozenset({"alembic_version"})
 EXCLUDED_PREFIXES = ("pg_", "sqlite_", "celery_", "kombu_")
@@ -55,7 +55,7 @@ class TableNotFound(SyncError):
     """The name is not one of the offered tables."""
 
     def __init__(self, table: str) -> None:
-        super().__init__("not_found", "Table not found", extra={"table": table})
+        super().__init__(ErrorKind.NOT_FOUND, "Table not found", extra={"table": table})
         self.table = table
 
 
@@ -63,7 +63,7 @@ class NoPrimaryKey(SyncError):
     """A table without a primary key cannot be paged without risking lost rows."""
 
     def __init__(self, table: str, detail: str) -> None:
-        super().__init__("conflict", detail, extra={"table": table})
+        super().__init__(ErrorKind.CONFLICT, detail, extra={"table": table})
         self.table = table
 
 

@@ -88,7 +88,7 @@ def plan(
         for c in columns or []
         if isinstance(c, dict) and isinstance(c.get("name"), str)
     }
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # psycopg2 connection while conn is open
     try:
         cur.execute(
             "SELECT a.attname, a.atttypid < %s AND t.typelem < %s"

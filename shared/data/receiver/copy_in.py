@@ -245,7 +245,7 @@ class CopyApplier:
         self._failed = 0
 
     def _cursor(self) -> Any:
-        return self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        return self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # psycopg2 connection while open
 
     def _copy_in(self, cur: Any, target: str, chunks: Iterable[bytes]) -> int:
         """COPY the data into ``target``; the rows copied, checked against the count."""

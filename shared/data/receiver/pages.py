@@ -22,16 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.data.schema import ColumnInfo, TableInfo
-from shared.errors import SyncError
 
 MAX_ERRORS = 100
 
 
-class ImportRefused(SyncError):
-    """A page that cannot be applied to this table at all (the transfer fails)."""
+class ImportRefused(Exception):
+    """A page that cannot be applied to this table at all (the transfer fails).
 
-    def __init__(self, message: str) -> None:
-        super().__init__("conflict", message)
+    A worker's error, never an answer to a peer: the pull records its text.
+    """
 
 
 class AppendNotSupported(ImportRefused):

@@ -17,9 +17,9 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from shared.backoff import backoff
@@ -34,7 +34,7 @@ from shared.data.receiver.sources import CopySource, JsonSource, Sender
 from shared.data.receiver.writer import Writer
 from shared.data.schema import TableInfo, TableNotFound
 from shared.db import after_commit, utcnow
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 from shared.state.models import (
     OWN_TABLES,
     STRATEGIES,
@@ -77,21 +77,21 @@ def start(
 ) -> Transfer:
     """Create a receive transfer and hand it to a pull worker after commit."""
     if conn.direction != "receiver":
-        raise SyncError("bad_request", "Only a receiver connection can pull")
+        raise SyncError(ErrorKind.BAD_REQUEST, "Only a receiver connection can pull")
     if conn.status != "active":
-        raise SyncError("conflict", f"Connection is {conn.status}, not active")
+        raise SyncError(ErrorKind.CONFLICT, f"Connection is {conn.status}, not active")
     names = [t.strip() for t in tables if t and t.strip()]
     if not names and not all_tables:
-        raise SyncError("bad_request", "Name the tables to pull, or use --all")
+        raise SyncError(ErrorKind.BAD_REQUEST, "Name the tables to pull, or use --all")
     strategy = strategy or conn.default_conflict_strategy or "skip"
     if strategy not in STRATEGIES:
         raise SyncError(
-            "bad_request", f"strategy must be one of {', '.join(STRATEGIES)}"
+            ErrorKind.BAD_REQUEST, f"strategy must be one of {', '.join(STRATEGIES)}"
         )
     refused = sorted(set(names) & PROTECTED_TABLES)
     if refused:
         raise SyncError(
-            "bad_request",
+            ErrorKind.BAD_REQUEST,
             f"Refusing to pull into this service's own tables: {', '.join(refused)}",
         )
     transfer = Transfer(
@@ -131,16 +131,20 @@ def claim(site: Site, transfer_id: uuid.UUID, owner: str) -> bool:
     now = utcnow()
     until = now + dt.timedelta(seconds=site.settings.pull_lease_seconds)
     with site.db.session() as session:
-        result = session.execute(
-            update(Transfer)
-            .where(
-                Transfer.id == transfer_id,
-                Transfer.status.not_in(TERMINAL),
-                (Transfer.lease_until.is_(None))
-                | (Transfer.lease_until < now)
-                | (Transfer.lease_owner == owner),
-            )
-            .values(lease_owner=owner, lease_until=until)
+        # An UPDATE answers with a CursorResult, which has the row count.
+        result = cast(
+            "CursorResult[Any]",
+            session.execute(
+                update(Transfer)
+                .where(
+                    Transfer.id == transfer_id,
+                    Transfer.status.not_in(TERMINAL),
+                    (Transfer.lease_until.is_(None))
+                    | (Transfer.lease_until < now)
+                    | (Transfer.lease_owner == owner),
+                )
+                .values(lease_owner=owner, lease_until=until)
+            ),
         )
         return result.rowcount == 1
 
@@ -150,8 +154,7 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
     if not claim(site, tid, owner):
         return Outcome("busy")
     with site.db.session() as session:
-        transfer = session.get(Transfer, tid)
-        assert transfer is not None
+        transfer = session.get_one(Transfer, tid)
         conn = (
             session.get(Connection, transfer.connection_id)
             if transfer.connection_id
@@ -185,10 +188,10 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
         return _wait(site, tid, str(ex), None)
     except PullFailed as ex:
         with site.db.session() as session:
-            _fail(session, session.get(Transfer, tid), str(ex))
+            _fail(session, session.get_one(Transfer, tid), str(ex))
         return Outcome("failed")
     with site.db.session() as session:
-        transfer = session.get(Transfer, tid)
+        transfer = session.get_one(Transfer, tid)
         transfer.status = "completed"
         transfer.completed_at = utcnow()
         transfer.eta_seconds = 0
@@ -210,7 +213,7 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
 def _wait(site: Site, tid: uuid.UUID, error: str, hint: float | None) -> Outcome:
     s = site.settings
     with site.db.session() as session:
-        transfer = session.get(Transfer, tid)
+        transfer = session.get_one(Transfer, tid)
         if transfer.attempts >= s.pull_max_attempts:
             _fail(session, transfer, f"Sender unreachable: {error}")
             return Outcome("failed")
@@ -297,7 +300,7 @@ class _Job:
                 is not None
             ):
                 return
-            transfer = session.get(Transfer, self.transfer_id)
+            transfer = session.get_one(Transfer, self.transfer_id)
             requested = list(transfer.meta.get("requested_tables") or [])
             all_tables = bool(transfer.meta.get("all_tables"))
         offered = {
@@ -316,7 +319,7 @@ class _Job:
             names, {n: offered[n].get("depends_on") or [] for n in names}
         )
         with self.site.db.session() as session:
-            transfer = session.get(Transfer, self.transfer_id)
+            transfer = session.get_one(Transfer, self.transfer_id)
             expected = 0
             for position, name in enumerate(ordered):
                 rows = offered[name].get("row_count")
@@ -478,12 +481,12 @@ class _Job:
         """Mirror the checkpoint into the state database and renew the lease."""
         now = utcnow()
         with self.site.db.session() as session:
-            tt = session.scalar(
+            tt = session.scalars(
                 select(TransferTable).where(
                     TransferTable.transfer_id == self.transfer_id,
                     TransferTable.table_name == name,
                 )
-            )
+            ).one()
             tt.status = status
             tt.cursor = cp.cursor
             tt.pages_done, tt.rows_done = cp.pages, cp.rows_done
@@ -507,7 +510,7 @@ class _Job:
                 .scalars()
                 .all()
             )
-            transfer = session.get(Transfer, self.transfer_id)
+            transfer = session.get_one(Transfer, self.transfer_id)
             transfer.records_transferred = sum(t.rows_done for t in totals)
             transfer.records_created = sum(t.created for t in totals)
             transfer.records_updated = sum(t.updated for t in totals)

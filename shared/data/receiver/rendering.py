@@ -186,7 +186,7 @@ def _expression(fast: str, full: str) -> str:
 def _renderer_for(kind: str, fast: str) -> Render:
     env = {**_ENV, "full": full_renderer(kind)}
     exec(f"def render(v):\n    return {_expression(fast, 'full')}", env)
-    return env["render"]  # type: ignore[no-any-return]
+    return env["render"]
 
 
 def renderer(col: ColumnInfo) -> Render:
@@ -221,7 +221,7 @@ def _line_renderer(columns: tuple[tuple[str, str, str], ...]) -> LineRender:
     fields = "".join(f"f{i}, " for i in range(len(columns)))
     code.append(f"    return '\\t'.join(({fields}))")
     exec("\n".join(code), env)
-    return env["line"]  # type: ignore[no-any-return]
+    return env["line"]
 
 
 class RenderedRows:

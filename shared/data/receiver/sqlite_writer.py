@@ -106,7 +106,7 @@ class _SqliteApply:
 
     def run(self, entries: list[_Entry]) -> None:
         dbapi = self._conn.connection.driver_connection
-        if not dbapi.in_transaction:  # type: ignore[union-attr]
+        if not dbapi.in_transaction:  # type: ignore[union-attr]  # sqlite3 connection, never None here
             # pysqlite opens a transaction only before DML; a SAVEPOINT issued
             # first would become the outer transaction and RELEASE would commit.
             self._conn.exec_driver_sql("BEGIN")

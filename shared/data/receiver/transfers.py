@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import parse_uuid
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 from shared.state.models import Transfer, TransferTable
 
 
@@ -16,7 +17,7 @@ def get(session: Session, transfer_id: str) -> Transfer:
     key = parse_uuid(transfer_id)
     transfer = session.get(Transfer, key) if key is not None else None
     if transfer is None:
-        raise SyncError("not_found", f"No transfer {transfer_id}")
+        raise SyncError(ErrorKind.NOT_FOUND, f"No transfer {transfer_id}")
     return transfer
 
 
@@ -29,7 +30,7 @@ def newest(session: Session, limit: int) -> list[Transfer]:
 
 
 def describe(transfer: Transfer, with_tables: bool = True) -> dict[str, Any]:
-    def iso(v):  # type: ignore[no-untyped-def]
+    def iso(v):
         return v.isoformat() if v else None
 
     data: dict[str, Any] = {
@@ -59,12 +60,12 @@ def describe(transfer: Transfer, with_tables: bool = True) -> dict[str, Any]:
     }
     if with_tables:
         session = Session.object_session(transfer)
-        rows = (
+        rows: Sequence[TransferTable] = (
             session.scalars(
                 select(TransferTable)
                 .where(TransferTable.transfer_id == transfer.id)
                 .order_by(TransferTable.position)
-            )
+            ).all()
             if session
             else []
         )

@@ -25,7 +25,7 @@ from shared.data.sender import copy_out
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter
 from shared.db import utcnow
-from shared.errors import SyncError, bad_request
+from shared.errors import ErrorKind, SyncError, bad_request
 from shared.state.models import STRATEGIES, Connection, Transfer
 from shared.validation import Field, validate
 
@@ -79,7 +79,7 @@ def _table(site: Site, conn: Connection, name: str) -> Catalog:
     access.check_table(conn, name)
     catalog = site.catalog()
     if name not in catalog.offered_tables():
-        raise SyncError("not_found", "Table not found")
+        raise SyncError(ErrorKind.NOT_FOUND, "Table not found")
     return catalog
 
 
@@ -230,7 +230,7 @@ def pull_data(
             "Invalid cursor: a key value is out of range for its column", field="after"
         ) from None
     except NoPrimaryKey as ex:
-        raise SyncError("conflict", str(ex)) from None
+        raise SyncError(ErrorKind.CONFLICT, str(ex)) from None
     count = len(page.rows)
     access.count_page(session, conn, count, new_download, 0)
     _record_send(session, conn, name, strategy, count, new_download, page.has_more, ip)

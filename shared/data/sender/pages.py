@@ -264,7 +264,7 @@ def _pg_temporal_text(kind: str) -> Callable[[str], str]:
         # Anything else (another offset, a year beyond 9999, BC) as a driver
         # value would go; fromisoformat refuses what datetime cannot hold.
         parsed = (dt.date if kind == "date" else dt.datetime).fromisoformat(text)
-        return wire.encode_value(parsed, kind)  # type: ignore[no-any-return]  # str for these kinds
+        return wire.encode_value(parsed, kind)  # str for these kinds
 
     return respell
 

@@ -15,7 +15,7 @@ from shared.data import wire
 from shared.data.keyset import binds, column_list
 from shared.data.schema import ColumnInfo, Tables, quote_text
 from shared.data.sender.pages import encode_all, reader, select_list
-from shared.errors import SyncError
+from shared.errors import ErrorKind, SyncError
 
 
 class BadFilter(SyncError):
@@ -25,7 +25,7 @@ class BadFilter(SyncError):
     """
 
     def __init__(self, detail: str) -> None:
-        super().__init__("bad_request", detail)
+        super().__init__(ErrorKind.BAD_REQUEST, detail)
 
 
 def preview(

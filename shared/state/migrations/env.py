@@ -12,14 +12,14 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def include_name(name, type_, parent_names):  # type: ignore[no-untyped-def]
+def include_name(name, type_, parent_names):
     """Only ever compare our own tables: the data database may share this one."""
     if type_ == "table":
         return name in target_metadata.tables
     return True
 
 
-def migrate(connection) -> None:  # type: ignore[no-untyped-def]
+def migrate(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -35,9 +35,10 @@ def run_migrations_online() -> None:
     if connection is not None:
         migrate(connection)
         return
-    engine = make_engine(
-        config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool
-    )
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("alembic: no sqlalchemy.url to migrate")
+    engine = make_engine(url, poolclass=pool.NullPool)
     with engine.connect() as conn:
         migrate(conn)
     engine.dispose()
