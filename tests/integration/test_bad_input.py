@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from typing import Any
@@ -14,12 +13,10 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, update
 
 from shared.context import Site
-from shared.control import module
 from shared.security import new_token
 from shared.state.models import Connection, Counter, ModuleSettings
+from tests.helpers import API, PEER, add_connection, configure, post, sha
 
-API = "/sync/api"
-PEER = "http://127.0.0.1:19001"
 PASSWORD = "open sesame"
 MODES = ("auto_accept", "require_approval", "require_password", "deny_all")
 INVALID_JSON = {"success": False, "error": "Invalid JSON body"}
@@ -53,34 +50,6 @@ SWEEP = settings(
         HealthCheck.data_too_large,
     ],
 )
-
-
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def configure(site: Site, *, enabled: bool = True, mode: str = "auto_accept") -> None:
-    with site.db.session() as session:
-        row = module.get(session)
-        row.enabled = enabled
-        row.incoming_mode = mode
-        module.set_password(session, PASSWORD)
-
-
-def add_connection(site: Site, direction: str, url: str = PEER) -> str:
-    token_hash = sha(new_token())
-    with site.db.session() as session:
-        session.add(
-            Connection(
-                name="Known",
-                direction=direction,
-                site_url=url,
-                auth_token_hash=token_hash,
-                status="active",
-                meta={},
-            )
-        )
-    return token_hash
 
 
 DISABLED = {"success": False, "error": "DB Sync module is disabled"}
@@ -245,8 +214,11 @@ def raw_bodies(
 def test_post_endpoints_never_fail_with_5xx(
     site: Site, client: testing.TestClient, endpoint: str
 ) -> None:
-    configure(site)
-    known = [add_connection(site, "sender"), add_connection(site, "receiver")]
+    configure(site, password=PASSWORD)
+    known = [
+        add_connection(site, direction="sender", name="Known")[1],
+        add_connection(site, direction="receiver", name="Known")[1],
+    ]
     engine = site.db.engine
 
     @SWEEP
@@ -305,17 +277,11 @@ def _status_sweep(
 def test_get_status_always_answers_its_body(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site, mode="deny_all")
+    configure(site, mode="deny_all", password=PASSWORD)
     _status_sweep(client)
 
 
 # ---------------------------------------------------------------- explicit cases
-
-
-def post_raw(client: testing.TestClient, endpoint: str, raw: bytes) -> testing.Result:
-    return client.simulate_post(
-        f"{API}/{endpoint}", body=raw, headers={"content-type": "application/json"}
-    )
 
 
 def padded(size: int, **fields: str) -> bytes:
@@ -326,18 +292,18 @@ def padded(size: int, **fields: str) -> bytes:
 
 @pytest.mark.parametrize("settings_env", [{"SYNC_MAX_BODY_BYTES": "2048"}])
 def test_body_over_the_limit_is_413(site: Site, client: testing.TestClient) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     for endpoint in POST_ENDPOINTS:
         raw = padded(2049, sender_url=PEER, auth_token_hash=sha("x"))
         assert len(raw) == 2049
-        r = post_raw(client, endpoint, raw)
+        r = post(client, endpoint, raw)
         assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
-        r = post_raw(client, endpoint, b"[" + b"1," * 50_000 + b"1]")
+        r = post(client, endpoint, b"[" + b"1," * 50_000 + b"1]")
         assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
         # Exactly at the limit is read and answered normally.
         raw = padded(2048, sender_url=PEER, receiver_url=PEER, auth_token_hash=sha("x"))
         assert len(raw) == 2048
-        r = post_raw(client, endpoint, raw)
+        r = post(client, endpoint, raw)
         assert r.status_code in (400, 404), (endpoint, r.json)
 
 
@@ -383,7 +349,7 @@ def call_chunked(
 def test_chunked_body_over_the_limit_is_413(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     raw = padded(10_000, sender_url=PEER, auth_token_hash=sha("x"))
     for endpoint in POST_ENDPOINTS:
         assert call_chunked(client, endpoint, raw) == (413, TOO_LARGE), endpoint
@@ -392,8 +358,8 @@ def test_chunked_body_over_the_limit_is_413(
 def test_chunked_body_within_the_limit_is_read(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
-    token_hash = add_connection(site, "receiver")
+    configure(site, password=PASSWORD)
+    token_hash = add_connection(site, direction="receiver", name="Known")[1]
     raw = json.dumps({"sender_url": PEER, "auth_token_hash": token_hash}).encode()
     assert call_chunked(client, "verify-connection", raw) == (
         200,
@@ -424,10 +390,10 @@ NOT_OBJECTS = [
 def test_a_body_that_is_not_a_json_object_is_400(
     site: Site, client: testing.TestClient, mode: str
 ) -> None:
-    configure(site, mode=mode)
+    configure(site, mode=mode, password=PASSWORD)
     for endpoint in POST_ENDPOINTS:
         for raw in NOT_OBJECTS:
-            r = post_raw(client, endpoint, raw)
+            r = post(client, endpoint, raw)
             assert (r.status_code, r.json) == (400, INVALID_JSON), (endpoint, raw[:40])
 
 
@@ -509,7 +475,7 @@ WRONG_TYPES: list[tuple[str, dict[str, Any], str, str]] = [
 def test_wrong_typed_field_is_400_naming_it(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     for endpoint, body, field, _ in WRONG_TYPES:
         r = client.simulate_post(f"{API}/{endpoint}", json=body)
         assert r.status_code == 400, (endpoint, body)
@@ -523,8 +489,8 @@ def test_wrong_typed_field_is_400_naming_it(
 def test_update_status_with_a_list_status_exact_body(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
-    token_hash = add_connection(site, "receiver")
+    configure(site, password=PASSWORD)
+    token_hash = add_connection(site, direction="receiver", name="Known")[1]
     r = client.simulate_post(
         f"{API}/update-status",
         json={"sender_url": PEER, "auth_token_hash": token_hash, "status": ["revoked"]},
@@ -540,7 +506,7 @@ def test_update_status_with_a_list_status_exact_body(
 def test_missing_fields_come_before_wrong_types(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     r = client.simulate_post(f"{API}/register-connection", json={"sender_url": 1})
     assert r.status_code == 400
     assert r.json == {
@@ -553,7 +519,7 @@ def test_missing_fields_come_before_wrong_types(
 def test_too_long_fields_are_400_naming_them(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     cases = [
         (
             "register-connection",
@@ -617,7 +583,7 @@ NUL_BODIES: list[tuple[str, dict[str, Any]]] = [
 def test_nul_characters_in_strings_are_400_not_500(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     answers = []
     for endpoint, body in NUL_BODIES:
         r = client.simulate_post(f"{API}/{endpoint}", json=body)
@@ -665,7 +631,7 @@ def test_wrong_method_is_405_in_our_shape(client: testing.TestClient) -> None:
 def test_invalid_content_length_header_is_400_in_our_shape(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     for value in ("abc", "-5"):
         status, body = call_wsgi(
             client, "verify-connection", b"{}", CONTENT_LENGTH=value

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import uuid
 from typing import Any
 
 import pytest
@@ -14,15 +13,22 @@ from sqlalchemy import inspect, select
 
 from shared import security
 from shared.context import Site
-from shared.control import connections, module
 from shared.db import utcnow
 from shared.security import new_token
 from shared.state.models import AuditEvent, Connection, PeerNotice, Transfer
+from tests.helpers import (
+    API,
+    OTHER_PEER,
+    PEER,
+    SITE_URL,
+    add_connection,
+    configure,
+    load,
+    make_sender,
+    post,
+    sha,
+)
 
-API = "/sync/api"
-PEER = "http://127.0.0.1:19001"
-OTHER_PEER = "http://127.0.0.1:19002"
-SITE_URL = "http://127.0.0.1:18999"  # tests/conftest.py
 PASSWORD = "correct horse battery staple"
 
 DISABLED = {"success": False, "error": "DB Sync module is disabled"}
@@ -35,31 +41,6 @@ DENIED = {"success": False, "error": "Incoming connections are not allowed"}
 REVOKED = {"success": False, "error": "Connection is revoked"}
 
 
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def configure(
-    site: Site,
-    *,
-    enabled: bool = True,
-    mode: str = "auto_accept",
-    password: str | None = None,
-) -> None:
-    with site.db.session() as session:
-        row = module.get(session)
-        row.enabled = enabled
-        row.incoming_mode = mode
-        if password is not None:
-            module.set_password(session, password)
-
-
-def post(
-    client: testing.TestClient, endpoint: str, body: Any, **kw: Any
-) -> testing.Result:
-    return client.simulate_post(f"{API}/{endpoint}", json=body, **kw)
-
-
 def reg_body(**over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "sender_url": PEER,
@@ -68,45 +49,6 @@ def reg_body(**over: Any) -> dict[str, Any]:
     }
     body.update(over)
     return body
-
-
-def add_connection(
-    site: Site,
-    *,
-    direction: str = "receiver",
-    status: str = "active",
-    url: str = PEER,
-    name: str = "Peer A",
-) -> tuple[uuid.UUID, str]:
-    """Insert a connection row directly; return its id and token hash."""
-    token_hash = sha(new_token())
-    with site.db.session() as session:
-        conn = Connection(
-            name=name,
-            direction=direction,
-            site_url=url,
-            auth_token_hash=token_hash,
-            status=status,
-            meta={},
-        )
-        session.add(conn)
-        session.flush()
-        return conn.id, token_hash
-
-
-def load(site: Site, conn_id: uuid.UUID) -> Connection | None:
-    with site.db.session() as session:
-        return session.get(Connection, conn_id)
-
-
-def make_sender(
-    site: Site, url: str = PEER, name: str = "Peer A"
-) -> tuple[uuid.UUID, str]:
-    with site.db.session() as session:
-        conn, token = connections.create_sender(
-            session, site, name=name, url=url, options=None
-        )
-        return conn.id, token
 
 
 # ---------------------------------------------------------------- status
