@@ -430,3 +430,12 @@ def eventually(
             return last
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+# ------------------------------------------------------------ case tables
+
+
+def case_id(value: Any, width: int = 40) -> str:
+    """A short readable id for a parametrized case: its value, cut to ``width``."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

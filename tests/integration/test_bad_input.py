@@ -15,7 +15,7 @@ from sqlalchemy import delete, update
 from shared.context import Site
 from shared.security import new_token
 from shared.state.models import Connection, Counter, ModuleSettings
-from tests.helpers import API, PEER, add_connection, configure, post, sha
+from tests.helpers import API, PEER, add_connection, case_id, configure, post, sha
 
 PASSWORD = "open sesame"
 MODES = ("auto_accept", "require_approval", "require_password", "deny_all")
@@ -290,21 +290,23 @@ def padded(size: int, **fields: str) -> bytes:
     return json.dumps({**fields, "pad": "x" * (size - len(base))}).encode()
 
 
+@pytest.mark.parametrize("endpoint", POST_ENDPOINTS)
 @pytest.mark.parametrize("settings_env", [{"SYNC_MAX_BODY_BYTES": "2048"}])
-def test_body_over_the_limit_is_413(site: Site, client: testing.TestClient) -> None:
+def test_body_over_the_limit_is_413(
+    site: Site, client: testing.TestClient, endpoint: str
+) -> None:
     configure(site, password=PASSWORD)
-    for endpoint in POST_ENDPOINTS:
-        raw = padded(2049, sender_url=PEER, auth_token_hash=sha("x"))
-        assert len(raw) == 2049
-        r = post(client, endpoint, raw)
-        assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
-        r = post(client, endpoint, b"[" + b"1," * 50_000 + b"1]")
-        assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
-        # Exactly at the limit is read and answered normally.
-        raw = padded(2048, sender_url=PEER, receiver_url=PEER, auth_token_hash=sha("x"))
-        assert len(raw) == 2048
-        r = post(client, endpoint, raw)
-        assert r.status_code in (400, 404), (endpoint, r.json)
+    raw = padded(2049, sender_url=PEER, auth_token_hash=sha("x"))
+    assert len(raw) == 2049
+    r = post(client, endpoint, raw)
+    assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
+    r = post(client, endpoint, b"[" + b"1," * 50_000 + b"1]")
+    assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
+    # Exactly at the limit is read and answered normally.
+    raw = padded(2048, sender_url=PEER, receiver_url=PEER, auth_token_hash=sha("x"))
+    assert len(raw) == 2048
+    r = post(client, endpoint, raw)
+    assert r.status_code in (400, 404), (endpoint, r.json)
 
 
 def call_wsgi(
@@ -345,14 +347,14 @@ def call_chunked(
     )
 
 
+@pytest.mark.parametrize("endpoint", POST_ENDPOINTS)
 @pytest.mark.parametrize("settings_env", [{"SYNC_MAX_BODY_BYTES": "2048"}])
 def test_chunked_body_over_the_limit_is_413(
-    site: Site, client: testing.TestClient
+    site: Site, client: testing.TestClient, endpoint: str
 ) -> None:
     configure(site, password=PASSWORD)
     raw = padded(10_000, sender_url=PEER, auth_token_hash=sha("x"))
-    for endpoint in POST_ENDPOINTS:
-        assert call_chunked(client, endpoint, raw) == (413, TOO_LARGE), endpoint
+    assert call_chunked(client, endpoint, raw) == (413, TOO_LARGE), endpoint
 
 
 def test_chunked_body_within_the_limit_is_read(
@@ -386,15 +388,15 @@ NOT_OBJECTS = [
 ]
 
 
+@pytest.mark.parametrize("raw", NOT_OBJECTS, ids=case_id)
+@pytest.mark.parametrize("endpoint", POST_ENDPOINTS)
 @pytest.mark.parametrize("mode", ["auto_accept", "require_password"])
 def test_a_body_that_is_not_a_json_object_is_400(
-    site: Site, client: testing.TestClient, mode: str
+    site: Site, client: testing.TestClient, mode: str, endpoint: str, raw: bytes
 ) -> None:
     configure(site, mode=mode, password=PASSWORD)
-    for endpoint in POST_ENDPOINTS:
-        for raw in NOT_OBJECTS:
-            r = post(client, endpoint, raw)
-            assert (r.status_code, r.json) == (400, INVALID_JSON), (endpoint, raw[:40])
+    r = post(client, endpoint, raw)
+    assert (r.status_code, r.json) == (400, INVALID_JSON), (endpoint, raw[:40])
 
 
 WRONG_TYPES: list[tuple[str, dict[str, Any], str, str]] = [
@@ -472,18 +474,27 @@ WRONG_TYPES: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field", "_"),
+    WRONG_TYPES,
+    ids=[f"{e}-{f}-{case_id(b)}" for e, b, f, _ in WRONG_TYPES],
+)
 def test_wrong_typed_field_is_400_naming_it(
-    site: Site, client: testing.TestClient
+    site: Site,
+    client: testing.TestClient,
+    endpoint: str,
+    body: dict[str, Any],
+    field: str,
+    _: str,
 ) -> None:
     configure(site, password=PASSWORD)
-    for endpoint, body, field, _ in WRONG_TYPES:
-        r = client.simulate_post(f"{API}/{endpoint}", json=body)
-        assert r.status_code == 400, (endpoint, body)
-        assert r.json == {
-            "success": False,
-            "error": f"Field {field} must be a string",
-            "field": field,
-        }, (endpoint, body)
+    r = client.simulate_post(f"{API}/{endpoint}", json=body)
+    assert r.status_code == 400, (endpoint, body)
+    assert r.json == {
+        "success": False,
+        "error": f"Field {field} must be a string",
+        "field": field,
+    }, (endpoint, body)
 
 
 def test_update_status_with_a_list_status_exact_body(
@@ -516,47 +527,57 @@ def test_missing_fields_come_before_wrong_types(
     }
 
 
+TOO_LONG: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "register-connection",
+        {"sender_url": PEER, "connection_name": "n" * 256, "auth_token": "t"},
+        "connection_name",
+    ),
+    (
+        "register-connection",
+        {
+            "sender_url": PEER + "/" + "p" * 2048,
+            "connection_name": "n",
+            "auth_token": "t",
+        },
+        "sender_url",
+    ),
+    (
+        "register-connection",
+        {"sender_url": PEER, "connection_name": "n", "auth_token": "t" * 100_000},
+        "auth_token",
+    ),
+    (
+        "verify-connection",
+        {"sender_url": PEER, "auth_token_hash": "h" * 129},
+        "auth_token_hash",
+    ),
+    (
+        "update-status",
+        {"sender_url": PEER, "auth_token_hash": "h", "status": "s" * 33},
+        "status",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field"),
+    TOO_LONG,
+    ids=[f"{e}-{f}" for e, _, f in TOO_LONG],
+)
 def test_too_long_fields_are_400_naming_them(
-    site: Site, client: testing.TestClient
+    site: Site,
+    client: testing.TestClient,
+    endpoint: str,
+    body: dict[str, Any],
+    field: str,
 ) -> None:
     configure(site, password=PASSWORD)
-    cases = [
-        (
-            "register-connection",
-            {"sender_url": PEER, "connection_name": "n" * 256, "auth_token": "t"},
-            "connection_name",
-        ),
-        (
-            "register-connection",
-            {
-                "sender_url": PEER + "/" + "p" * 2048,
-                "connection_name": "n",
-                "auth_token": "t",
-            },
-            "sender_url",
-        ),
-        (
-            "register-connection",
-            {"sender_url": PEER, "connection_name": "n", "auth_token": "t" * 100_000},
-            "auth_token",
-        ),
-        (
-            "verify-connection",
-            {"sender_url": PEER, "auth_token_hash": "h" * 129},
-            "auth_token_hash",
-        ),
-        (
-            "update-status",
-            {"sender_url": PEER, "auth_token_hash": "h", "status": "s" * 33},
-            "status",
-        ),
-    ]
-    for endpoint, body, field in cases:
-        r = client.simulate_post(f"{API}/{endpoint}", json=body)
-        assert (r.status_code, r.json) == (
-            400,
-            {"success": False, "error": f"Field {field} is too long", "field": field},
-        ), endpoint
+    r = client.simulate_post(f"{API}/{endpoint}", json=body)
+    assert (r.status_code, r.json) == (
+        400,
+        {"success": False, "error": f"Field {field} is too long", "field": field},
+    ), endpoint
     with site.db.session() as session:
         assert session.query(Connection).count() == 0
 
@@ -600,42 +621,50 @@ def test_nul_characters_in_strings_are_400_not_500(
     ]
 
 
-def test_unknown_route_is_404_in_our_shape(client: testing.TestClient) -> None:
-    for method, path in [
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
         ("GET", f"{API}/nope"),
         ("POST", f"{API}/register"),
         ("GET", "/"),
         ("POST", "/sync/api"),
-    ]:
-        r = client.simulate_request(method, path)
-        assert r.status_code == 404
-        assert r.json == {"success": False, "error": "Not found"}
+    ],
+)
+def test_unknown_route_is_404_in_our_shape(
+    client: testing.TestClient, method: str, path: str
+) -> None:
+    r = client.simulate_request(method, path)
+    assert r.status_code == 404
+    assert r.json == {"success": False, "error": "Not found"}
 
 
-def test_wrong_method_is_405_in_our_shape(client: testing.TestClient) -> None:
-    cases = [("GET", f"{API}/{e}") for e in POST_ENDPOINTS] + [
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", f"{API}/{e}") for e in POST_ENDPOINTS]
+    + [
         ("POST", f"{API}/status"),
         ("PUT", f"{API}/register-connection"),
         ("DELETE", f"{API}/delete-connection"),
-    ]
-    for method, path in cases:
-        r = client.simulate_request(method, path)
-        assert r.status_code == 405, (method, path)
-        assert r.json == {"success": False, "error": "405 Method Not Allowed"}, (
-            method,
-            path,
-        )
-        assert r.headers["allow"]
+    ],
+)
+def test_wrong_method_is_405_in_our_shape(
+    client: testing.TestClient, method: str, path: str
+) -> None:
+    r = client.simulate_request(method, path)
+    assert r.status_code == 405, (method, path)
+    assert r.json == {"success": False, "error": "405 Method Not Allowed"}, (
+        method,
+        path,
+    )
+    assert r.headers["allow"]
 
 
+@pytest.mark.parametrize("value", ["abc", "-5"])
 def test_invalid_content_length_header_is_400_in_our_shape(
-    site: Site, client: testing.TestClient
+    site: Site, client: testing.TestClient, value: str
 ) -> None:
     configure(site, password=PASSWORD)
-    for value in ("abc", "-5"):
-        status, body = call_wsgi(
-            client, "verify-connection", b"{}", CONTENT_LENGTH=value
-        )
-        assert status == 400, value
-        assert body["success"] is False
-        assert isinstance(body["error"], str) and body["error"]
+    status, body = call_wsgi(client, "verify-connection", b"{}", CONTENT_LENGTH=value)
+    assert status == 400, value
+    assert body["success"] is False
+    assert isinstance(body["error"], str) and body["error"]

@@ -165,35 +165,49 @@ def test_create_sender_writes_row_audit_and_register_notice(site: Site) -> None:
     assert site.dispatcher.notices == [notice.id]  # type: ignore[attr-defined]
 
 
-def test_create_sender_refusals(site: Site) -> None:
+SENDER_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    ({"name": "x", "url": PEER + "/"}, "conflict"),
+    ({"name": "x", "url": SITE_URL}, "bad_request"),
+    ({"name": "x", "url": "http://2130706433"}, "bad_request"),
+    ({"name": "x", "url": "ftp://127.0.0.1"}, "bad_request"),
+    ({"name": "   ", "url": "http://127.0.0.1:19002"}, "bad_request"),
+    (
+        {
+            "name": "x",
+            "url": "http://127.0.0.1:19003",
+            "options": SenderOptions(ip_allowlist=["not-a-cidr"]),
+        },
+        "bad_request",
+    ),
+    (
+        {
+            "name": "x",
+            "url": "http://127.0.0.1:19003",
+            "options": SenderOptions(allowed_hours_start=3),
+        },
+        "bad_request",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind"),
+    SENDER_REFUSALS,
+    ids=[
+        "same-url",
+        "own-url",
+        "odd-ip-form",
+        "not-http",
+        "blank-name",
+        "bad-cidr",
+        "half-an-hours-window",
+    ],
+)
+def test_create_sender_refusals(site: Site, kwargs: dict[str, Any], kind: str) -> None:
     make_sender(site)
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"name": "x", "url": PEER + "/"}, "conflict"),
-        ({"name": "x", "url": SITE_URL}, "bad_request"),
-        ({"name": "x", "url": "http://2130706433"}, "bad_request"),
-        ({"name": "x", "url": "ftp://127.0.0.1"}, "bad_request"),
-        ({"name": "   ", "url": "http://127.0.0.1:19002"}, "bad_request"),
-        (
-            {
-                "name": "x",
-                "url": "http://127.0.0.1:19003",
-                "options": SenderOptions(ip_allowlist=["not-a-cidr"]),
-            },
-            "bad_request",
-        ),
-        (
-            {
-                "name": "x",
-                "url": "http://127.0.0.1:19003",
-                "options": SenderOptions(allowed_hours_start=3),
-            },
-            "bad_request",
-        ),
-    ]
-    for kwargs, kind in cases:
-        with pytest.raises(SyncError) as info, site.db.session() as session:
-            connections.create_sender(session, site, **kwargs)
-        assert info.value.kind == kind, kwargs
+    with pytest.raises(SyncError) as info, site.db.session() as session:
+        connections.create_sender(session, site, **kwargs)
+    assert info.value.kind == kind, kwargs
     with site.db.session() as session:
         assert len(session.scalars(select(Connection)).all()) == 1
 

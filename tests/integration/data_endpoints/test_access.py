@@ -45,22 +45,39 @@ from tests.helpers import (
 # ================================================================== 503 / 400
 
 
+TOKEN = object()  # stands for the sender's token hash in a case's body
+DISABLED_BODIES = [
+    pytest.param({}, id="empty"),
+    pytest.param({"auth_token_hash": TOKEN, "table_name": "dt_items"}, id="valid"),
+    pytest.param({"auth_token_hash": "nope"}, id="unknown-hash"),
+    pytest.param(b"not json", id="not-json"),
+    pytest.param(b"[1, 2]", id="a-list"),
+]
+
+
+@pytest.mark.parametrize("body", DISABLED_BODIES)
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_disabled_module_answers_503_before_anything_else(
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    endpoint: str,
+    body: Any,
+) -> None:
+    tables("dt_items")
+    token_hash = offering_sender(site)
+    if isinstance(body, dict):
+        body = {k: token_hash if v is TOKEN else v for k, v in body.items()}
+    r = post(client, endpoint, body)
+    assert (r.status_code, r.json) == (503, DISABLED), (endpoint, body)
+    assert sender_row(site, token_hash).downloads_used == 0
+
+
+def test_the_module_switch_takes_effect_at_the_next_request(
     site: Site, client: testing.TestClient, tables: Callable[..., None]
 ) -> None:
     tables("dt_items")
     token_hash = offering_sender(site)
-    for endpoint in ENDPOINTS:
-        for body in (
-            {},
-            {"auth_token_hash": token_hash, "table_name": "dt_items"},
-            {"auth_token_hash": "nope"},
-            b"not json",
-            b"[1, 2]",
-        ):
-            r = post(client, endpoint, body)
-            assert (r.status_code, r.json) == (503, DISABLED), (endpoint, body)
-    assert sender_row(site, token_hash).downloads_used == 0
     enable(site, False)
     r = call(client, "pull-data", token_hash)
     assert (r.status_code, r.json) == (503, DISABLED)
@@ -68,102 +85,138 @@ def test_disabled_module_answers_503_before_anything_else(
     assert call(client, "pull-data", token_hash).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="empty"),
+        pytest.param({"auth_token_hash": None, "table_name": ""}, id="null-and-empty"),
+        pytest.param(
+            {"auth_token_hash": "", "table_name": None, "other": 1},
+            id="empty-null-and-other",
+        ),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_missing_fields_answer_400_with_the_fields_in_order(
-    site: Site, client: testing.TestClient
+    site: Site, client: testing.TestClient, endpoint: str, body: dict[str, Any]
 ) -> None:
     enable(site)
-    for endpoint in ENDPOINTS:
-        wanted = (
-            ["auth_token_hash"]
-            if endpoint == "list-tables"
-            else ["auth_token_hash", "table_name"]
-        )
-        for body in (
-            {},
-            {"auth_token_hash": None, "table_name": ""},
-            {"auth_token_hash": "", "table_name": None, "other": 1},
-        ):
-            r = post(client, endpoint, body)
-            assert r.status_code == 400, endpoint
-            assert r.json == err("Missing required fields", fields=wanted)
-        if endpoint != "list-tables":
-            # a missing field wins over an unknown hash (400 before 401)
-            r = post(client, endpoint, {"auth_token_hash": "unknown"})
-            assert r.status_code == 400
-            assert r.json == err("Missing required fields", fields=["table_name"])
+    wanted = (
+        ["auth_token_hash"]
+        if endpoint == "list-tables"
+        else ["auth_token_hash", "table_name"]
+    )
+    r = post(client, endpoint, body)
+    assert r.status_code == 400, endpoint
+    assert r.json == err("Missing required fields", fields=wanted)
+
+
+@pytest.mark.parametrize("endpoint", TABLE_ENDPOINTS)
+def test_a_missing_field_wins_over_an_unknown_hash(
+    site: Site, client: testing.TestClient, endpoint: str
+) -> None:
+    enable(site)
+    # a missing field wins over an unknown hash (400 before 401)
+    r = post(client, endpoint, {"auth_token_hash": "unknown"})
+    assert r.status_code == 400
+    assert r.json == err("Missing required fields", fields=["table_name"])
 
 
 # ================================================================== 401 / 403 status
 
 
+@pytest.mark.parametrize("who", ["unknown", "a-receiver", "injection"])
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_unknown_hash_and_receiver_hash_are_invalid_connections(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    endpoint: str,
+    who: str,
 ) -> None:
     tables("dt_items")
     enable(site)
     offering_sender(site)
-    hashes = [
-        "0" * 64,
-        add_connection(site, url=free_url(), name="Incoming")[1],
-        "' OR 1=1 --",
-    ]
-    for endpoint in ENDPOINTS:
-        for token_hash in hashes:
-            r = call(client, endpoint, token_hash)
-            assert (r.status_code, r.json) == (401, INVALID_CONNECTION), endpoint
-        # 401 wins over an unknown table
-        r = call(client, endpoint, "0" * 64, table="no_such_table")
-        assert (r.status_code, r.json) == (401, INVALID_CONNECTION)
+    token_hash = {
+        "unknown": lambda: "0" * 64,
+        "a-receiver": lambda: add_connection(site, url=free_url(), name="Incoming")[1],
+        "injection": lambda: "' OR 1=1 --",
+    }[who]()
+    r = call(client, endpoint, token_hash)
+    assert (r.status_code, r.json) == (401, INVALID_CONNECTION), endpoint
 
 
-def test_a_connection_that_is_not_active_is_refused(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_an_invalid_connection_wins_over_an_unknown_table(
+    site: Site, client: testing.TestClient, tables: Callable[..., None], endpoint: str
 ) -> None:
     tables("dt_items")
     enable(site)
-    for status in ("pending", "suspended", "revoked", "expired"):
-        token_hash = offering_sender(site, status=status)
-        for endpoint in ENDPOINTS:
-            r = call(client, endpoint, token_hash)
-            assert (r.status_code, r.json) == (403, NOT_ACTIVE), (status, endpoint)
-        conn = sender_row(site, token_hash)
-        assert conn.status == status
-        assert (
-            conn.downloads_used,
-            conn.records_downloaded,
-            conn.last_connected_at,
-        ) == (0, 0, None)
+    offering_sender(site)
+    # 401 wins over an unknown table
+    r = call(client, endpoint, "0" * 64, table="no_such_table")
+    assert (r.status_code, r.json) == (401, INVALID_CONNECTION)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("status", ["pending", "suspended", "revoked", "expired"])
+def test_a_connection_that_is_not_active_is_refused(
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    status: str,
+    endpoint: str,
+) -> None:
+    tables("dt_items")
+    enable(site)
+    token_hash = offering_sender(site, status=status)
+    r = call(client, endpoint, token_hash)
+    assert (r.status_code, r.json) == (403, NOT_ACTIVE), (status, endpoint)
+    conn = sender_row(site, token_hash)
+    assert conn.status == status
+    assert (
+        conn.downloads_used,
+        conn.records_downloaded,
+        conn.last_connected_at,
+    ) == (0, 0, None)
     assert send_transfers(site) == []
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_an_expired_connection_is_refused_and_marked_expired(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site, client: testing.TestClient, tables: Callable[..., None], endpoint: str
 ) -> None:
     tables("dt_items")
     enable(site)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    for endpoint in ENDPOINTS:
-        token_hash = offering_sender(site, expires_at=past, ip_allowlist=["10.0.0.0/8"])
-        # expiry wins over the IP allow-list that would refuse too
-        r = call(client, endpoint, token_hash)
-        assert (r.status_code, r.json) == (403, EXPIRED), endpoint
-        # the refusal rolled the request back, yet the expiry is recorded
-        conn = sender_row(site, token_hash)
-        assert conn.status == "expired"
-        assert conn.expired_at is not None
-        with site.db.session() as session:
-            actions = list(
-                session.scalars(
-                    select(AuditEvent.action).where(
-                        AuditEvent.connection_id == conn.id,
-                        AuditEvent.action == "connection.expired",
-                    )
+    token_hash = offering_sender(site, expires_at=past, ip_allowlist=["10.0.0.0/8"])
+    # expiry wins over the IP allow-list that would refuse too
+    r = call(client, endpoint, token_hash)
+    assert (r.status_code, r.json) == (403, EXPIRED), endpoint
+    # the refusal rolled the request back, yet the expiry is recorded
+    conn = sender_row(site, token_hash)
+    assert conn.status == "expired"
+    assert conn.expired_at is not None
+    with site.db.session() as session:
+        actions = list(
+            session.scalars(
+                select(AuditEvent.action).where(
+                    AuditEvent.connection_id == conn.id,
+                    AuditEvent.action == "connection.expired",
                 )
             )
-        assert actions == ["connection.expired"]
-        # from now on it is simply not active
-        r = call(client, endpoint, token_hash)
-        assert (r.status_code, r.json) == (403, NOT_ACTIVE)
+        )
+    assert actions == ["connection.expired"]
+    # from now on it is simply not active
+    r = call(client, endpoint, token_hash)
+    assert (r.status_code, r.json) == (403, NOT_ACTIVE)
+
+
+def test_a_connection_that_expires_later_is_served(
+    site: Site, client: testing.TestClient, tables: Callable[..., None]
+) -> None:
+    tables("dt_items")
+    enable(site)
     future = offering_sender(
         site, expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     )
@@ -171,23 +224,27 @@ def test_an_expired_connection_is_refused_and_marked_expired(
     assert sender_row(site, future).status == "active"
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("status", ["suspended", "pending", "revoked"])
 def test_not_active_wins_over_expired_and_the_status_is_kept(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    status: str,
+    endpoint: str,
 ) -> None:
     tables("dt_items")
     enable(site)
-    for status in ("suspended", "pending", "revoked"):
-        token_hash = offering_sender(
-            site,
-            status=status,
-            expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
-        )
-        for endpoint in ENDPOINTS:
-            r = call(client, endpoint, token_hash)
-            assert (r.status_code, r.json) == (403, NOT_ACTIVE), (status, endpoint)
-        conn = sender_row(site, token_hash)
-        assert conn.status == status
-        assert conn.expired_at is None
+    token_hash = offering_sender(
+        site,
+        status=status,
+        expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
+    )
+    r = call(client, endpoint, token_hash)
+    assert (r.status_code, r.json) == (403, NOT_ACTIVE), (status, endpoint)
+    conn = sender_row(site, token_hash)
+    assert conn.status == status
+    assert conn.expired_at is None
 
 
 # ================================================================== IP / hours
@@ -223,8 +280,9 @@ def test_ip_allow_list(
     assert sender_row(site, inside).downloads_used == 1
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_allowed_hours_with_the_real_clock(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site, client: testing.TestClient, tables: Callable[..., None], endpoint: str
 ) -> None:
     tables("dt_items")
     enable(site)
@@ -245,13 +303,12 @@ def test_allowed_hours_with_the_real_clock(
         allowed_hours_end=(h + 1) % 24,
         max_downloads=0,
     )
-    for endpoint in ENDPOINTS:
-        r = call(client, endpoint, refused)
-        assert (r.status_code, r.json) == (403, OUTSIDE_HOURS), endpoint
-        assert call(client, endpoint, only_now).status_code == 200
-        assert call(client, endpoint, wrapping).status_code == 200
-        r = call(client, endpoint, limited)
-        assert (r.status_code, r.json) == (403, OUTSIDE_HOURS)
+    r = call(client, endpoint, refused)
+    assert (r.status_code, r.json) == (403, OUTSIDE_HOURS), endpoint
+    assert call(client, endpoint, only_now).status_code == 200
+    assert call(client, endpoint, wrapping).status_code == 200
+    r = call(client, endpoint, limited)
+    assert (r.status_code, r.json) == (403, OUTSIDE_HOURS)
 
 
 HOUR_CASES = [  # (hour now, start, end, allowed)
@@ -274,26 +331,32 @@ HOUR_CASES = [  # (hour now, start, end, allowed)
 ]
 
 
+@pytest.mark.parametrize(
+    ("hour", "start", "end", "allowed"),
+    HOUR_CASES,
+    ids=[f"{h}h-in-{s}-{e}-{'yes' if a else 'no'}" for h, s, e, a in HOUR_CASES],
+)
 def test_allowed_hours_at_a_fixed_clock(
     site: Site,
     client: testing.TestClient,
     tables: Callable[..., None],
     monkeypatch: pytest.MonkeyPatch,
+    hour: int,
+    start: int,
+    end: int,
+    allowed: bool,
 ) -> None:
     tables("dt_items")
     enable(site)
-    for hour, start, end, allowed in HOUR_CASES:
-        token_hash = offering_sender(
-            site, allowed_hours_start=start, allowed_hours_end=end
-        )
-        now = dt.datetime(2030, 1, 2, hour, 59, 59, tzinfo=dt.UTC)
-        monkeypatch.setattr(access, "utcnow", lambda now=now: now)
-        r = call(client, "table-records", token_hash, limit=1)
-        if allowed:
-            assert r.status_code == 200, (hour, start, end)
-            assert r.json["records"] == items(1, 1)
-        else:
-            assert (r.status_code, r.json) == (403, OUTSIDE_HOURS), (hour, start, end)
+    token_hash = offering_sender(site, allowed_hours_start=start, allowed_hours_end=end)
+    now = dt.datetime(2030, 1, 2, hour, 59, 59, tzinfo=dt.UTC)
+    monkeypatch.setattr(access, "utcnow", lambda now=now: now)
+    r = call(client, "table-records", token_hash, limit=1)
+    if allowed:
+        assert r.status_code == 200, (hour, start, end)
+        assert r.json["records"] == items(1, 1)
+    else:
+        assert (r.status_code, r.json) == (403, OUTSIDE_HOURS), (hour, start, end)
 
 
 # ================================================================== limits
@@ -432,24 +495,25 @@ def test_record_limit_clamps_a_page_to_what_is_left(
     assert sender_row(site, token_hash).records_downloaded == 7
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_rate_limit(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site, client: testing.TestClient, tables: Callable[..., None], endpoint: str
 ) -> None:
     tables("dt_items")
     enable(site)
-    for endpoint in ENDPOINTS:
-        token_hash = offering_sender(site, rate_limit_requests_per_minute=3)
-        for _ in range(3):
-            assert call(client, endpoint, token_hash).status_code == 200, endpoint
-        r = call(client, endpoint, token_hash)
-        assert (r.status_code, r.json) == (429, RATE_LIMITED), endpoint
-        assert 1 <= int(r.headers["retry-after"]) <= 60
-        # the rate limit wins over the table rules and an unknown table
-        r = call(client, endpoint, token_hash, table="no_such_table")
-        assert (r.status_code, r.json) == (429, RATE_LIMITED)
-        assert "retry-after" in r.headers
-    # refused calls are not served: three pulls were counted, not five
-    assert sender_row(site, token_hash).downloads_used == 3
+    token_hash = offering_sender(site, rate_limit_requests_per_minute=3)
+    for _ in range(3):
+        assert call(client, endpoint, token_hash).status_code == 200, endpoint
+    r = call(client, endpoint, token_hash)
+    assert (r.status_code, r.json) == (429, RATE_LIMITED), endpoint
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    # the rate limit wins over the table rules and an unknown table
+    r = call(client, endpoint, token_hash, table="no_such_table")
+    assert (r.status_code, r.json) == (429, RATE_LIMITED)
+    assert "retry-after" in r.headers
+    if endpoint == "pull-data":
+        # refused calls are not served: three pulls were counted, not five
+        assert sender_row(site, token_hash).downloads_used == 3
     # another connection has its own budget
     other = offering_sender(site, rate_limit_requests_per_minute=3)
     assert call(client, "list-tables", other).status_code == 200
@@ -458,8 +522,9 @@ def test_rate_limit(
 # ================================================================== table rules / 404
 
 
+@pytest.mark.parametrize("endpoint", TABLE_ENDPOINTS)
 def test_table_rules(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site, client: testing.TestClient, tables: Callable[..., None], endpoint: str
 ) -> None:
     tables("dt_items", "dt_secret")
     enable(site)
@@ -469,24 +534,21 @@ def test_table_rules(
     only_secret = offering_sender(site, allowed_tables=["dt_secret"])
     allowed_missing = offering_sender(site, allowed_tables=["no_such_table"])
     excluded_only = offering_sender(site, excluded_tables=["dt_secret"])
-    for endpoint in TABLE_ENDPOINTS:
-        # excluded wins over allowed
-        r = call(client, endpoint, both, table="dt_items")
-        assert (r.status_code, r.json) == (403, NOT_AUTHORISED), endpoint
-        assert call(client, endpoint, both, table="dt_secret").status_code == 200
-        # a non-empty allow-list without the table
-        r = call(client, endpoint, only_secret, table="dt_items")
-        assert (r.status_code, r.json) == (403, NOT_AUTHORISED)
-        # the table rules are checked before the table's existence
-        r = call(client, endpoint, only_secret, table="no_such_table")
-        assert (r.status_code, r.json) == (403, NOT_AUTHORISED)
-        r = call(client, endpoint, allowed_missing, table="no_such_table")
-        assert (r.status_code, r.json) == (404, TABLE_NOT_FOUND)
-        assert (
-            call(client, endpoint, excluded_only, table="dt_items").status_code == 200
-        )
-        r = call(client, endpoint, excluded_only, table="dt_secret")
-        assert (r.status_code, r.json) == (403, NOT_AUTHORISED)
+    # excluded wins over allowed
+    r = call(client, endpoint, both, table="dt_items")
+    assert (r.status_code, r.json) == (403, NOT_AUTHORISED), endpoint
+    assert call(client, endpoint, both, table="dt_secret").status_code == 200
+    # a non-empty allow-list without the table
+    r = call(client, endpoint, only_secret, table="dt_items")
+    assert (r.status_code, r.json) == (403, NOT_AUTHORISED)
+    # the table rules are checked before the table's existence
+    r = call(client, endpoint, only_secret, table="no_such_table")
+    assert (r.status_code, r.json) == (403, NOT_AUTHORISED)
+    r = call(client, endpoint, allowed_missing, table="no_such_table")
+    assert (r.status_code, r.json) == (404, TABLE_NOT_FOUND)
+    assert call(client, endpoint, excluded_only, table="dt_items").status_code == 200
+    r = call(client, endpoint, excluded_only, table="dt_secret")
+    assert (r.status_code, r.json) == (403, NOT_AUTHORISED)
 
 
 NEVER_OFFERED = [
@@ -510,23 +572,42 @@ NEVER_OFFERED = [
 ]
 
 
+@pytest.mark.parametrize("name", NEVER_OFFERED)
+@pytest.mark.parametrize("endpoint", TABLE_ENDPOINTS)
 def test_tables_that_are_never_offered(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    endpoint: str,
+    name: str,
 ) -> None:
     tables("dt_items")
     enable(site)
     token_hash = offering_sender(site, rate_limit_requests_per_minute=1000)
+    r = call(client, endpoint, token_hash, table=name)
+    assert (r.status_code, r.json) == (404, TABLE_NOT_FOUND), (endpoint, name)
+    with site.db.data_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM dt_items")).scalar_one() == 10
+    assert send_transfers(site) == []
+
+
+@pytest.mark.parametrize("name", ["dbsync_connections", "alembic_version"])
+@pytest.mark.parametrize("endpoint", TABLE_ENDPOINTS)
+def test_own_tables_are_never_offered_even_when_allowed(
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    endpoint: str,
+    name: str,
+) -> None:
+    tables("dt_items")
+    enable(site)
     # even when the connection's allow-list names them
     named = offering_sender(
         site, allowed_tables=["dbsync_connections", "alembic_version", "dt_items"]
     )
-    for endpoint in TABLE_ENDPOINTS:
-        for name in NEVER_OFFERED:
-            r = call(client, endpoint, token_hash, table=name)
-            assert (r.status_code, r.json) == (404, TABLE_NOT_FOUND), (endpoint, name)
-        for name in ("dbsync_connections", "alembic_version"):
-            r = call(client, endpoint, named, table=name)
-            assert (r.status_code, r.json) == (404, TABLE_NOT_FOUND)
+    r = call(client, endpoint, named, table=name)
+    assert (r.status_code, r.json) == (404, TABLE_NOT_FOUND)
     with site.db.data_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM dt_items")).scalar_one() == 10
     assert send_transfers(site) == []

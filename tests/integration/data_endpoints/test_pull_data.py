@@ -14,6 +14,7 @@ from falcon import testing
 from shared.context import Site
 from tests.helpers import (
     call,
+    case_id,
     enable,
     err,
     items,
@@ -316,15 +317,24 @@ BAD_CURSORS = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("table", "after", "expected"),
+    BAD_CURSORS,
+    ids=[f"{t}-{case_id(a)}" for t, a, _ in BAD_CURSORS],
+)
 def test_pull_data_bad_cursor(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    table: str,
+    after: Any,
+    expected: dict[str, Any],
 ) -> None:
     tables("dt_items", "dt_parents", "dt_children", "dt_nopk")
     enable(site)
     token_hash = offering_sender(site, rate_limit_requests_per_minute=1000)
-    for table, after, expected in BAD_CURSORS:
-        r = call(client, "pull-data", token_hash, table=table, after=after)
-        assert (r.status_code, r.json) == (400, expected), (table, after)
+    r = call(client, "pull-data", token_hash, table=table, after=after)
+    assert (r.status_code, r.json) == (400, expected), (table, after)
     assert send_transfers(site) == []
     assert sender_row(site, token_hash).records_downloaded == 0
 
@@ -387,19 +397,25 @@ PULL_BAD = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"), PULL_BAD, ids=[case_id(e) for e, _ in PULL_BAD]
+)
 def test_pull_data_bad_fields(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    extra: dict[str, Any],
+    expected: dict[str, Any],
 ) -> None:
     tables("dt_items")
     enable(site)
     token_hash = offering_sender(site, rate_limit_requests_per_minute=1000)
-    for extra, expected in PULL_BAD:
-        r = post(
-            client,
-            "pull-data",
-            {"auth_token_hash": token_hash, "table_name": "dt_items", **extra},
-        )
-        assert (r.status_code, r.json) == (400, expected), extra
+    r = post(
+        client,
+        "pull-data",
+        {"auth_token_hash": token_hash, "table_name": "dt_items", **extra},
+    )
+    assert (r.status_code, r.json) == (400, expected), extra
     # a refused pull counts no download and keeps no transfer
     conn = sender_row(site, token_hash)
     assert (conn.downloads_used, conn.records_downloaded, conn.total_transfers) == (

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from falcon import testing
 
 from shared.context import Site
 from tests.helpers import (
     call,
+    case_id,
     enable,
     err,
     offering_sender,
@@ -184,13 +186,19 @@ PREVIEW_BAD = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"), PREVIEW_BAD, ids=[case_id(e) for e, _ in PREVIEW_BAD]
+)
 def test_table_records_bad_values(
-    site: Site, client: testing.TestClient, tables: Callable[..., None]
+    site: Site,
+    client: testing.TestClient,
+    tables: Callable[..., None],
+    extra: dict[str, Any],
+    expected: dict[str, Any],
 ) -> None:
     tables("dt_rows")
     enable(site)
     token_hash = offering_sender(site, rate_limit_requests_per_minute=1000)
-    for extra, expected in PREVIEW_BAD:
-        body = {"auth_token_hash": token_hash, "table_name": "dt_rows", **extra}
-        r = post(client, "table-records", body)
-        assert (r.status_code, r.json) == (400, expected), extra
+    body = {"auth_token_hash": token_hash, "table_name": "dt_rows", **extra}
+    r = post(client, "table-records", body)
+    assert (r.status_code, r.json) == (400, expected), extra
