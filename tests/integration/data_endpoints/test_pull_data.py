@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from falcon import testing
 
 from shared.context import Site
 from tests.helpers import (
+    b64,
     call,
     case_id,
     enable,
@@ -469,9 +469,6 @@ def test_values_on_the_wire(
     token_hash = offering_sender(site)
     r = call(client, "pull-data", token_hash, table="dt_values")
     assert r.status_code == 200
-
-    def b64(data: bytes) -> dict[str, str]:
-        return {"__phoenix_kit_binary__": base64.b64encode(data).decode()}
 
     expected = [
         {
