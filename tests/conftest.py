@@ -1,9 +1,13 @@
-"""Fixtures shared by every test: real PostgreSQL databases and a site around them."""
+"""Fixtures shared by every test: scratch PostgreSQL databases and a site around them.
+
+Every database a test needs comes from one factory, ScratchDatabases
+(tests/helpers.py), at the scope the test needs: `scratch_db_factory` per test,
+`module_db_factory` per module, `session_db_factory` per session. Each makes
+uniquely named databases on the test server and drops them at its teardown.
+"""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,31 +18,37 @@ from api.app import create_app
 from shared.context import Site
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
-from shared.settings import Settings
-from shared.state.migrate import upgrade
 from shared.state.models import Base
-from tests.pg import SITE_URL, create_database, drop_database
+from tests.helpers import ScratchDatabases, make_settings
+
+
+def _databases() -> Iterator[ScratchDatabases]:
+    with ScratchDatabases() as databases:
+        yield databases
+
+
+@pytest.fixture
+def scratch_db_factory() -> Iterator[ScratchDatabases]:
+    """Databases that live for one test."""
+    yield from _databases()
+
+
+@pytest.fixture(scope="module")
+def module_db_factory() -> Iterator[ScratchDatabases]:
+    """Databases that live for one module (its tests empty them as they need)."""
+    yield from _databases()
 
 
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
+def session_db_factory() -> Iterator[ScratchDatabases]:
+    """Databases that live for the whole session."""
+    yield from _databases()
+
+
+@pytest.fixture(scope="session")
+def pg_database(session_db_factory: ScratchDatabases) -> str:
     """One migrated PostgreSQL database for the session's integration tests."""
-    name = f"dbsync_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = create_database(name)
-    upgrade(url)
-    yield url
-    drop_database(name)
-
-
-def make_settings(database_url: str, **overrides: str) -> Settings:
-    env = {
-        "SYNC_DATABASE_URL": database_url,
-        "SYNC_SITE_URL": SITE_URL,
-        "SYNC_ALLOW_PRIVATE_URLS": "true",
-        "SYNC_HOME": "/tmp/dbsync-test-home",
-    }
-    env.update(overrides)
-    return Settings.from_env(env)
+    return session_db_factory.create("site", migrate=True)
 
 
 @pytest.fixture

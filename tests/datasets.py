@@ -1,4 +1,5 @@
-"""Tables with every common PostgreSQL type and their edge values, for round trips."""
+"""Tables for tests: every common PostgreSQL type with its edge values (round trips),
+and the small tables the data endpoint tests serve."""
 
 from __future__ import annotations
 
@@ -46,3 +47,72 @@ INSERT INTO everything VALUES
 UPDATE everything SET c_bool = NULL, c_tstz = NULL WHERE id >= 4;
 UPDATE everything SET c_real = NULL, c_double = NULL WHERE id = 5;
 """
+
+# The data endpoint tests' tables, created by name (tests/integration/data_endpoints).
+DATA_ENDPOINT_TABLES: dict[str, str] = {
+    "dt_items": """
+        CREATE TABLE dt_items (id integer PRIMARY KEY, label text NOT NULL);
+        INSERT INTO dt_items SELECT g, 'item ' || g FROM generate_series(1, 10) g;
+    """,
+    "dt_secret": """
+        CREATE TABLE dt_secret (id integer PRIMARY KEY, code text);
+        INSERT INTO dt_secret VALUES (1, 'x'), (2, 'y');
+    """,
+    "dt_parents": """
+        CREATE TABLE dt_parents (id integer PRIMARY KEY, name text NOT NULL);
+        INSERT INTO dt_parents VALUES (1, 'one'), (2, 'two'), (3, 'three');
+    """,
+    "dt_children": """
+        CREATE TABLE dt_children (
+            parent_id integer NOT NULL REFERENCES dt_parents (id),
+            seq integer NOT NULL,
+            code varchar(40) NOT NULL,
+            price numeric(10, 2),
+            qty integer NOT NULL DEFAULT 0,
+            PRIMARY KEY (parent_id, seq),
+            UNIQUE (code)
+        );
+        INSERT INTO dt_children (parent_id, seq, code, price)
+        SELECT p, s, 'c-' || p || '-' || s, p * 10 + s + 0.25
+        FROM generate_series(1, 3) p, generate_series(1, 7) s;
+    """,
+    "dt_rows": """
+        CREATE TABLE dt_rows (id integer PRIMARY KEY, label text NOT NULL);
+        INSERT INTO dt_rows SELECT g, 'row ' || g FROM generate_series(1, 150) g;
+    """,
+    "dt_big": """
+        CREATE TABLE dt_big (id integer PRIMARY KEY, v text NOT NULL);
+        -- inserted in reverse so that storage order is not key order
+        INSERT INTO dt_big SELECT g, 'v' || g FROM generate_series(2345, 1, -1) g;
+    """,
+    "dt_nopk": """
+        CREATE TABLE dt_nopk (a integer, b text);
+        INSERT INTO dt_nopk VALUES (3, 'c'), (1, 'a'), (2, 'b');
+    """,
+    "dt_words": """
+        CREATE TABLE dt_words (w text PRIMARY KEY);
+        INSERT INTO dt_words VALUES ('alpha'), ('beta'), ('gamma');
+    """,
+    "dt_values": """
+        CREATE TABLE dt_values (
+            id integer PRIMARY KEY,
+            amount numeric(20, 6),
+            ratio double precision,
+            blob bytea,
+            uid uuid,
+            at timestamptz,
+            doc jsonb,
+            nums integer[]
+        );
+        INSERT INTO dt_values VALUES
+         (1, 1234567890.123456, 'NaN', '\\x00ff10',
+          'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '2024-03-01 12:34:56.789+02',
+          '{"b": [1, 2.5, "x"], "a": null}', '{1,NULL,3}'),
+         (2, 0.000001, 'Infinity', '', '00000000-0000-0000-0000-000000000000',
+          '1999-12-31 23:59:59-08', '[]', '{}'),
+         (3, -1.5, '-Infinity', '\\xdeadbeef', NULL, '2024-06-30 00:00:00+00', '"s"',
+          '{-7}'),
+         (4, 'NaN', 0.1, NULL, NULL, NULL, 'null', NULL),
+         (5, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+    """,
+}

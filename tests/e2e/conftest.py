@@ -7,53 +7,35 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.pg import REDIS_URL, create_database, drop_database
-
-BIN = Path(sys.executable).parent
-DBSYNC = str(BIN / "dbsync")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def eventually(
-    check: Callable[[], Any], timeout: float = 30, every: float = 0.3
-) -> Any:
-    """Return check()'s first truthy value, or fail with its last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+from tests.helpers import (
+    DBSYNC,
+    REDIS_URL,
+    ScratchDatabases,
+    database_name,
+    eventually,
+    free_port,
+)
 
 
 class SiteProcesses:
     """One dbsync site: its environment, its processes and a CLI to drive it."""
 
-    def __init__(self, name: str, workdir: Path, redis_db: int, **env: str) -> None:
+    def __init__(
+        self, name: str, workdir: Path, db_url: str, redis_db: int, **env: str
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.db_name = f"dbsync_e2e_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        self.db_url = create_database(self.db_name)
+        self.db_url = db_url
+        self.db_name = database_name(db_url)
         # Queues are named after the site's database, so concurrent runs sharing
         # the Redis database never see each other's tasks.
         self.redis_url = f"{REDIS_URL}/{redis_db}"
@@ -190,18 +172,32 @@ class SiteProcesses:
             engine.dispose()
 
     def close(self) -> None:
+        """Stop the processes; the database goes with the factory that made it."""
         self.stop()
-        drop_database(self.db_name)
 
 
 @pytest.fixture
 def two_sites(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    scratch_db_factory: ScratchDatabases,
 ) -> Iterator[tuple[SiteProcesses, SiteProcesses]]:
     """A sender site and a receiver site, both running, module enabled on both."""
     overrides = getattr(request, "param", {}) or {}
-    sender = SiteProcesses("sender", tmp_path, 13, **overrides.get("sender", {}))
-    receiver = SiteProcesses("receiver", tmp_path, 14, **overrides.get("receiver", {}))
+    sender = SiteProcesses(
+        "sender",
+        tmp_path,
+        scratch_db_factory.create("e2e_sender"),
+        13,
+        **overrides.get("sender", {}),
+    )
+    receiver = SiteProcesses(
+        "receiver",
+        tmp_path,
+        scratch_db_factory.create("e2e_receiver"),
+        14,
+        **overrides.get("receiver", {}),
+    )
     try:
         for site in (sender, receiver):
             site.cli("settings", "set", "enabled", "true")

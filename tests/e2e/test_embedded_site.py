@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import DBSYNC, eventually, free_port
+from tests.helpers import DBSYNC, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from tests.e2e.conftest import create, eventually, field, pair
+from tests.e2e.conftest import create, field, pair
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from shared.data.sender.offer import Catalog
-from tests.e2e.conftest import SiteProcesses, eventually, field, pair
+from tests.e2e.conftest import SiteProcesses, field, pair
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -8,6 +8,7 @@ from sqlalchemy import create_engine
 from tests.datasets import EVERYTHING
 from tests.e2e.conftest import SiteProcesses, field, pair
 from tests.e2e.test_pulls import FAST, checksum, pull
+from tests.helpers import as_text
 
 pytestmark = pytest.mark.e2e
 
@@ -18,25 +19,7 @@ def rows_as_text(site: SiteProcesses, table: str) -> list[tuple]:
     """Each value as PostgreSQL prints it, under fixed session settings."""
     engine = create_engine(site.db_url)
     try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("SET timezone = 'UTC'; SET intervalstyle = 'postgres'")
-            columns = [
-                r[0]
-                for r in conn.exec_driver_sql(
-                    "SELECT column_name FROM information_schema.columns "
-                    f"WHERE table_name = '{table}' ORDER BY ordinal_position"
-                )
-            ]
-            exprs = ", ".join(
-                f'"{c}"::jsonb::text' if c in JSONISH else f'"{c}"::text'
-                for c in columns
-            )
-            return [
-                tuple(r)
-                for r in conn.exec_driver_sql(
-                    f'SELECT {exprs} FROM "{table}" ORDER BY id'
-                )
-            ]
+        return as_text(engine, table, jsonish=JSONISH)
     finally:
         engine.dispose()
 

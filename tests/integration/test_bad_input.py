@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from typing import Any
@@ -14,12 +13,10 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, update
 
 from shared.context import Site
-from shared.control import module
 from shared.security import new_token
 from shared.state.models import Connection, Counter, ModuleSettings
+from tests.helpers import API, PEER, add_connection, case_id, configure, post, sha
 
-API = "/sync/api"
-PEER = "http://127.0.0.1:19001"
 PASSWORD = "open sesame"
 MODES = ("auto_accept", "require_approval", "require_password", "deny_all")
 INVALID_JSON = {"success": False, "error": "Invalid JSON body"}
@@ -53,34 +50,6 @@ SWEEP = settings(
         HealthCheck.data_too_large,
     ],
 )
-
-
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def configure(site: Site, *, enabled: bool = True, mode: str = "auto_accept") -> None:
-    with site.db.session() as session:
-        row = module.get(session)
-        row.enabled = enabled
-        row.incoming_mode = mode
-        module.set_password(session, PASSWORD)
-
-
-def add_connection(site: Site, direction: str, url: str = PEER) -> str:
-    token_hash = sha(new_token())
-    with site.db.session() as session:
-        session.add(
-            Connection(
-                name="Known",
-                direction=direction,
-                site_url=url,
-                auth_token_hash=token_hash,
-                status="active",
-                meta={},
-            )
-        )
-    return token_hash
 
 
 DISABLED = {"success": False, "error": "DB Sync module is disabled"}
@@ -245,8 +214,11 @@ def raw_bodies(
 def test_post_endpoints_never_fail_with_5xx(
     site: Site, client: testing.TestClient, endpoint: str
 ) -> None:
-    configure(site)
-    known = [add_connection(site, "sender"), add_connection(site, "receiver")]
+    configure(site, password=PASSWORD)
+    known = [
+        add_connection(site, direction="sender", name="Known")[1],
+        add_connection(site, direction="receiver", name="Known")[1],
+    ]
     engine = site.db.engine
 
     @SWEEP
@@ -305,17 +277,11 @@ def _status_sweep(
 def test_get_status_always_answers_its_body(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site, mode="deny_all")
+    configure(site, mode="deny_all", password=PASSWORD)
     _status_sweep(client)
 
 
 # ---------------------------------------------------------------- explicit cases
-
-
-def post_raw(client: testing.TestClient, endpoint: str, raw: bytes) -> testing.Result:
-    return client.simulate_post(
-        f"{API}/{endpoint}", body=raw, headers={"content-type": "application/json"}
-    )
 
 
 def padded(size: int, **fields: str) -> bytes:
@@ -324,21 +290,23 @@ def padded(size: int, **fields: str) -> bytes:
     return json.dumps({**fields, "pad": "x" * (size - len(base))}).encode()
 
 
+@pytest.mark.parametrize("endpoint", POST_ENDPOINTS)
 @pytest.mark.parametrize("settings_env", [{"SYNC_MAX_BODY_BYTES": "2048"}])
-def test_body_over_the_limit_is_413(site: Site, client: testing.TestClient) -> None:
-    configure(site)
-    for endpoint in POST_ENDPOINTS:
-        raw = padded(2049, sender_url=PEER, auth_token_hash=sha("x"))
-        assert len(raw) == 2049
-        r = post_raw(client, endpoint, raw)
-        assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
-        r = post_raw(client, endpoint, b"[" + b"1," * 50_000 + b"1]")
-        assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
-        # Exactly at the limit is read and answered normally.
-        raw = padded(2048, sender_url=PEER, receiver_url=PEER, auth_token_hash=sha("x"))
-        assert len(raw) == 2048
-        r = post_raw(client, endpoint, raw)
-        assert r.status_code in (400, 404), (endpoint, r.json)
+def test_body_over_the_limit_is_413(
+    site: Site, client: testing.TestClient, endpoint: str
+) -> None:
+    configure(site, password=PASSWORD)
+    raw = padded(2049, sender_url=PEER, auth_token_hash=sha("x"))
+    assert len(raw) == 2049
+    r = post(client, endpoint, raw)
+    assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
+    r = post(client, endpoint, b"[" + b"1," * 50_000 + b"1]")
+    assert (r.status_code, r.json) == (413, TOO_LARGE), endpoint
+    # Exactly at the limit is read and answered normally.
+    raw = padded(2048, sender_url=PEER, receiver_url=PEER, auth_token_hash=sha("x"))
+    assert len(raw) == 2048
+    r = post(client, endpoint, raw)
+    assert r.status_code in (400, 404), (endpoint, r.json)
 
 
 def call_wsgi(
@@ -379,21 +347,21 @@ def call_chunked(
     )
 
 
+@pytest.mark.parametrize("endpoint", POST_ENDPOINTS)
 @pytest.mark.parametrize("settings_env", [{"SYNC_MAX_BODY_BYTES": "2048"}])
 def test_chunked_body_over_the_limit_is_413(
-    site: Site, client: testing.TestClient
+    site: Site, client: testing.TestClient, endpoint: str
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     raw = padded(10_000, sender_url=PEER, auth_token_hash=sha("x"))
-    for endpoint in POST_ENDPOINTS:
-        assert call_chunked(client, endpoint, raw) == (413, TOO_LARGE), endpoint
+    assert call_chunked(client, endpoint, raw) == (413, TOO_LARGE), endpoint
 
 
 def test_chunked_body_within_the_limit_is_read(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
-    token_hash = add_connection(site, "receiver")
+    configure(site, password=PASSWORD)
+    token_hash = add_connection(site, direction="receiver", name="Known")[1]
     raw = json.dumps({"sender_url": PEER, "auth_token_hash": token_hash}).encode()
     assert call_chunked(client, "verify-connection", raw) == (
         200,
@@ -420,15 +388,15 @@ NOT_OBJECTS = [
 ]
 
 
+@pytest.mark.parametrize("raw", NOT_OBJECTS, ids=case_id)
+@pytest.mark.parametrize("endpoint", POST_ENDPOINTS)
 @pytest.mark.parametrize("mode", ["auto_accept", "require_password"])
 def test_a_body_that_is_not_a_json_object_is_400(
-    site: Site, client: testing.TestClient, mode: str
+    site: Site, client: testing.TestClient, mode: str, endpoint: str, raw: bytes
 ) -> None:
-    configure(site, mode=mode)
-    for endpoint in POST_ENDPOINTS:
-        for raw in NOT_OBJECTS:
-            r = post_raw(client, endpoint, raw)
-            assert (r.status_code, r.json) == (400, INVALID_JSON), (endpoint, raw[:40])
+    configure(site, mode=mode, password=PASSWORD)
+    r = post(client, endpoint, raw)
+    assert (r.status_code, r.json) == (400, INVALID_JSON), (endpoint, raw[:40])
 
 
 WRONG_TYPES: list[tuple[str, dict[str, Any], str, str]] = [
@@ -506,25 +474,34 @@ WRONG_TYPES: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field", "_"),
+    WRONG_TYPES,
+    ids=[f"{e}-{f}-{case_id(b)}" for e, b, f, _ in WRONG_TYPES],
+)
 def test_wrong_typed_field_is_400_naming_it(
-    site: Site, client: testing.TestClient
+    site: Site,
+    client: testing.TestClient,
+    endpoint: str,
+    body: dict[str, Any],
+    field: str,
+    _: str,
 ) -> None:
-    configure(site)
-    for endpoint, body, field, _ in WRONG_TYPES:
-        r = client.simulate_post(f"{API}/{endpoint}", json=body)
-        assert r.status_code == 400, (endpoint, body)
-        assert r.json == {
-            "success": False,
-            "error": f"Field {field} must be a string",
-            "field": field,
-        }, (endpoint, body)
+    configure(site, password=PASSWORD)
+    r = client.simulate_post(f"{API}/{endpoint}", json=body)
+    assert r.status_code == 400, (endpoint, body)
+    assert r.json == {
+        "success": False,
+        "error": f"Field {field} must be a string",
+        "field": field,
+    }, (endpoint, body)
 
 
 def test_update_status_with_a_list_status_exact_body(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
-    token_hash = add_connection(site, "receiver")
+    configure(site, password=PASSWORD)
+    token_hash = add_connection(site, direction="receiver", name="Known")[1]
     r = client.simulate_post(
         f"{API}/update-status",
         json={"sender_url": PEER, "auth_token_hash": token_hash, "status": ["revoked"]},
@@ -540,7 +517,7 @@ def test_update_status_with_a_list_status_exact_body(
 def test_missing_fields_come_before_wrong_types(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     r = client.simulate_post(f"{API}/register-connection", json={"sender_url": 1})
     assert r.status_code == 400
     assert r.json == {
@@ -550,47 +527,57 @@ def test_missing_fields_come_before_wrong_types(
     }
 
 
+TOO_LONG: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "register-connection",
+        {"sender_url": PEER, "connection_name": "n" * 256, "auth_token": "t"},
+        "connection_name",
+    ),
+    (
+        "register-connection",
+        {
+            "sender_url": PEER + "/" + "p" * 2048,
+            "connection_name": "n",
+            "auth_token": "t",
+        },
+        "sender_url",
+    ),
+    (
+        "register-connection",
+        {"sender_url": PEER, "connection_name": "n", "auth_token": "t" * 100_000},
+        "auth_token",
+    ),
+    (
+        "verify-connection",
+        {"sender_url": PEER, "auth_token_hash": "h" * 129},
+        "auth_token_hash",
+    ),
+    (
+        "update-status",
+        {"sender_url": PEER, "auth_token_hash": "h", "status": "s" * 33},
+        "status",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field"),
+    TOO_LONG,
+    ids=[f"{e}-{f}" for e, _, f in TOO_LONG],
+)
 def test_too_long_fields_are_400_naming_them(
-    site: Site, client: testing.TestClient
+    site: Site,
+    client: testing.TestClient,
+    endpoint: str,
+    body: dict[str, Any],
+    field: str,
 ) -> None:
-    configure(site)
-    cases = [
-        (
-            "register-connection",
-            {"sender_url": PEER, "connection_name": "n" * 256, "auth_token": "t"},
-            "connection_name",
-        ),
-        (
-            "register-connection",
-            {
-                "sender_url": PEER + "/" + "p" * 2048,
-                "connection_name": "n",
-                "auth_token": "t",
-            },
-            "sender_url",
-        ),
-        (
-            "register-connection",
-            {"sender_url": PEER, "connection_name": "n", "auth_token": "t" * 100_000},
-            "auth_token",
-        ),
-        (
-            "verify-connection",
-            {"sender_url": PEER, "auth_token_hash": "h" * 129},
-            "auth_token_hash",
-        ),
-        (
-            "update-status",
-            {"sender_url": PEER, "auth_token_hash": "h", "status": "s" * 33},
-            "status",
-        ),
-    ]
-    for endpoint, body, field in cases:
-        r = client.simulate_post(f"{API}/{endpoint}", json=body)
-        assert (r.status_code, r.json) == (
-            400,
-            {"success": False, "error": f"Field {field} is too long", "field": field},
-        ), endpoint
+    configure(site, password=PASSWORD)
+    r = client.simulate_post(f"{API}/{endpoint}", json=body)
+    assert (r.status_code, r.json) == (
+        400,
+        {"success": False, "error": f"Field {field} is too long", "field": field},
+    ), endpoint
     with site.db.session() as session:
         assert session.query(Connection).count() == 0
 
@@ -617,7 +604,7 @@ NUL_BODIES: list[tuple[str, dict[str, Any]]] = [
 def test_nul_characters_in_strings_are_400_not_500(
     site: Site, client: testing.TestClient
 ) -> None:
-    configure(site)
+    configure(site, password=PASSWORD)
     answers = []
     for endpoint, body in NUL_BODIES:
         r = client.simulate_post(f"{API}/{endpoint}", json=body)
@@ -634,42 +621,50 @@ def test_nul_characters_in_strings_are_400_not_500(
     ]
 
 
-def test_unknown_route_is_404_in_our_shape(client: testing.TestClient) -> None:
-    for method, path in [
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
         ("GET", f"{API}/nope"),
         ("POST", f"{API}/register"),
         ("GET", "/"),
         ("POST", "/sync/api"),
-    ]:
-        r = client.simulate_request(method, path)
-        assert r.status_code == 404
-        assert r.json == {"success": False, "error": "Not found"}
+    ],
+)
+def test_unknown_route_is_404_in_our_shape(
+    client: testing.TestClient, method: str, path: str
+) -> None:
+    r = client.simulate_request(method, path)
+    assert r.status_code == 404
+    assert r.json == {"success": False, "error": "Not found"}
 
 
-def test_wrong_method_is_405_in_our_shape(client: testing.TestClient) -> None:
-    cases = [("GET", f"{API}/{e}") for e in POST_ENDPOINTS] + [
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", f"{API}/{e}") for e in POST_ENDPOINTS]
+    + [
         ("POST", f"{API}/status"),
         ("PUT", f"{API}/register-connection"),
         ("DELETE", f"{API}/delete-connection"),
-    ]
-    for method, path in cases:
-        r = client.simulate_request(method, path)
-        assert r.status_code == 405, (method, path)
-        assert r.json == {"success": False, "error": "405 Method Not Allowed"}, (
-            method,
-            path,
-        )
-        assert r.headers["allow"]
-
-
-def test_invalid_content_length_header_is_400_in_our_shape(
-    site: Site, client: testing.TestClient
+    ],
+)
+def test_wrong_method_is_405_in_our_shape(
+    client: testing.TestClient, method: str, path: str
 ) -> None:
-    configure(site)
-    for value in ("abc", "-5"):
-        status, body = call_wsgi(
-            client, "verify-connection", b"{}", CONTENT_LENGTH=value
-        )
-        assert status == 400, value
-        assert body["success"] is False
-        assert isinstance(body["error"], str) and body["error"]
+    r = client.simulate_request(method, path)
+    assert r.status_code == 405, (method, path)
+    assert r.json == {"success": False, "error": "405 Method Not Allowed"}, (
+        method,
+        path,
+    )
+    assert r.headers["allow"]
+
+
+@pytest.mark.parametrize("value", ["abc", "-5"])
+def test_invalid_content_length_header_is_400_in_our_shape(
+    site: Site, client: testing.TestClient, value: str
+) -> None:
+    configure(site, password=PASSWORD)
+    status, body = call_wsgi(client, "verify-connection", b"{}", CONTENT_LENGTH=value)
+    assert status == 400, value
+    assert body["success"] is False
+    assert isinstance(body["error"], str) and body["error"]

@@ -105,7 +105,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     # It cleaned up after itself: no benchmark database is left behind.
     from sqlalchemy import create_engine, text
 
-    from tests.pg import PG_ADMIN_URL
+    from tests.helpers import PG_ADMIN_URL
 
     engine = create_engine(PG_ADMIN_URL)
     try:

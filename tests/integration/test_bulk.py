@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,11 +32,16 @@ from shared.data.sender.offer import Catalog
 from shared.db import Database
 from shared.dispatch import DeferredDispatcher
 from shared.settings import Settings, SettingsError
-from shared.state.migrate import upgrade
 from shared.state.models import Base, Connection, Transfer
-from tests.conftest import make_settings
 from tests.datasets import EVERYTHING
-from tests.pg import create_database, drop_database
+from tests.helpers import (
+    ScratchDatabases,
+    as_text,
+    copy_into,
+    make_settings,
+    rows,
+    run,
+)
 
 SENDER_URL = "http://127.0.0.1:18997"
 RECEIVER_URL = "http://127.0.0.1:18998"
@@ -47,14 +50,12 @@ TOKEN_HASH = hashlib.sha256(b"bulk-test-token").hexdigest()
 
 
 @pytest.fixture(scope="module")
-def database_urls() -> Iterator[tuple[str, str]]:
-    names = [f"dbsync_bulk_{os.getpid()}_{uuid.uuid4().hex[:6]}_{s}" for s in "sr"]
-    urls = tuple(create_database(n) for n in names)
-    for url in urls:
-        upgrade(url)
-    yield urls  # type: ignore[misc]
-    for name in names:
-        drop_database(name)
+def database_urls(module_db_factory: ScratchDatabases) -> tuple[str, str]:
+    """The sender's and the receiver's database, shared by the module's tests."""
+    return (
+        module_db_factory.create("bulk_s", migrate=True),
+        module_db_factory.create("bulk_r", migrate=True),
+    )
 
 
 def _reset(db: Database) -> None:
@@ -137,52 +138,6 @@ def pair(database_urls: tuple[str, str]) -> Iterator[Pair]:
     yield Pair(sites[0], sites[1], testing.TestClient(create_app(sites[0])))
     for site in sites:
         site.db.dispose()
-
-
-def run(engine: Engine, *statements: str) -> None:
-    with engine.begin() as conn:
-        for sql in statements:
-            conn.exec_driver_sql(sql)
-
-
-def rows(engine: Engine, table: str = "t") -> list[tuple]:
-    with engine.connect() as conn:
-        return [
-            tuple(r)
-            for r in conn.exec_driver_sql(f'SELECT * FROM "{table}" ORDER BY 1')
-        ]
-
-
-def as_text(engine: Engine, table: str) -> list[tuple]:
-    """Every column as PostgreSQL prints it, the same on both sides."""
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SET timezone = 'UTC'; SET intervalstyle = 'postgres'")
-        cols = [
-            r[0]
-            for r in conn.exec_driver_sql(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
-                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                (table,),
-            )
-        ]
-        exprs = ", ".join(f'"{c}"::text' for c in cols)
-        return [
-            tuple(r)
-            for r in conn.exec_driver_sql(f'SELECT {exprs} FROM "{table}" ORDER BY 1')
-        ]
-
-
-def copy_into(engine: Engine, table: str, data: bytes, copy_format: str) -> int:
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.copy_expert(
-            f'COPY "{table}" FROM STDIN (FORMAT {copy_format})', io.BytesIO(data)
-        )
-        raw.commit()
-        return cur.rowcount
-    finally:
-        raw.close()
 
 
 # --- the sender ------------------------------------------------------------------

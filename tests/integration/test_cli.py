@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-DBSYNC = str(Path(sys.executable).parent / "dbsync")
+from tests.helpers import DBSYNC
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import uuid
 from typing import Any
 
 import pytest
@@ -14,15 +13,23 @@ from sqlalchemy import inspect, select
 
 from shared import security
 from shared.context import Site
-from shared.control import connections, module
 from shared.db import utcnow
 from shared.security import new_token
 from shared.state.models import AuditEvent, Connection, PeerNotice, Transfer
+from tests.helpers import (
+    API,
+    OTHER_PEER,
+    PEER,
+    SITE_URL,
+    add_connection,
+    case_id,
+    configure,
+    load,
+    make_sender,
+    post,
+    sha,
+)
 
-API = "/sync/api"
-PEER = "http://127.0.0.1:19001"
-OTHER_PEER = "http://127.0.0.1:19002"
-SITE_URL = "http://127.0.0.1:18999"  # tests/conftest.py
 PASSWORD = "correct horse battery staple"
 
 DISABLED = {"success": False, "error": "DB Sync module is disabled"}
@@ -35,31 +42,6 @@ DENIED = {"success": False, "error": "Incoming connections are not allowed"}
 REVOKED = {"success": False, "error": "Connection is revoked"}
 
 
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def configure(
-    site: Site,
-    *,
-    enabled: bool = True,
-    mode: str = "auto_accept",
-    password: str | None = None,
-) -> None:
-    with site.db.session() as session:
-        row = module.get(session)
-        row.enabled = enabled
-        row.incoming_mode = mode
-        if password is not None:
-            module.set_password(session, password)
-
-
-def post(
-    client: testing.TestClient, endpoint: str, body: Any, **kw: Any
-) -> testing.Result:
-    return client.simulate_post(f"{API}/{endpoint}", json=body, **kw)
-
-
 def reg_body(**over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "sender_url": PEER,
@@ -68,45 +50,6 @@ def reg_body(**over: Any) -> dict[str, Any]:
     }
     body.update(over)
     return body
-
-
-def add_connection(
-    site: Site,
-    *,
-    direction: str = "receiver",
-    status: str = "active",
-    url: str = PEER,
-    name: str = "Peer A",
-) -> tuple[uuid.UUID, str]:
-    """Insert a connection row directly; return its id and token hash."""
-    token_hash = sha(new_token())
-    with site.db.session() as session:
-        conn = Connection(
-            name=name,
-            direction=direction,
-            site_url=url,
-            auth_token_hash=token_hash,
-            status=status,
-            meta={},
-        )
-        session.add(conn)
-        session.flush()
-        return conn.id, token_hash
-
-
-def load(site: Site, conn_id: uuid.UUID) -> Connection | None:
-    with site.db.session() as session:
-        return session.get(Connection, conn_id)
-
-
-def make_sender(
-    site: Site, url: str = PEER, name: str = "Peer A"
-) -> tuple[uuid.UUID, str]:
-    with site.db.session() as session:
-        conn, token = connections.create_sender(
-            session, site, name=name, url=url, options=None
-        )
-        return conn.id, token
 
 
 # ---------------------------------------------------------------- status
@@ -136,19 +79,25 @@ STATUS_CASES = [
 ]
 
 
-def test_status_body_for_each_setting(site: Site, client: testing.TestClient) -> None:
-    for enabled, mode, accepting in STATUS_CASES:
-        configure(site, enabled=enabled, mode=mode)
-        r = client.simulate_get(f"{API}/status")
-        assert r.status_code == 200
-        assert r.json == {
-            "success": True,
-            "enabled": enabled,
-            "incoming_mode": mode,
-            "password_required": mode == "require_password",
-            "accepting_connections": accepting,
-            "protocol": 1,
-        }, (enabled, mode)
+@pytest.mark.parametrize(
+    ("enabled", "mode", "accepting"),
+    STATUS_CASES,
+    ids=[f"{'on' if e else 'off'}-{m}" for e, m, _ in STATUS_CASES],
+)
+def test_status_body_for_each_setting(
+    site: Site, client: testing.TestClient, enabled: bool, mode: str, accepting: bool
+) -> None:
+    configure(site, enabled=enabled, mode=mode)
+    r = client.simulate_get(f"{API}/status")
+    assert r.status_code == 200
+    assert r.json == {
+        "success": True,
+        "enabled": enabled,
+        "incoming_mode": mode,
+        "password_required": mode == "require_password",
+        "accepting_connections": accepting,
+        "protocol": 1,
+    }, (enabled, mode)
 
 
 # ---------------------------------------------------------------- disabled
@@ -242,22 +191,28 @@ MISSING_CASES: list[tuple[dict[str, Any], list[str]]] = [
 
 
 @pytest.mark.parametrize(
+    ("body", "fields"), MISSING_CASES, ids=[case_id(b) for b, _ in MISSING_CASES]
+)
+@pytest.mark.parametrize(
     "mode", ["auto_accept", "require_approval", "require_password"]
 )
 def test_register_missing_fields_in_field_order(
-    site: Site, client: testing.TestClient, mode: str
+    site: Site,
+    client: testing.TestClient,
+    mode: str,
+    body: dict[str, Any],
+    fields: list[str],
 ) -> None:
     configure(
         site, mode=mode, password=PASSWORD if mode == "require_password" else None
     )
-    for body, fields in MISSING_CASES:
-        r = post(client, "register-connection", body)
-        assert r.status_code == 400, body
-        assert r.json == {
-            "success": False,
-            "error": "Missing required fields",
-            "fields": fields,
-        }, body
+    r = post(client, "register-connection", body)
+    assert r.status_code == 400, body
+    assert r.json == {
+        "success": False,
+        "error": "Missing required fields",
+        "fields": fields,
+    }, body
 
 
 INVALID_URLS = [
@@ -286,11 +241,13 @@ INVALID_URLS = [
 ]
 
 
-def test_register_invalid_sender_url(site: Site, client: testing.TestClient) -> None:
+@pytest.mark.parametrize("url", INVALID_URLS, ids=case_id)
+def test_register_invalid_sender_url(
+    site: Site, client: testing.TestClient, url: str
+) -> None:
     configure(site, mode="auto_accept")
-    for url in INVALID_URLS:
-        r = post(client, "register-connection", reg_body(sender_url=url))
-        assert (r.status_code, r.json) == (400, INVALID_URL), url
+    r = post(client, "register-connection", reg_body(sender_url=url))
+    assert (r.status_code, r.json) == (400, INVALID_URL), url
     with site.db.session() as session:
         assert session.scalar(select(Connection.id)) is None
 
@@ -316,14 +273,14 @@ PRIVATE_URLS = [
 ]
 
 
+@pytest.mark.parametrize("url", PRIVATE_URLS, ids=case_id)
 @pytest.mark.parametrize("settings_env", [{"SYNC_ALLOW_PRIVATE_URLS": "false"}])
 def test_register_refuses_private_and_loopback_urls_when_not_allowed(
-    site: Site, client: testing.TestClient
+    site: Site, client: testing.TestClient, url: str
 ) -> None:
     configure(site, mode="auto_accept")
-    for url in PRIVATE_URLS:
-        r = post(client, "register-connection", reg_body(sender_url=url))
-        assert (r.status_code, r.json) == (400, INVALID_URL), url
+    r = post(client, "register-connection", reg_body(sender_url=url))
+    assert (r.status_code, r.json) == (400, INVALID_URL), url
 
 
 @pytest.mark.parametrize("settings_env", [{"SYNC_ALLOW_PRIVATE_URLS": "false"}])
@@ -368,11 +325,15 @@ def test_register_accepts_public_urls_when_private_not_allowed(
     assert urls == {"http://93.184.216.34", "https://peer.example.org"}
 
 
-def test_register_refuses_its_own_url(site: Site, client: testing.TestClient) -> None:
+@pytest.mark.parametrize(
+    "url", [SITE_URL, SITE_URL + "/", "HTTP://127.0.0.1:18999", SITE_URL + "/sub"]
+)
+def test_register_refuses_its_own_url(
+    site: Site, client: testing.TestClient, url: str
+) -> None:
     configure(site, mode="auto_accept")
-    for url in (SITE_URL, SITE_URL + "/", "HTTP://127.0.0.1:18999", SITE_URL + "/sub"):
-        r = post(client, "register-connection", reg_body(sender_url=url))
-        assert (r.status_code, r.json) == (400, INVALID_URL), url
+    r = post(client, "register-connection", reg_body(sender_url=url))
+    assert (r.status_code, r.json) == (400, INVALID_URL), url
 
 
 def test_register_missing_fields_come_before_invalid_url(
@@ -388,16 +349,16 @@ def test_register_missing_fields_come_before_invalid_url(
     }
 
 
+@pytest.mark.parametrize("password", [None, "wrong", PASSWORD])
 def test_register_invalid_url_comes_before_password(
-    site: Site, client: testing.TestClient
+    site: Site, client: testing.TestClient, password: str | None
 ) -> None:
     configure(site, mode="require_password", password=PASSWORD)
-    for password in (None, "wrong", PASSWORD):
-        body = reg_body(sender_url="http://0x7f.0.0.1")
-        if password is not None:
-            body["password"] = password
-        r = post(client, "register-connection", body)
-        assert (r.status_code, r.json) == (400, INVALID_URL)
+    body = reg_body(sender_url="http://0x7f.0.0.1")
+    if password is not None:
+        body["password"] = password
+    r = post(client, "register-connection", body)
+    assert (r.status_code, r.json) == (400, INVALID_URL)
 
 
 # ---------------------------------------------------------------- register: password
@@ -804,17 +765,19 @@ def test_update_status_revoked_to_revoked_is_ok(
     assert row is not None and row.status == "revoked"
 
 
+@pytest.mark.parametrize(
+    "status", ["paused", "ACTIVE", "pending", "expired", " active", "revoked "]
+)
 def test_update_status_invalid_status_value(
-    site: Site, client: testing.TestClient
+    site: Site, client: testing.TestClient, status: str
 ) -> None:
     configure(site)
     conn_id, token_hash = add_connection(site)
-    for status in ["paused", "ACTIVE", "pending", "expired", " active", "revoked "]:
-        r = update(client, token_hash, status)
-        assert (r.status_code, r.json) == (
-            400,
-            {"success": False, "error": "Invalid status value"},
-        ), status
+    r = update(client, token_hash, status)
+    assert (r.status_code, r.json) == (
+        400,
+        {"success": False, "error": "Invalid status value"},
+    ), status
     row = load(site, conn_id)
     assert row is not None and row.status == "active"
 

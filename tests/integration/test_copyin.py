@@ -4,41 +4,20 @@ rows that fail alone, duplicate keys, and the direct copy's fallback."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 
 from shared.data.receiver.copy_in import unbounded_type
 from shared.data.receiver.writer import import_page
 from shared.data.sender.offer import Catalog
-from tests.pg import create_database, drop_database
+from tests.helpers import ScratchDatabases, run, select_rows
 
 
 @pytest.fixture
-def db() -> Iterator[Engine]:
-    name = f"dbsync_copyin_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    engine = create_engine(create_database(name))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        drop_database(name)
-
-
-def run(engine: Engine, *statements: str) -> None:
-    with engine.begin() as conn:
-        for sql in statements:
-            conn.exec_driver_sql(sql)
-
-
-def select(engine: Engine, sql: str) -> list[tuple[Any, ...]]:
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SET timezone = 'UTC'")
-        return [tuple(r) for r in conn.exec_driver_sql(sql)]
+def db(scratch_db_factory: ScratchDatabases) -> Engine:
+    return scratch_db_factory.engine("copyin")
 
 
 def apply(
@@ -77,7 +56,7 @@ def test_text_that_copy_would_read_specially_is_stored_exactly(
     rows = [{"id": i, "v": v, "tags": [v, None]} for i, v in enumerate(TRICKY)]
     rows.append({"id": 99, "v": None, "tags": None})
     assert apply(db, "t", rows, "skip", direct=direct) == (len(rows), 0, 0, 0, [])
-    stored = select(db, "SELECT id, v, tags FROM t ORDER BY id")
+    stored = select_rows(db, "SELECT id, v, tags FROM t ORDER BY id")
     assert stored == [(i, v, [v, None]) for i, v in enumerate(TRICKY)] + [
         (99, None, None)
     ]
@@ -152,7 +131,7 @@ def test_values_off_the_fast_paths_decode_as_the_wire_rules_say(db: Engine) -> N
         },
     ]
     assert apply(db, "t", rows, "overwrite") == (4, 0, 0, 0, [])
-    assert select(
+    assert select_rows(
         db,
         "SELECT id, n::text, f::text, b, d::text, ts::text, tz::text, u::text,"
         " j::text, js::text, c, v FROM t ORDER BY id",
@@ -240,7 +219,7 @@ def test_a_bad_value_fails_its_row_alone_in_the_decoders_words(db: Engine) -> No
         {"key": [7], "error": 'n: expected a decimal number, got "12abc"'},
         {"key": [6], "error": "value too long for type character varying(2)"},
     ]
-    assert select(db, "SELECT id, v, d::text, n::text FROM t ORDER BY id") == [
+    assert select_rows(db, "SELECT id, v, d::text, n::text FROM t ORDER BY id") == [
         (1, "ok", "2024-02-29", "1"),
         (8, "8", None, None),
     ]
@@ -260,7 +239,7 @@ def test_the_last_row_of_a_key_wins_and_earlier_ones_are_skipped(db: Engine) -> 
         {"id": 2, "k": "c", "v": "only"},
     ]
     assert apply(db, "t", rows, "overwrite") == (2, 1, 2, 0, [])
-    assert select(db, "SELECT * FROM t ORDER BY id, k") == [
+    assert select_rows(db, "SELECT * FROM t ORDER BY id, k") == [
         (1, "a", "second"),
         (2, "b", "second"),
         (2, "c", "only"),
@@ -277,7 +256,7 @@ def test_a_direct_copy_that_meets_a_key_already_there_is_staged_instead(
     )
     rows = [{"id": i, "v": f"r{i}"} for i in range(1, 5)]
     assert apply(db, "t", rows, "skip", direct=True) == (3, 0, 1, 0, [])
-    assert select(db, "SELECT * FROM t ORDER BY id") == [
+    assert select_rows(db, "SELECT * FROM t ORDER BY id") == [
         (1, "r1"),
         (2, "mine"),
         (3, "r3"),
@@ -285,7 +264,7 @@ def test_a_direct_copy_that_meets_a_key_already_there_is_staged_instead(
     ]
     run(db, "TRUNCATE t")
     assert apply(db, "t", rows, "merge", direct=True) == (4, 0, 0, 0, [])
-    assert select(db, "SELECT count(*) FROM t") == [(4,)]
+    assert select_rows(db, "SELECT count(*) FROM t") == [(4,)]
 
 
 def test_staged_text_is_cast_to_the_type_without_its_length() -> None:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,54 +16,17 @@ from shared.data.schema import NoPrimaryKey, TableNotFound
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter
 from tests.datasets import ALL_BYTES, EVERYTHING, UID
-from tests.pg import create_database, drop_database
-
-
-def _scratch(suffix: str) -> Iterator[Engine]:
-    name = f"dbsync_dp_{os.getpid()}_{uuid.uuid4().hex[:6]}_{suffix}"
-    engine = create_engine(
-        create_database(name).replace("postgresql://", "postgresql+psycopg2://")
-    )
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        drop_database(name)
+from tests.helpers import ScratchDatabases, as_text, b64, run
 
 
 @pytest.fixture
-def db_a() -> Iterator[Engine]:
-    yield from _scratch("a")
+def db_a(scratch_db_factory: ScratchDatabases) -> Engine:
+    return scratch_db_factory.engine("dp_a")
 
 
 @pytest.fixture
-def db_b() -> Iterator[Engine]:
-    yield from _scratch("b")
-
-
-def run(engine: Engine, *statements: str) -> None:
-    with engine.begin() as conn:
-        for sql in statements:
-            conn.exec_driver_sql(sql)
-
-
-def as_text(
-    engine: Engine, table: str, columns: list[str], jsonish: set[str]
-) -> list[tuple]:
-    """Every column as PostgreSQL prints it, under the same session settings."""
-    exprs = ", ".join(
-        f'"{c}"::jsonb::text' if c in jsonish else f'"{c}"::text' for c in columns
-    )
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SET timezone = 'UTC'; SET intervalstyle = 'postgres'")
-        return [
-            tuple(r)
-            for r in conn.exec_driver_sql(f'SELECT {exprs} FROM "{table}" ORDER BY 1')
-        ]
-
-
-def b64(data: bytes) -> dict[str, str]:
-    return {"__phoenix_kit_binary__": base64.b64encode(data).decode()}
+def db_b(scratch_db_factory: ScratchDatabases) -> Engine:
+    return scratch_db_factory.engine("dp_b")
 
 
 def test_every_type_round_trips_between_two_databases(

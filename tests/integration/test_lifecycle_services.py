@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,41 +19,25 @@ from shared.control.peer import PeerClient
 from shared.db import utcnow
 from shared.errors import SyncError
 from shared.state.models import AuditEvent, Connection, ModuleSettings, PeerNotice
+from tests.helpers import (
+    PEER,
+    SITE_URL,
+    add_connection,
+    load_existing,
+    make_sender,
+    sha,
+)
 
-PEER = "http://127.0.0.1:19001"
-SITE_URL = "http://127.0.0.1:18999"  # tests/conftest.py
 PASSWORD = "the operator's password"
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def make_sender(
-    site: Site, url: str = PEER, name: str = "Peer A", password: str | None = None
-) -> tuple[uuid.UUID, str]:
-    with site.db.session() as session:
-        conn, token = connections.create_sender(
-            session, site, name=name, url=url, password=password, options=None
-        )
-        return conn.id, token
-
-
 def add_receiver(site: Site, status: str = "active", url: str = PEER) -> uuid.UUID:
-    with site.db.session() as session:
-        conn = Connection(
-            name="From peer",
-            direction="receiver",
-            site_url=url,
-            auth_token_hash=sha(url + status),
-            status=status,
-            meta={},
-        )
-        session.add(conn)
-        session.flush()
-        return conn.id
+    """A receiver whose token hash the test can name: sha(url + status)."""
+    return add_connection(
+        site, status=status, url=url, name="From peer", token_hash=sha(url + status)
+    )[0]
 
 
 def change(
@@ -64,13 +47,6 @@ def change(
         conn = session.get(Connection, conn_id)
         assert conn is not None
         fn(session, site, conn, *args, **kw)
-
-
-def load(site: Site, conn_id: uuid.UUID) -> Connection:
-    with site.db.session() as session:
-        conn = session.get(Connection, conn_id)
-        assert conn is not None
-        return conn
 
 
 def set_fields(site: Site, conn_id: uuid.UUID, **values: Any) -> None:
@@ -161,7 +137,7 @@ def test_create_sender_writes_row_audit_and_register_notice(site: Site) -> None:
         assert site.dispatcher.notices == []  # type: ignore[attr-defined]
         conn_id = conn.id
     assert len(token) == 43
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert (row.name, row.direction, row.site_url, row.status) == (
         "Warehouse",
         "sender",
@@ -189,35 +165,49 @@ def test_create_sender_writes_row_audit_and_register_notice(site: Site) -> None:
     assert site.dispatcher.notices == [notice.id]  # type: ignore[attr-defined]
 
 
-def test_create_sender_refusals(site: Site) -> None:
+SENDER_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    ({"name": "x", "url": PEER + "/"}, "conflict"),
+    ({"name": "x", "url": SITE_URL}, "bad_request"),
+    ({"name": "x", "url": "http://2130706433"}, "bad_request"),
+    ({"name": "x", "url": "ftp://127.0.0.1"}, "bad_request"),
+    ({"name": "   ", "url": "http://127.0.0.1:19002"}, "bad_request"),
+    (
+        {
+            "name": "x",
+            "url": "http://127.0.0.1:19003",
+            "options": SenderOptions(ip_allowlist=["not-a-cidr"]),
+        },
+        "bad_request",
+    ),
+    (
+        {
+            "name": "x",
+            "url": "http://127.0.0.1:19003",
+            "options": SenderOptions(allowed_hours_start=3),
+        },
+        "bad_request",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "kind"),
+    SENDER_REFUSALS,
+    ids=[
+        "same-url",
+        "own-url",
+        "odd-ip-form",
+        "not-http",
+        "blank-name",
+        "bad-cidr",
+        "half-an-hours-window",
+    ],
+)
+def test_create_sender_refusals(site: Site, kwargs: dict[str, Any], kind: str) -> None:
     make_sender(site)
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"name": "x", "url": PEER + "/"}, "conflict"),
-        ({"name": "x", "url": SITE_URL}, "bad_request"),
-        ({"name": "x", "url": "http://2130706433"}, "bad_request"),
-        ({"name": "x", "url": "ftp://127.0.0.1"}, "bad_request"),
-        ({"name": "   ", "url": "http://127.0.0.1:19002"}, "bad_request"),
-        (
-            {
-                "name": "x",
-                "url": "http://127.0.0.1:19003",
-                "options": SenderOptions(ip_allowlist=["not-a-cidr"]),
-            },
-            "bad_request",
-        ),
-        (
-            {
-                "name": "x",
-                "url": "http://127.0.0.1:19003",
-                "options": SenderOptions(allowed_hours_start=3),
-            },
-            "bad_request",
-        ),
-    ]
-    for kwargs, kind in cases:
-        with pytest.raises(SyncError) as info, site.db.session() as session:
-            connections.create_sender(session, site, **kwargs)
-        assert info.value.kind == kind, kwargs
+    with pytest.raises(SyncError) as info, site.db.session() as session:
+        connections.create_sender(session, site, **kwargs)
+    assert info.value.kind == kind, kwargs
     with site.db.session() as session:
         assert len(session.scalars(select(Connection)).all()) == 1
 
@@ -228,7 +218,7 @@ def test_approve_a_pending_sender_and_a_pending_receiver(site: Site) -> None:
     change(site, sender_id, connections.approve)
     change(site, receiver_id, connections.approve)
     for conn_id in (sender_id, receiver_id):
-        row = load(site, conn_id)
+        row = load_existing(site, conn_id)
         assert row.status == "active"
         assert row.approved_at is not None
         assert [e.action for e in audit_of(site, conn_id)][-1] == "connection.approved"
@@ -240,7 +230,7 @@ def test_approve_a_pending_sender_and_a_pending_receiver(site: Site) -> None:
     assert [(n.kind, n.state, n.payload) for n in notices_of(site, receiver_id)] == [
         ("poll_status", "queued", {})
     ]
-    assert load(site, sender_id).peer_sync_status == "queued"
+    assert load_existing(site, sender_id).peer_sync_status == "queued"
 
 
 def test_suspend_reactivate_revoke_write_status_reasons_audit_and_notices(
@@ -249,14 +239,14 @@ def test_suspend_reactivate_revoke_write_status_reasons_audit_and_notices(
     conn_id = add_receiver(site)
     before = utcnow()
     change(site, conn_id, connections.suspend, "maintenance window")
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.status == "suspended"
     assert row.suspended_at is not None and row.suspended_at >= before
     assert row.suspended_reason == "maintenance window"
 
     set_fields(site, conn_id, verify_not_found_count=1)
     change(site, conn_id, connections.reactivate)
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert (row.status, row.suspended_at, row.suspended_reason) == (
         "active",
         None,
@@ -265,10 +255,10 @@ def test_suspend_reactivate_revoke_write_status_reasons_audit_and_notices(
     assert row.verify_not_found_count == 0
 
     change(site, conn_id, connections.suspend)
-    assert load(site, conn_id).suspended_reason == "Suspended by operator"
+    assert load_existing(site, conn_id).suspended_reason == "Suspended by operator"
 
     change(site, conn_id, connections.revoke, "contract ended")
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.status == "revoked"
     assert row.revoked_at is not None
     assert row.revoked_reason == "contract ended"
@@ -308,7 +298,7 @@ def test_suspend_and_revoke_without_notify_owe_nothing(site: Site) -> None:
     change(site, conn_id, connections.suspend, "quiet", notify=False)
     change(site, conn_id, connections.revoke, "quiet", notify=False)
     assert notices_of(site, conn_id) == []
-    assert load(site, conn_id).status == "revoked"
+    assert load_existing(site, conn_id).status == "revoked"
 
 
 @pytest.mark.parametrize(
@@ -335,7 +325,7 @@ def test_invalid_transitions_are_conflicts(
     with pytest.raises(SyncError) as info:
         change(site, conn_id, action)
     assert info.value.kind == "conflict"
-    assert load(site, conn_id).status == status
+    assert load_existing(site, conn_id).status == status
     assert audit_of(site, conn_id) == []
     assert notices_of(site, conn_id) == []
 
@@ -346,7 +336,7 @@ def test_revoke_from_every_other_status(site: Site) -> None:
             site, status=status, url=f"http://127.0.0.1:{19100 + port}"
         )
         change(site, conn_id, connections.revoke)
-        row = load(site, conn_id)
+        row = load_existing(site, conn_id)
         assert (row.status, row.revoked_reason) == ("revoked", "Revoked by operator"), (
             status
         )
@@ -375,17 +365,17 @@ def test_bulk_suspend_and_revoke_one_notice_per_peer(site: Site) -> None:
         changed = connections.bulk(session, site, "suspend", "incident 42")
         assert sorted(c.id for c in changed) == sorted(ids)
     for conn_id in ids:
-        row = load(site, conn_id)
+        row = load_existing(site, conn_id)
         assert (row.status, row.suspended_reason) == ("suspended", "incident 42")
         assert [(n.kind, n.state) for n in notices_of(site, conn_id)] == [
             ("update_status", "queued")
         ]
-    assert load(site, pending).status == "pending"
+    assert load_existing(site, pending).status == "pending"
     with site.db.session() as session:
         changed = connections.bulk(session, site, "revoke", "compromised")
         assert len(changed) == 4
     for conn_id in [*ids, pending]:
-        assert load(site, conn_id).status == "revoked"
+        assert load_existing(site, conn_id).status == "revoked"
         open_notices = [n for n in notices_of(site, conn_id) if n.state == "queued"]
         assert [n.payload for n in open_notices] == [
             {"status": "revoked", "reason": "compromised"}
@@ -404,7 +394,7 @@ def test_set_enabled_suspends_and_revives_exactly_its_own(site: Site) -> None:
     with site.db.session() as session:
         changed = connections.set_enabled(session, site, False)
         assert [c.id for c in changed] == [mine]
-    row = load(site, mine)
+    row = load_existing(site, mine)
     assert (row.status, row.suspended_reason) == (
         "suspended",
         "DB Sync module disabled",
@@ -416,8 +406,8 @@ def test_set_enabled_suspends_and_revives_exactly_its_own(site: Site) -> None:
     with site.db.session() as session:
         revived = connections.set_enabled(session, site, True)
         assert [c.id for c in revived] == [mine]
-    assert load(site, mine).status == "active"
-    assert load(site, operators).status == "suspended"
+    assert load_existing(site, mine).status == "active"
+    assert load_existing(site, operators).status == "suspended"
     module_events = [
         (e.action, e.connection_id)
         for e in audit_of(site)
@@ -473,7 +463,7 @@ def test_deliver_register_success_wipes_the_token(site: Site, peer: Any) -> None
         {},
     )
     assert after.delivered_at is not None
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.registration_status == "registered"
     assert row.registration_error is None
     assert row.meta["remote_connection_uuid"] == remote_uuid
@@ -502,7 +492,7 @@ def test_deliver_register_pending_at_the_receiver(site: Site, peer: Any) -> None
         notices.deliver(site, client, register_notice(site, conn_id).id).state
         == "delivered"
     )
-    assert load(site, conn_id).registration_status == "pending"
+    assert load_existing(site, conn_id).registration_status == "pending"
 
 
 def test_deliver_register_refused_for_invalid_password(site: Site, peer: Any) -> None:
@@ -510,7 +500,7 @@ def test_deliver_register_refused_for_invalid_password(site: Site, peer: Any) ->
     client = peer(answer(401, {"success": False, "error": "Invalid password"}))
     notice = register_notice(site, conn_id)
     assert notices.deliver(site, client, notice.id).state == "failed"
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.registration_status == "failed"
     assert row.registration_error == "Invalid password"
     assert connections.describe(row)["registration"] == "failed: Invalid password"
@@ -548,7 +538,7 @@ def test_deliver_transient_failure_is_retried_later(
     assert after.next_attempt_at > before
     assert after.last_error
     assert after.payload["auth_token"] == token  # still needed for the next attempt
-    assert load(site, conn_id).registration_status == "queued"
+    assert load_existing(site, conn_id).registration_status == "queued"
     # Not due yet: nothing is sent.
     calls: list[httpx.Request] = []
 
@@ -574,7 +564,7 @@ def test_deliver_honours_retry_after_of_a_429(site: Site, peer: Any) -> None:
     outcome = notices.deliver(site, client, notice.id)
     assert outcome.state == "retrying"
     assert outcome.retry_in is not None and outcome.retry_in >= 120
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.peer_sync_status == "retrying"
 
 
@@ -592,7 +582,7 @@ def test_deliver_gives_up_past_the_horizon(site: Site, peer: Any) -> None:
     [after] = notices_of(site, conn_id)
     assert (after.state, after.payload) == ("gave_up", {})
     assert after.last_error and after.last_error.startswith("peer unreachable")
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.registration_status == "failed"
     assert not any(token in value for value in db_texts(site))
 
@@ -635,7 +625,7 @@ def test_deliver_update_status_records_peer_sync(site: Site, peer: Any) -> None:
             "reason": "done with it",
         }
     ]
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.peer_sync_status == "delivered"
     assert row.peer_sync_error is None
     assert row.peer_sync_at is not None
@@ -664,10 +654,10 @@ def test_verify_suspends_a_sender_after_two_404s(site: Site, peer: Any) -> None:
     client = peer(handler)
     assert str(conn_id) in healing.verifiable(site)
     assert healing.verify(site, client, str(conn_id)) == "not_found"
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert (row.status, row.verify_not_found_count) == ("active", 1)
     assert healing.verify(site, client, str(conn_id)) == "suspended"
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.status == "suspended"
     assert row.suspended_reason == "Remote site reports connection not found"
     assert row.suspended_at is not None
@@ -687,7 +677,7 @@ def test_verify_a_found_answer_resets_the_404_count(site: Site, peer: Any) -> No
     set_fields(site, conn_id, verify_not_found_count=1, last_verify_error="old")
     client = peer(answer(200, {"success": True, "exists": True}))
     assert healing.verify(site, client, str(conn_id)) == "ok"
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert (row.status, row.verify_not_found_count, row.last_verify_error) == (
         "active",
         0,
@@ -709,7 +699,7 @@ def test_verify_unreachable_changes_no_status(
     set_fields(site, conn_id, last_verified_at=verified)
     for _ in range(3):
         assert healing.verify(site, peer(handler), str(conn_id)) == "unreachable"
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.status == "active"
     assert row.verify_not_found_count == 0
     assert row.last_verify_error
@@ -730,7 +720,7 @@ def test_verify_receiver_revoked_by_its_sender(site: Site, peer: Any) -> None:
         )
 
     assert healing.verify(site, peer(handler), str(conn_id)) == "revoked"
-    row = load(site, conn_id)
+    row = load_existing(site, conn_id)
     assert row.status == "revoked"
     assert row.revoked_at is not None
     assert row.remote_status == "revoked"
@@ -753,7 +743,7 @@ def test_verify_receiver_whose_sender_deleted_it_is_suspended(
     healing.verify(site, client, str(conn_id))
     assert healing.verify(site, client, str(conn_id)) == "suspended"
     assert (
-        load(site, conn_id).suspended_reason
+        load_existing(site, conn_id).suspended_reason
         == "Remote site reports connection not found"
     )
 
@@ -761,7 +751,7 @@ def test_verify_receiver_whose_sender_deleted_it_is_suspended(
 def test_verify_skips_a_pending_receiver(site: Site, peer: Any) -> None:
     conn_id = add_receiver(site, status="pending")
     assert healing.verify(site, peer(refuse_connection), str(conn_id)) == "skipped"
-    assert load(site, conn_id).last_verify_attempt_at is None
+    assert load_existing(site, conn_id).last_verify_attempt_at is None
 
 
 def test_expire_past_expiry_and_over_limits(site: Site) -> None:
@@ -791,12 +781,12 @@ def test_expire_past_expiry_and_over_limits(site: Site) -> None:
         (downloads, "limit reached"),
         (records, "limit reached"),
     ):
-        row = load(site, conn_id)
+        row = load_existing(site, conn_id)
         assert row.status == "expired"
         assert row.expired_at is not None
         assert [(e.actor, e.action, e.reason) for e in audit_of(site, conn_id)] == [
             ("system", "connection.expired", reason)
         ]
-    assert load(site, fine).status == "active"
-    assert load(site, suspended).status == "suspended"
+    assert load_existing(site, fine).status == "active"
+    assert load_existing(site, suspended).status == "suspended"
     assert healing.expire(site) == 0

@@ -21,14 +21,12 @@ from shared.control import connections, healing, module, notices
 from shared.control.peer import PeerClient
 from shared.dispatch import DeferredDispatcher
 from shared.state.models import Connection, PeerNotice
+from tests.helpers import API, OTHER_PEER, PEER, SITE_URL
 
-SITE_A = (
-    "http://127.0.0.1:18999"  # tests/conftest.py: the `site` fixture is A, the sender
-)
-SITE_B = "http://127.0.0.1:19001"  # the receiver
-DEAD = "http://127.0.0.1:19002"  # a peer that never answers
+SITE_A = SITE_URL  # the `site` fixture is A, the sender
+SITE_B = PEER  # the receiver
+DEAD = OTHER_PEER  # a peer that never answers
 PASSWORD = "incoming-pass-Z9"
-API = "/sync/api"
 
 
 class Network:

@@ -12,20 +12,17 @@ from shared.control.peer import PeerClient
 from shared.data.receiver import pulls
 from shared.errors import SyncError
 from shared.state.models import Connection, Transfer
+from tests.helpers import add_connection
 
 
 def receiver(site: Site, status: str = "active") -> uuid.UUID:
-    with site.db.session() as session:
-        conn = Connection(
-            id=uuid.uuid4(),
-            name="from-a",
-            direction="receiver",
-            site_url="http://127.0.0.1:9002",
-            auth_token_hash="f" * 64,
-            status=status,
-        )
-        session.add(conn)
-    return conn.id
+    return add_connection(
+        site,
+        status=status,
+        url="http://127.0.0.1:9002",
+        name="from-a",
+        token_hash="f" * 64,
+    )[0]
 
 
 def test_dependency_order_puts_references_first_and_survives_cycles() -> None:

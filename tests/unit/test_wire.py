@@ -547,17 +547,30 @@ def test_create_table_keeps_only_safe_sql(lite: Engine) -> None:
             " 'references_columns': ['id']} not kept: referenced table is missing"
         ),
     ]
-    bad_payloads = [
-        {"columns": [{"name": "x y", "type": "text"}]},
-        {"columns": [{"name": "x", "type": "text"}], "primary_key": ["nope"]},
-        {"columns": []},
-        {"columns": [{"name": "x", "type": "text"}, {"name": "x", "type": "int"}]},
-    ]
-    for bad in bad_payloads:
-        with lite.begin() as conn, pytest.raises(UnsafeSchema):
-            create_table(conn, "unsafe", bad, existing_tables=set())
     with lite.begin() as conn, pytest.raises(UnsafeSchema):
         create_table(conn, "safe", payload, existing_tables={"safe"})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"columns": [{"name": "x y", "type": "text"}]}, id="odd-name"),
+        pytest.param(
+            {"columns": [{"name": "x", "type": "text"}], "primary_key": ["nope"]},
+            id="key-not-a-column",
+        ),
+        pytest.param({"columns": []}, id="no-columns"),
+        pytest.param(
+            {"columns": [{"name": "x", "type": "text"}, {"name": "x", "type": "int"}]},
+            id="a-column-twice",
+        ),
+    ],
+)
+def test_create_table_refuses_an_unsafe_payload(
+    lite: Engine, bad: dict[str, Any]
+) -> None:
+    with lite.begin() as conn, pytest.raises(UnsafeSchema):
+        create_table(conn, "unsafe", bad, existing_tables=set())
 
 
 def test_sqlite_kinds_follow_declared_names_then_affinity() -> None:
