@@ -145,11 +145,18 @@ def create_sender(
     return conn, token
 
 
+def _expect(conn: Connection, status: str) -> None:
+    """Refuse a transition from any other status than ``status``."""
+    if conn.status != status:
+        raise SyncError(
+            ErrorKind.CONFLICT, f"Connection is {conn.status}, not {status}"
+        )
+
+
 def approve(
     session: Session, site: Site, conn: Connection, actor: str = "operator"
 ) -> None:
-    if conn.status != "pending":
-        raise SyncError(ErrorKind.CONFLICT, f"Connection is {conn.status}, not pending")
+    _expect(conn, "pending")
     conn.status = "active"
     conn.approved_at = utcnow()
     audit.record(session, actor, "connection.approved", conn)
@@ -157,7 +164,7 @@ def approve(
         # The sender activates its side when we ask for its status.
         notices.owe(session, site, conn, "poll_status", {})
     else:
-        notices.owe(session, site, conn, "update_status", {"status": "active"})
+        _tell_peer(session, site, conn, "active")
 
 
 def suspend(
@@ -168,8 +175,7 @@ def suspend(
     actor: str = "operator",
     notify: bool = True,
 ) -> None:
-    if conn.status != "active":
-        raise SyncError(ErrorKind.CONFLICT, f"Connection is {conn.status}, not active")
+    _expect(conn, "active")
     conn.status = "suspended"
     conn.suspended_at = utcnow()
     conn.suspended_reason = reason or "Suspended by operator"
@@ -177,28 +183,19 @@ def suspend(
         session, actor, "connection.suspended", conn, reason=conn.suspended_reason
     )
     if notify:
-        notices.owe(
-            session,
-            site,
-            conn,
-            "update_status",
-            {"status": "suspended", "reason": conn.suspended_reason},
-        )
+        _tell_peer(session, site, conn, "suspended", conn.suspended_reason)
 
 
 def reactivate(
     session: Session, site: Site, conn: Connection, actor: str = "operator"
 ) -> None:
-    if conn.status != "suspended":
-        raise SyncError(
-            ErrorKind.CONFLICT, f"Connection is {conn.status}, not suspended"
-        )
+    _expect(conn, "suspended")
     conn.status = "active"
     conn.suspended_at = None
     conn.suspended_reason = None
     conn.verify_not_found_count = 0
     audit.record(session, actor, "connection.reactivated", conn)
-    notices.owe(session, site, conn, "update_status", {"status": "active"})
+    _tell_peer(session, site, conn, "active")
 
 
 def revoke(
@@ -216,13 +213,21 @@ def revoke(
     conn.revoked_reason = reason or "Revoked by operator"
     audit.record(session, actor, "connection.revoked", conn, reason=conn.revoked_reason)
     if notify:
-        notices.owe(
-            session,
-            site,
-            conn,
-            "update_status",
-            {"status": "revoked", "reason": conn.revoked_reason},
-        )
+        _tell_peer(session, site, conn, "revoked", conn.revoked_reason)
+
+
+def _tell_peer(
+    session: Session,
+    site: Site,
+    conn: Connection,
+    status: str,
+    reason: str | None = None,
+) -> None:
+    """Owe the peer an update-status notice (with the local reason, if any)."""
+    payload: dict[str, Any] = {"status": status}
+    if reason is not None:
+        payload["reason"] = reason
+    notices.owe(session, site, conn, "update_status", payload)
 
 
 def delete(
