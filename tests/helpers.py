@@ -412,10 +412,22 @@ def hour_now() -> int:
 # ------------------------------------------------------------ processes
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before in this run.
+
+    The kernel may offer a port it just gave back; two sites of one test must
+    not both get it (the second would refuse to pair with itself).
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def eventually(
