@@ -30,13 +30,13 @@ def run_pull(self: SiteTask, transfer_id: str) -> str:
     return self.conclude(pulls.run(rt.site, rt.peer, transfer_id, self.lease_owner))
 
 
-def take_up_orphans(site: Site) -> int:
+def take_up_orphans(site: Site, *, every_held: bool = False) -> int:
     """Queue a run of every pull whose worker stopped renewing its lease.
 
     Each run is due when the lease lapses: its claim then succeeds if the
     holder is dead and finds the lease renewed if it was only slow.
     """
-    orphans = pulls.orphaned(site)
+    orphans = pulls.orphaned(site, every_held=every_held)
     for transfer_id, lapses_in in orphans:
         # A second more, so the claim comes after the lapse, not on its edge.
         countdown = lapses_in + 1 if lapses_in else 0
@@ -57,7 +57,7 @@ def _take_up_orphans_at_start(sender: Any = None, **_kwargs: Any) -> None:
     if queues is not None and site.settings.pull_queue not in queues:
         return
     try:
-        take_up_orphans(site)
+        take_up_orphans(site, every_held=True)
         for transfer_id in pulls.due(site, grace_seconds=0):
             site.dispatcher.run_pull(transfer_id)
     except Exception as ex:

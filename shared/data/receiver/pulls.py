@@ -787,18 +787,21 @@ def due(site: Site, grace_seconds: float) -> list[str]:
         return [str(r) for r in rows]
 
 
-def orphaned(site: Site) -> list[tuple[str, float]]:
+def orphaned(site: Site, *, every_held: bool = False) -> list[tuple[str, float]]:
     """Held transfers whose heartbeat stopped, with the seconds until their lease lapses.
 
     A live run renews its lease every heartbeat interval; one that missed two
     renewals has most likely died. Taking it up when the lease lapses (not a
     sweep interval later) bounds the wait to the lease; if its worker was only
     slow, the claim then finds the lease renewed and nothing happens.
+    ``every_held`` lists every held lease: a worker that starts may replace
+    one that died a moment ago, before it missed a renewal.
     """
     s = site.settings
     now = utcnow()
+    beats = 0 if every_held else 2
     stale = now + dt.timedelta(
-        seconds=s.pull_lease_seconds - 2 * s.pull_heartbeat_interval
+        seconds=s.pull_lease_seconds - beats * s.pull_heartbeat_interval + 1
     )
     with site.db.session() as session:
         rows = session.execute(
