@@ -93,7 +93,11 @@ class Settings:
     # database is PostgreSQL, binary where the column types allow), "json",
     # or "pg_copy_text" (never binary).
     pull_format: str = "auto"
-    pull_lease_seconds: int = 300
+    # A running pull's lease: a heartbeat renews it every
+    # pull_heartbeat_seconds (at most a third of the lease) whatever the page
+    # length, so a dead worker's pull is free again within the lease.
+    pull_lease_seconds: int = 30
+    pull_heartbeat_seconds: int = 5
     pull_max_attempts: int = 12
     queue_prefix: str = ""
     home: str = field(default_factory=lambda: str(_default_home()))
@@ -109,6 +113,14 @@ class Settings:
     @property
     def pull_queue(self) -> str:
         return f"{self.queue_prefix}pull"
+
+    @property
+    def pull_heartbeat_interval(self) -> float:
+        """Seconds between two renewals of a running pull's lease.
+
+        At most a third of the lease, so two missed renewals still leave it held.
+        """
+        return min(float(self.pull_heartbeat_seconds), self.pull_lease_seconds / 3)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

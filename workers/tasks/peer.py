@@ -7,6 +7,7 @@ from shared.control import healing, notices
 from shared.data.receiver import pulls
 from workers.base import SiteTask
 from workers.celery_app import app
+from workers.tasks.pull import take_up_orphans
 
 
 @app.task(
@@ -32,7 +33,7 @@ def sweep_notices(self: SiteTask) -> int:
     stalled = pulls.due(site, grace_seconds=grace)
     for transfer_id in stalled:
         site.dispatcher.run_pull(transfer_id)
-    return len(ids) + len(stalled)
+    return len(ids) + len(stalled) + take_up_orphans(site)
 
 
 @app.task(name=dispatch.VERIFY_ALL, bind=True, acks_late=True, time_limit=60)

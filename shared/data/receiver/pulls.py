@@ -8,18 +8,29 @@ PostgreSQL sites, JSON rows otherwise) feed the writer
 checkpoint commit together in the data database (see
 shared.data.receiver.checkpoints), so a killed worker resumes exactly where the
 last commit left it.
+
+While a run works it holds the transfer's lease, which a heartbeat thread
+renews every few seconds whatever the page length (``Lease``). A worker that
+dies stops renewing, so its lease lapses within SYNC_PULL_LEASE_SECONDS and
+another worker takes the transfer up (``orphaned``, ``due``). A worker whose
+lease was taken over writes no further page: each page's transaction checks
+that the checkpoint is still the one this run loaded and that the lease is
+still its own before it commits.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import Connection as DbConnection
+from sqlalchemy import CursorResult, exists, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared.backoff import backoff
@@ -53,6 +64,10 @@ PROTECTED_TABLES = frozenset(
 
 class PullFailed(Exception):
     """A permanent failure: the transfer ends with this message."""
+
+
+class LeaseLost(Exception):
+    """Another worker holds the transfer now: this run stops without writing."""
 
 
 @dataclass(frozen=True)
@@ -149,10 +164,123 @@ def claim(site: Site, transfer_id: uuid.UUID, owner: str) -> bool:
         return result.rowcount == 1
 
 
+def _renew(
+    conn: DbConnection | Session, site: Site, tid: uuid.UUID, owner: str
+) -> bool:
+    """Extend the lease if this owner still holds it on an unfinished transfer."""
+    until = utcnow() + dt.timedelta(seconds=site.settings.pull_lease_seconds)
+    result = cast(
+        "CursorResult[Any]",
+        conn.execute(
+            update(Transfer)
+            .where(
+                Transfer.id == tid,
+                Transfer.lease_owner == owner,
+                Transfer.status.not_in(TERMINAL),
+            )
+            .values(lease_until=until)
+        ),
+    )
+    return result.rowcount == 1
+
+
+class Lease:
+    """The lease of one run, renewed by a heartbeat thread while the run works.
+
+    Renewing after each page let a long page outlast the lease, and forced a
+    long lease, so a dead worker's pull waited minutes. The heartbeat keeps a
+    short lease held whatever the page length; ``check`` is the fence a page
+    passes before it commits.
+    """
+
+    def __init__(self, site: Site, transfer_id: uuid.UUID, owner: str) -> None:
+        self.site = site
+        self.transfer_id = transfer_id
+        self.owner = owner
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"lease-{transfer_id}", daemon=True
+        )
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def renew(self) -> bool:
+        """Renew the lease now; note its loss when another owner took it."""
+        with self.site.db.session() as session:
+            held = _renew(session, self.site, self.transfer_id, self.owner)
+        if not held:
+            self.lost.set()
+        return held
+
+    def stop_if_lost(self) -> None:
+        """Raise LeaseLost if the heartbeat found the lease taken over."""
+        if self.lost.is_set():
+            raise LeaseLost(f"transfer {self.transfer_id} is held by another worker")
+
+    def check(self, conn: DbConnection | None = None) -> None:
+        """Raise LeaseLost unless this run still holds the lease (renewing it).
+
+        Given the page's connection and the state living in the data
+        database, the check is part of the page's transaction: its UPDATE
+        holds the transfer's row until the page commits.
+        """
+        self.stop_if_lost()
+        if conn is not None and self.site.db.data_engine is self.site.db.engine:
+            held = _renew(conn, self.site, self.transfer_id, self.owner)
+            if not held:
+                self.lost.set()
+        else:
+            held = self.renew()
+        if not held:
+            raise LeaseLost(f"transfer {self.transfer_id} is held by another worker")
+
+    def _beat(self) -> None:
+        interval = self.site.settings.pull_heartbeat_interval
+        while not self._stop.wait(interval):
+            try:
+                if not self.renew():
+                    log.warning(
+                        "transfer %s: lease taken over, stopping", self.transfer_id
+                    )
+                    return
+            except SQLAlchemyError as ex:
+                # A missed beat is not a lost lease: the next one may land,
+                # and the page's own check decides before anything commits.
+                log.warning("transfer %s: lease not renewed: %s", self.transfer_id, ex)
+
+
 def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome:
     tid = uuid.UUID(transfer_id)
     if not claim(site, tid, owner):
         return Outcome("busy")
+    with Lease(site, tid, owner) as lease:
+        try:
+            return _run(site, client, tid, lease)
+        except LeaseLost as ex:
+            log.warning("%s; this run stops", ex)
+            _release(site, tid, owner)
+            return Outcome("superseded")
+
+
+def _release(site: Site, tid: uuid.UUID, owner: str) -> None:
+    """Let the lease lapse now if this run still holds it, for the sweep to see."""
+    with site.db.session() as session:
+        session.execute(
+            update(Transfer)
+            .where(Transfer.id == tid, Transfer.lease_owner == owner)
+            .values(lease_until=utcnow())
+        )
+
+
+def _run(site: Site, client: PeerClient, tid: uuid.UUID, lease: Lease) -> Outcome:
+    owner = lease.owner
     with site.db.session() as session:
         transfer = session.get_one(Transfer, tid)
         conn = (
@@ -172,7 +300,7 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
         job = _Job(
             site,
             client,
-            owner,
+            lease,
             transfer.id,
             conn.site_url,
             conn.auth_token_hash,
@@ -183,15 +311,15 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
         job.plan()
         job.pull_all()
     except PeerUnavailable as ex:
-        return _wait(site, tid, str(ex), ex.retry_after)
+        return _wait(site, tid, owner, str(ex), ex.retry_after)
     except copyin.BrokeOff as ex:
-        return _wait(site, tid, str(ex), None)
+        return _wait(site, tid, owner, str(ex), None)
     except PullFailed as ex:
         with site.db.session() as session:
-            _fail(session, session.get_one(Transfer, tid), str(ex))
+            _fail(session, _held(session, tid, owner), str(ex))
         return Outcome("failed")
     with site.db.session() as session:
-        transfer = session.get_one(Transfer, tid)
+        transfer = _held(session, tid, owner)
         transfer.status = "completed"
         transfer.completed_at = utcnow()
         transfer.eta_seconds = 0
@@ -210,10 +338,22 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
     return Outcome("completed")
 
 
-def _wait(site: Site, tid: uuid.UUID, error: str, hint: float | None) -> Outcome:
+def _held(session: Session, tid: uuid.UUID, owner: str) -> Transfer:
+    """The transfer, locked, if this run still holds its lease; else LeaseLost."""
+    transfer = session.scalars(
+        select(Transfer).where(Transfer.id == tid).with_for_update()
+    ).one()
+    if transfer.lease_owner != owner:
+        raise LeaseLost(f"transfer {tid} is held by another worker")
+    return transfer
+
+
+def _wait(
+    site: Site, tid: uuid.UUID, owner: str, error: str, hint: float | None
+) -> Outcome:
     s = site.settings
     with site.db.session() as session:
-        transfer = session.get_one(Transfer, tid)
+        transfer = _held(session, tid, owner)
         if transfer.attempts >= s.pull_max_attempts:
             _fail(session, transfer, f"Sender unreachable: {error}")
             return Outcome("failed")
@@ -259,7 +399,7 @@ class _Job:
         self,
         site: Site,
         client: PeerClient,
-        owner: str,
+        lease: Lease,
         transfer_id: uuid.UUID,
         site_url: str,
         token_hash: str,
@@ -268,7 +408,7 @@ class _Job:
     ):
         self.site = site
         self.sender = Sender(client, site_url, token_hash)
-        self.owner = owner
+        self.lease = lease
         self.transfer_id = transfer_id
         self.strategy = strategy
         self.create_missing = create_missing
@@ -422,15 +562,27 @@ class _Job:
     ) -> Page:
         """Fetch the page after the checkpoint and write it with the checkpoint
         advanced, in one transaction of the data database."""
+        self.lease.stop_if_lost()
         with (
             source.page(cp.cursor) as page,
             self.site.db.data_engine.begin() as conn,
         ):
+            # Fence: the checkpoint must still be the one this run loaded
+            # (its row stays locked to the end of the page), and the lease
+            # still this run's, or a worker that stalled past its lease would
+            # write a page its successor writes too.
+            _hold(conn, cp)
             direct = source.may_go_direct(page) and _nothing_in_the_way(
                 conn, writer.info, cp
             )
             result = writer.apply(conn, page, direct=direct)
-            _advance(conn, cp, result, page)
+            try:
+                _advance(conn, cp, result, page)
+            except IntegrityError:
+                raise LeaseLost(
+                    f"another worker wrote the first page of {cp.table_name}"
+                ) from None
+            self.lease.check(conn)
         return page
 
     def _source(self, name: str, info: TableInfo) -> CopySource | JsonSource:
@@ -478,9 +630,10 @@ class _Job:
         return plan
 
     def _progress(self, name: str, cp: checkpoints.Checkpoint, status: str) -> None:
-        """Mirror the checkpoint into the state database and renew the lease."""
+        """Mirror the checkpoint into the state database while the lease is ours."""
         now = utcnow()
         with self.site.db.session() as session:
+            transfer = _held(session, self.transfer_id, self.lease.owner)
             tt = session.scalars(
                 select(TransferTable).where(
                     TransferTable.transfer_id == self.transfer_id,
@@ -510,7 +663,6 @@ class _Job:
                 .scalars()
                 .all()
             )
-            transfer = session.get_one(Transfer, self.transfer_id)
             transfer.records_transferred = sum(t.rows_done for t in totals)
             transfer.records_created = sum(t.created for t in totals)
             transfer.records_updated = sum(t.updated for t in totals)
@@ -524,10 +676,6 @@ class _Job:
                 transfer.eta_seconds = round(left / rate, 1) if rate else None
             transfer.error_message = None
             transfer.status = "running"
-            transfer.lease_owner = self.owner
-            transfer.lease_until = now + dt.timedelta(
-                seconds=self.site.settings.pull_lease_seconds
-            )
 
 
 def _nothing_in_the_way(conn: Any, info: TableInfo, cp: checkpoints.Checkpoint) -> bool:
@@ -541,6 +689,32 @@ def _nothing_in_the_way(conn: Any, info: TableInfo, cp: checkpoints.Checkpoint) 
     if cp.failed or cp.created != cp.rows_done:
         return False
     return cp.pages > 0 or bulk_in.table_is_empty(conn, info)
+
+
+def _hold(conn: DbConnection, cp: checkpoints.Checkpoint) -> None:
+    """Lock the table's checkpoint row as this run loaded it, or raise LeaseLost.
+
+    A checkpoint that moved on, or appeared, since means another worker wrote
+    a page of this table: this run's view is stale and it must stop.
+    """
+    table = checkpoints.checkpoints
+    key = (table.c.transfer_id == cp.transfer_id) & (
+        table.c.table_name == cp.table_name
+    )
+    if cp.stored:
+        result = cast(
+            "CursorResult[Any]",
+            conn.execute(
+                table.update()
+                .where(key, table.c.pages == cp.pages)
+                .values(pages=table.c.pages)
+            ),
+        )
+        moved = result.rowcount != 1
+    else:
+        moved = bool(conn.scalar(select(exists().where(key))))
+    if moved:
+        raise LeaseLost(f"another worker wrote a page of {cp.table_name}")
 
 
 def _advance(
@@ -591,7 +765,12 @@ def dependency_order(names: list[str], depends_on: dict[str, list[str]]) -> list
 
 
 def due(site: Site, grace_seconds: float) -> list[str]:
-    """Unfinished transfers whose lease lapsed: their worker died or their retry was lost."""
+    """Unfinished transfers nobody holds whose message may be lost.
+
+    A pending transfer no worker claimed, or a retrying one whose time came,
+    after ``grace_seconds`` more: its own message normally comes first.
+    Transfers a worker held are ``orphaned``'s.
+    """
     cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
     with site.db.session() as session:
         rows = session.scalars(
@@ -599,9 +778,43 @@ def due(site: Site, grace_seconds: float) -> list[str]:
             .where(
                 Transfer.direction == "receive",
                 Transfer.status.not_in(TERMINAL),
+                Transfer.lease_owner.is_(None),
                 ((Transfer.lease_until.is_(None)) & (Transfer.updated_at < cutoff))
                 | (Transfer.lease_until < cutoff),
             )
             .limit(100)
         )
         return [str(r) for r in rows]
+
+
+def orphaned(site: Site, *, every_held: bool = False) -> list[tuple[str, float]]:
+    """Held transfers whose heartbeat stopped, with the seconds until their lease lapses.
+
+    A live run renews its lease every heartbeat interval; one that missed two
+    renewals has most likely died. Taking it up when the lease lapses (not a
+    sweep interval later) bounds the wait to the lease; if its worker was only
+    slow, the claim then finds the lease renewed and nothing happens.
+    ``every_held`` lists every held lease: a worker that starts may replace
+    one that died a moment ago, before it missed a renewal.
+    """
+    s = site.settings
+    now = utcnow()
+    beats = 0 if every_held else 2
+    stale = now + dt.timedelta(
+        seconds=s.pull_lease_seconds - beats * s.pull_heartbeat_interval + 1
+    )
+    with site.db.session() as session:
+        rows = session.execute(
+            select(Transfer.id, Transfer.lease_until)
+            .where(
+                Transfer.direction == "receive",
+                Transfer.status.not_in(TERMINAL),
+                Transfer.lease_owner.is_not(None),
+                Transfer.lease_until < stale,
+            )
+            .limit(100)
+        ).all()
+    return [
+        (str(tid), max(0.0, (until - now).total_seconds()) if until else 0.0)
+        for tid, until in rows
+    ]
