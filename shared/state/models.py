@@ -138,8 +138,8 @@ class Transfer(Base):
     rows_per_second: Mapped[float | None]
     eta_seconds: Mapped[float | None]
     error_message: Mapped[str | None] = mapped_column(Text)
-    # A running pull holds a lease it renews after every page; a worker killed
-    # mid-pull lets it lapse and the sweep hands the pull to another worker.
+    # A running pull holds a lease its heartbeat renews every few seconds; a
+    # worker killed mid-pull lets it lapse and another worker takes the pull up.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[dt.datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
