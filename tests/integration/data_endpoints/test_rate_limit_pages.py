@@ -67,10 +67,37 @@ def _page(
 
 def test_the_defaults_are_the_ones_this_module_is_about() -> None:
     options = SenderOptions()
-    assert (options.rate_limit_requests_per_minute, options.max_downloads) == (
-        60,
-        None,
+    assert (
+        options.rate_limit_requests_per_minute,
+        options.max_records_per_request,
+        options.max_downloads,
+        options.max_records_total,
+    ) == (60, 100_000, None, None)
+
+
+@pytest.mark.parametrize(
+    "settings_env", [{"SYNC_JSON_PAGE_CAP": "40", "SYNC_BULK_PAGE_ROWS": "120"}]
+)
+def test_a_default_connection_pages_by_the_site_caps(
+    site: Site, client: testing.TestClient, tables: Callable[..., None]
+) -> None:
+    """JSON pages stop at the JSON cap (10,000 by default, as PhoenixKit's), bulk
+    pages at the bulk budget; a connection's own max_records_per_request caps both."""
+    tables("dt_rows")
+    enable(site)
+    default = offering_sender(site)
+    r = call(client, "pull-data", default, table="dt_rows")
+    assert (r.json["count"], r.json["next_cursor"]) == (40, [40])
+    r = call(client, "pull-data", default, table="dt_rows", format=TEXT)
+    assert (r.headers["x-sync-count"], r.headers["x-sync-next-cursor"]) == (
+        "120",
+        "[120]",
     )
+    tuned = offering_sender(site, max_records_per_request=25)
+    r = call(client, "pull-data", tuned, table="dt_rows")
+    assert r.json["count"] == 25
+    r = call(client, "pull-data", tuned, table="dt_rows", format=TEXT)
+    assert r.headers["x-sync-count"] == "25"
 
 
 @pytest.mark.parametrize("wire_format", [None, TEXT], ids=["json", "copy-text"])
