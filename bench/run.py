@@ -13,6 +13,9 @@ Measures, in one run and each `--repeat` times (the median is reported):
                   the same pull with every row already in the target
   json_pages      the pull a PhoenixKit peer makes: JSON pages of 10,000 rows (the
                   receiver runs with SYNC_PULL_FORMAT=json and SYNC_BULK_PULL=false)
+  pull_default    pull_empty over a connection created with no options (its default
+                  max_records_per_request and rate_limit_requests_per_minute), as a
+                  new operator makes one
 
 and samples the memory of the sender's web and the pulling receiver's worker
 during every pull. Then it measures control-plane latency (register-connection
@@ -74,6 +77,7 @@ METHODS: list[tuple[str, str]] = [
     ("present_overwrite", "dbsync pull, all rows present: overwrite"),
     ("present_merge", "dbsync pull, all rows present: merge"),
     ("json_pages", "dbsync pull, PhoenixKit JSON pages (10k)"),
+    ("pull_default", "dbsync pull, empty target, default connection"),
 ]
 
 TIMING_NOTE = (
@@ -310,7 +314,7 @@ class Bench:
 
     def make_sites(self) -> None:
         a = self.args
-        dbs = [a.redis_db, a.redis_db + 1, a.redis_db + 2]
+        dbs = [a.redis_db, a.redis_db + 1, a.redis_db + 2, a.redis_db + 3]
         self.redis_urls = [f"{a.redis_url.rstrip('/')}/{n}" for n in dbs]
         source_url = self.pg.url(self.source_db)
         target_url = self.pg.url(self.target_db)
@@ -327,6 +331,9 @@ class Bench:
                 {"SYNC_PULL_FORMAT": "json", "SYNC_BULK_PULL": "false"},
             ),
         ]
+        if "pull_default" in a.methods:
+            # Its own site: a receiver holds one connection per sender.
+            specs.append(("receiver_default", self.redis_urls[3], target_url, {}))
 
         def build(spec: tuple[str, str, str, dict[str, str]]) -> Site:
             name, redis_url, data_url, env = spec
@@ -352,7 +359,8 @@ class Bench:
             return site
 
         with concurrent.futures.ThreadPoolExecutor(len(specs)) as pool:
-            self.sender, self.receiver, self.receiver_json = pool.map(build, specs)
+            built = list(pool.map(build, specs))
+        self.sender, self.receiver, self.receiver_json = built[:3]
         common = ["--rate-limit", "100000"]
         self.rid, self.token = pair(
             self.sender,
@@ -368,6 +376,9 @@ class Bench:
             "--max-records-per-request",
             str(a.json_page),
         )
+        if len(built) > 3:
+            self.receiver_default = built[3]
+            self.rid_default, _ = pair(self.sender, self.receiver_default)
         _say(
             f"sites up and paired: sender {self.sender.url}, receiver "
             f"{self.receiver.url}, receiver_json {self.receiver_json.url}"
@@ -500,6 +511,13 @@ class Bench:
                 self.empty_target,
                 lambda: self.measure_pull(rj, self.rid_json, "skip", {"created": n}),
             ),
+            (
+                "pull_default",
+                self.empty_target,
+                lambda: self.measure_pull(
+                    self.receiver_default, self.rid_default, "skip", {"created": n}
+                ),
+            ),
         ]
 
     def run_copies(self) -> dict[str, list[dict[str, Any]]]:
@@ -575,16 +593,16 @@ class Bench:
         a = self.args
         # Only the receiver's web is left running: no worker, beat or peer calls
         # compete for the CPU, as none do for the bare app.
+        others = [s for s in self.sites if s is not self.receiver]
         stop_processes(
             [
-                *self.sender.procs.values(),
-                *self.receiver_json.procs.values(),
+                *(p for s in others for p in s.procs.values()),
                 self.receiver.procs["worker"],
                 self.receiver.procs["beat"],
             ]
         )
-        self.sender.procs.clear()
-        self.receiver_json.procs.clear()
+        for site in others:
+            site.procs.clear()
         del self.receiver.procs["worker"], self.receiver.procs["beat"]
         bare = self.start_bare_app()
         token_hash = hashlib.sha256(self.token.encode()).hexdigest()
@@ -968,7 +986,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--redis-db",
         type=int,
         default=9,
-        help="first of three Redis database numbers used (9, 10, 11)",
+        help="first of four Redis database numbers used (9, 10, 11, 12)",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep the sites' logs")
     args = p.parse_args(argv)

@@ -87,7 +87,7 @@ class Settings:
     json_page_cap: int = 10_000
     # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a
     # sender serves and what a receiver asks for. A connection's
-    # max_records_per_request still caps every page.
+    # max_records_per_request (default 100,000) still caps every page.
     bulk_page_rows: int = 100_000
     # What a receiver asks pull-data for: "auto" (COPY data when its data
     # database is PostgreSQL, binary where the column types allow), "json",

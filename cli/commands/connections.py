@@ -55,7 +55,7 @@ def _show_connection(data: dict[str, Any]) -> None:
 @click.option("--max-downloads", type=click.IntRange(min=0), default=None)
 @click.option("--max-records-total", type=click.IntRange(min=0), default=None)
 @click.option(
-    "--max-records-per-request", type=click.IntRange(1, 1_000_000), default=10_000
+    "--max-records-per-request", type=click.IntRange(1, 1_000_000), default=100_000
 )
 @click.option(
     "--rate-limit", type=click.IntRange(min=1), default=60, help="requests per minute"

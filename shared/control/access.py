@@ -2,6 +2,16 @@
 
 The order is the protocol's: unknown hash, status, expiry, IP allow-list,
 allowed hours, download and record limits, rate limit, then table rules.
+
+The rate limit (``rate_limit_requests_per_minute``) counts every data call
+except the next page of a pull in progress: a pull-data whose ``after`` is
+the cursor this site itself handed out for that pull's last page. Such a
+page is already paid for by the pull that started it (counted, a download
+against ``max_downloads``), it can only move the pull forward, once, so a
+pull's pages are bounded by its table; throttling them would only make a
+receiver wait between pages of one pull. Everything else counts: list-tables,
+table-schema, table-records, every pull without ``after``, and a ``after``
+that is not the expected next cursor (a retried page, or a forged cursor).
 """
 
 from __future__ import annotations
@@ -22,10 +32,16 @@ from shared.state.models import Connection
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the remote address and whether this starts a new download."""
+    """Who is calling: the remote address and what this call is to a pull.
+
+    ``new_download``: it starts a download (counted against max_downloads).
+    ``next_page``: it asks for the next page of a pull in progress, which the
+    rate limit does not count (see the module docstring).
+    """
 
     ip: str
     new_download: bool = False
+    next_page: bool = False
 
 
 def sender_connection(session: Session, token_hash: str) -> Connection:
@@ -65,6 +81,8 @@ def authorise(
         and conn.records_downloaded >= conn.max_records_total
     ):
         raise SyncError(ErrorKind.FORBIDDEN, "Record limit reached")
+    if caller.next_page:
+        return conn
     wait = counters.take(
         site.db.engine, f"rate:{conn.id}", conn.rate_limit_requests_per_minute, 60
     )

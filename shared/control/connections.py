@@ -34,7 +34,11 @@ class SenderOptions:
     expires_at: dt.datetime | None = None
     max_downloads: int | None = None
     max_records_total: int | None = None
-    max_records_per_request: int = 10_000
+    # Caps every pull-data page. JSON pages are further capped by the site's
+    # json_page_cap (10,000, as PhoenixKit pages), so only bulk (COPY) pages
+    # between two PostgreSQL sites use more: fewer, larger pages, which is
+    # what makes a pull over a default connection as fast as a tuned one.
+    max_records_per_request: int = 100_000
     rate_limit_requests_per_minute: int = 60
     ip_allowlist: list[str] = field(default_factory=list)
     allowed_hours_start: int | None = None

@@ -1,6 +1,6 @@
 """A tiny run of the benchmark (bench/run.py), so it cannot rot.
 
-It runs the real thing end to end (three sites, every copy method, the latency
+It runs the real thing end to end (four sites, every copy method, the latency
 part) on 2,000 rows, once, and checks the shape and honesty of its JSON: every
 method measured, every pull moved exactly the table, the latency section there.
 """
@@ -23,6 +23,7 @@ METHODS = {
     "present_overwrite",
     "present_merge",
     "json_pages",
+    "pull_default",
 }
 EXPECTED = {
     "pull_empty": {"created": ROWS},
@@ -30,6 +31,7 @@ EXPECTED = {
     "present_overwrite": {"updated": ROWS},
     "present_merge": {"updated": ROWS},
     "json_pages": {"created": ROWS},
+    "pull_default": {"created": ROWS},
 }
 
 

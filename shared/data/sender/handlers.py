@@ -7,8 +7,9 @@ Every call passes every connection control first (shared.control.access).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from shared.context import Site
 from shared.control import access
 from shared.control.handlers import TOKEN_HASH, require_enabled
-from shared.data import copy_format
+from shared.data import copy_format, wire
 from shared.data.keyset import BadCursor
 from shared.data.schema import NoPrimaryKey
 from shared.data.sender import copy_out
@@ -34,33 +35,27 @@ PREVIEW_MAX = 100
 
 
 def _authorise(
-    session: Session,
-    site: Site,
-    body: Mapping[str, Any],
-    fields: list[Field],
-    ip: str,
-    new_download: Callable[[Session, dict[str, Any]], bool] | None = None,
-) -> tuple[Connection, dict[str, Any], bool]:
-    """Validate the body and pass every control; say whether a download starts."""
+    session: Session, site: Site, body: Mapping[str, Any], fields: list[Field], ip: str
+) -> tuple[Connection, dict[str, Any]]:
+    """Validate the body and pass every control."""
     require_enabled(session)
     data = validate(body, [TOKEN_HASH, *fields])
-    starts = new_download(session, data) if new_download else False
-    conn = access.authorise(
-        session, site, data["auth_token_hash"], access.Caller(ip, starts)
-    )
-    return conn, data, starts
+    conn = access.authorise(session, site, data["auth_token_hash"], access.Caller(ip))
+    return conn, data
 
 
-def _starts_download(session: Session, data: dict[str, Any]) -> bool:
-    """A pull starts a download unless it continues one this site is serving.
+def _serving(session: Session, data: dict[str, Any]) -> Transfer | None:
+    """The unfinished ``send`` transfer this pull continues, locked; None if it starts one.
 
     An ``after`` cursor alone proves nothing (a caller can forge one to dodge
     the download limit); an unfinished ``send`` transfer of that table does.
+    The row lock makes concurrent pages of one pull take turns, so only one
+    of them can claim the pull's next cursor (see ``_next_page``).
     """
     if data["after"] is None:
-        return True
-    serving = session.scalar(
-        select(Transfer.id)
+        return None
+    stmt = (
+        select(Transfer)
         .join(Connection, Transfer.connection_id == Connection.id)
         .where(
             Connection.auth_token_hash == data["auth_token_hash"],
@@ -69,9 +64,39 @@ def _starts_download(session: Session, data: dict[str, Any]) -> bool:
             Transfer.table_name == data["table_name"],
             Transfer.status == "in_progress",
         )
+        .order_by(Transfer.created_at.desc())
         .limit(1)
     )
-    return serving is None
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=Transfer)
+    return session.scalar(stmt)
+
+
+def _cursor_key(cursor: list[Any] | None) -> str | None:
+    """A short fixed-size fingerprint of a cursor, to keep on the transfer."""
+    if cursor is None:
+        return None
+    try:
+        text = wire.canonical_json(cursor)
+    except (TypeError, ValueError):
+        return None  # a key this site cannot fingerprint: its next page just counts
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _next_page(serving: Transfer | None, after: list[Any] | None) -> bool:
+    """Whether ``after`` is the cursor this site handed out for the pull's last page.
+
+    Only then is the page free of the rate limit: each pull moves forward
+    one page at a time from a start that was counted, while a retried page
+    or any other cursor counts like any call.
+    """
+    if serving is None or after is None:
+        return False
+    expected = (serving.meta or {}).get(_NEXT_KEY)
+    return expected is not None and expected == _cursor_key(after)
+
+
+_NEXT_KEY = "next_cursor_sha256"
 
 
 def _table(site: Site, conn: Connection, name: str) -> Catalog:
@@ -86,7 +111,7 @@ def _table(site: Site, conn: Connection, name: str) -> Catalog:
 def list_tables(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
 ) -> dict[str, Any]:
-    conn, _, _ = _authorise(session, site, body, [], ip)
+    conn, _ = _authorise(session, site, body, [], ip)
     catalog = site.catalog()
     names = [t for t in catalog.offered_tables() if access.table_allowed(conn, t)]
     conn.last_connected_at = utcnow()
@@ -96,7 +121,7 @@ def list_tables(
 def table_schema(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
 ) -> dict[str, Any]:
-    conn, data, _ = _authorise(session, site, body, [TABLE], ip)
+    conn, data = _authorise(session, site, body, [TABLE], ip)
     catalog = _table(site, conn, data["table_name"])
     return {
         "success": True,
@@ -118,7 +143,7 @@ PREVIEW_FIELDS = [
 def table_records(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
 ) -> dict[str, Any]:
-    conn, data, _ = _authorise(session, site, body, PREVIEW_FIELDS, ip)
+    conn, data = _authorise(session, site, body, PREVIEW_FIELDS, ip)
     name = data["table_name"]
     catalog = _table(site, conn, name)
     limit = min(data["limit"] or 10, PREVIEW_MAX, conn.max_records_per_request)
@@ -170,10 +195,17 @@ def pull_data(
     site's bulk_page_rows; a JSON page at most max_records_per_request and
     json_page_cap. An unknown format, or a table that cannot go as COPY data
     (SQLite, no primary key), gets the JSON page.
+
+    A pull starts a download when it has no ``after`` or continues no
+    unfinished pull of that table; its next page is free of the rate limit
+    (shared.control.access).
     """
-    conn, data, new_download = _authorise(
-        session, site, body, PULL_FIELDS, ip, _starts_download
-    )
+    require_enabled(session)
+    data = validate(body, [TOKEN_HASH, *PULL_FIELDS])
+    serving = _serving(session, data)
+    new_download = serving is None
+    caller = access.Caller(ip, new_download, _next_page(serving, data["after"]))
+    conn = access.authorise(session, site, data["auth_token_hash"], caller)
     name = data["table_name"]
     catalog = _table(site, conn, name)
     strategy = data["conflict_strategy"] or "skip"
@@ -206,11 +238,11 @@ def pull_data(
                     _record_send(
                         session,
                         conn,
+                        serving,
                         name,
                         strategy,
                         copy_page.count,
-                        new_download,
-                        copy_page.has_more,
+                        copy_page.next_cursor,
                         ip,
                     )
                 except BaseException:
@@ -233,7 +265,7 @@ def pull_data(
         raise SyncError(ErrorKind.CONFLICT, str(ex)) from None
     count = len(page.rows)
     access.count_page(session, conn, count, new_download, 0)
-    _record_send(session, conn, name, strategy, count, new_download, page.has_more, ip)
+    _record_send(session, conn, serving, name, strategy, count, page.next_cursor, ip)
     return {
         "success": True,
         "table": name,
@@ -247,28 +279,17 @@ def pull_data(
 def _record_send(
     session: Session,
     conn: Connection,
+    serving: Transfer | None,
     table: str,
     strategy: str,
     count: int,
-    new_download: bool,
-    has_more: bool,
+    next_cursor: list[Any] | None,
     ip: str,
 ) -> None:
-    """Keep one ``send`` transfer per pull with its counts and timestamps."""
+    """Keep one ``send`` transfer per pull with its counts, timestamps and the
+    fingerprint of the cursor its next page will start after."""
     now = utcnow()
-    transfer = None
-    if not new_download:
-        transfer = session.scalar(
-            select(Transfer)
-            .where(
-                Transfer.direction == "send",
-                Transfer.connection_id == conn.id,
-                Transfer.table_name == table,
-                Transfer.status == "in_progress",
-            )
-            .order_by(Transfer.created_at.desc())
-            .limit(1)
-        )
+    transfer = serving
     if transfer is None:
         transfer = Transfer(
             id=uuid.uuid4(),
@@ -286,7 +307,11 @@ def _record_send(
         )
         session.add(transfer)
     transfer.records_transferred += count
-    transfer.meta = {**transfer.meta, "pages": int(transfer.meta.get("pages", 0)) + 1}
-    if not has_more:
+    meta = {**transfer.meta, "pages": int(transfer.meta.get("pages", 0)) + 1}
+    meta.pop(_NEXT_KEY, None)
+    if (key := _cursor_key(next_cursor)) is not None:
+        meta[_NEXT_KEY] = key
+    transfer.meta = meta
+    if next_cursor is None:  # the last page (has_more false)
         transfer.status = "completed"
         transfer.completed_at = now
