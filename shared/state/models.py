@@ -68,7 +68,7 @@ class Connection(Base):
     downloads_used: Mapped[int] = mapped_column(default=0)
     max_records_total: Mapped[int | None] = mapped_column(BigInteger)
     records_downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
-    max_records_per_request: Mapped[int] = mapped_column(default=10_000)
+    max_records_per_request: Mapped[int] = mapped_column(default=100_000)
     rate_limit_requests_per_minute: Mapped[int] = mapped_column(default=60)
     ip_allowlist: Mapped[list[str]] = mapped_column(JSON, default=list)
     allowed_hours_start: Mapped[int | None]
