@@ -27,9 +27,11 @@ from workers.base import SiteTask
 log = logging.getLogger("dbsync.workers")
 
 
-# How often beat wakes at most, whatever its jobs' intervals: it renews its
-# Redis lock on each wake, so a beat that died frees the lock within
-# BEAT_LOCK_WAKES wakes and a standby or restarted beat takes over.
+# How often beat wakes at most, whatever its jobs' intervals. On Redis it renews
+# its lock on each wake; the lock lasts BEAT_LOCK_WAKES wakes (at least
+# BEAT_MIN_LOCK_SECONDS), so a beat killed without releasing it holds back a
+# restarted or standby beat for that long at most: 30 s with the defaults,
+# within one notice-sweep interval.
 BEAT_MAX_WAKE_SECONDS = 10
 BEAT_LOCK_WAKES = 3
 BEAT_MIN_LOCK_SECONDS = 30
