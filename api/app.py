@@ -8,7 +8,7 @@ import orjson
 
 from api import errors
 from api.middleware import DBSession
-from api.resources import control, data
+from api.resources import control, data, health
 from shared.context import Site
 from shared.errors import SyncError
 
@@ -24,4 +24,7 @@ def create_app(site: Site) -> falcon.App:
     prefix = site.settings.api_prefix
     for name, resource in {**control.routes(site), **data.routes(site)}.items():
         app.add_route(f"{prefix}/{name}", resource)
+    # Outside the prefix: a probe asks the container's port, not the public URL.
+    for path, resource in health.routes(site).items():
+        app.add_route(path, resource)
     return app

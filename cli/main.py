@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli.commands import audit, connections, data, run, settings, transfers
+from cli.commands import audit, connections, data, run, settings, status, transfers
 
 
 @click.group()
@@ -22,6 +22,7 @@ for command in (
     run.worker,
     run.beat,
     run.up,
+    status.status,
     settings.settings,
     connections.connections,
     data.tables,

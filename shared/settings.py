@@ -100,6 +100,9 @@ class Settings:
     pull_heartbeat_seconds: int = 5
     pull_max_attempts: int = 12
     queue_prefix: str = ""
+    # Seconds /readyz and `dbsync status` wait for all their checks together
+    # (databases, broker, migrations, beat); one that has not answered fails.
+    health_timeout_seconds: int = 2
     home: str = field(default_factory=lambda: str(_default_home()))
 
     @property

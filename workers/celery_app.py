@@ -9,22 +9,86 @@ from __future__ import annotations
 
 import gc
 import logging
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.beat import PersistentScheduler
+from celery.signals import beat_init, worker_process_init
 from kombu import Exchange, Queue
 
 from shared import dispatch
+from shared.control import health
 from shared.data.receiver import sources
+from shared.db import Database
 from shared.settings import Settings
 from workers.base import SiteTask
 
 log = logging.getLogger("dbsync.workers")
 
 
+# How often beat wakes at most, whatever its jobs' intervals. On Redis it renews
+# its lock on each wake; the lock lasts BEAT_LOCK_WAKES wakes (at least
+# BEAT_MIN_LOCK_SECONDS), so a beat killed without releasing it holds back a
+# restarted or standby beat for that long at most: 30 s with the defaults,
+# within one notice-sweep interval.
+BEAT_MAX_WAKE_SECONDS = 10
+BEAT_LOCK_WAKES = 3
+BEAT_MIN_LOCK_SECONDS = 30
+
+
 def _every(task: str, seconds: int) -> dict[str, Any]:
     return {"task": task, "schedule": float(seconds), "options": {"expires": seconds}}
+
+
+class FileScheduler(PersistentScheduler):
+    """Celery's file scheduler that first makes the folder its file goes in.
+
+    Without a Redis broker beat keeps its schedule in a file under the site's
+    home; nothing else creates that folder when the databases are not SQLite.
+    """
+
+    def setup_schedule(self) -> None:
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
+
+
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """Where beat keeps its schedule and how often it wakes, for this broker.
+
+    With Redis the schedule and a lock live on the broker (celery-redbeat), under
+    a key prefix per site, so beat needs no folder and two beats of one site
+    never both send. Other brokers keep Celery's file under the site's home.
+    """
+    jobs = health.beat_jobs(settings)
+    wake = max(1, min(BEAT_MAX_WAKE_SECONDS, *jobs.values()))
+    config: dict[str, Any] = {
+        "beat_schedule": {
+            "verify-connections": _every(
+                dispatch.VERIFY_ALL, jobs[dispatch.VERIFY_ALL]
+            ),
+            "expire-connections": _every(
+                dispatch.EXPIRE_CONNECTIONS, jobs[dispatch.EXPIRE_CONNECTIONS]
+            ),
+            "sweep-notices": _every(
+                dispatch.SWEEP_NOTICES, jobs[dispatch.SWEEP_NOTICES]
+            ),
+        },
+        "beat_max_loop_interval": wake,
+    }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        config.update(
+            beat_scheduler="redbeat.RedBeatScheduler",
+            redbeat_redis_url=settings.broker_url,
+            redbeat_key_prefix=f"{settings.queue_prefix}redbeat",
+            redbeat_lock_timeout=max(BEAT_MIN_LOCK_SECONDS, BEAT_LOCK_WAKES * wake),
+        )
+    else:
+        config.update(
+            beat_scheduler="workers.celery_app:FileScheduler",
+            beat_schedule_filename=str(Path(settings.home) / "celerybeat-schedule"),
+        )
+    return config
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -46,23 +110,26 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         timezone="UTC",
-        beat_schedule={
-            "verify-connections": _every(
-                dispatch.VERIFY_ALL, settings.verify_interval_seconds
-            ),
-            "expire-connections": _every(
-                dispatch.EXPIRE_CONNECTIONS, settings.expire_interval_seconds
-            ),
-            "sweep-notices": _every(
-                dispatch.SWEEP_NOTICES, settings.outbox_sweep_seconds
-            ),
-        },
-        beat_schedule_filename=f"{settings.home}/celerybeat-schedule",
+        **beat_config(settings),
     )
     return celery
 
 
 app = create_app()
+
+
+@beat_init.connect
+def _record_beat_start(**_kwargs: Any) -> None:
+    # Readiness counts a job that has not run yet as on time for three of its
+    # intervals after this; a site with no such row says beat never started.
+    settings = Settings.from_env()
+    db = Database(settings.database_url, settings.data_database_url)
+    try:
+        health.record(db, health.BEAT_STARTED)
+    except Exception as ex:  # beat must run even when the state database is down
+        log.warning("beat: could not record its start: %s", ex)
+    finally:
+        db.dispose()
 
 
 @worker_process_init.connect

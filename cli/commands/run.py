@@ -109,42 +109,65 @@ def beat() -> None:
     os.execv(sys.executable, beat_argv())
 
 
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"code {code}"
+    return f"code {code}"
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=lambda: int(os.environ.get("PORT", 8000)), type=int)
 @friendly
 def up(host: str, port: int) -> None:
-    """Migrate, then run API, worker and beat together (local use)."""
+    """Migrate, then run API, worker and beat together; exit 1 if one of them dies.
+
+    A child that dies is not restarted: a restart loop would hide a crash (a bad
+    setting, a database that refuses) behind a running ``up``. ``up`` stops the
+    others and exits non-zero with one line naming the child, so whatever runs
+    ``up`` (systemd, a container runtime) sees the failure and restarts the
+    site as a whole, with its own backoff, as honcho does for the Procfile.
+    """
     from shared.state.migrate import upgrade
 
     loaded = settings()
     upgrade(loaded.database_url)
-    procs = [
-        subprocess.Popen(serve_argv(host, port, 1)),
-        subprocess.Popen(worker_argv(None, 2)),
-        subprocess.Popen(beat_argv()),
-    ]
+    procs = {
+        "api": subprocess.Popen(serve_argv(host, port, 1)),
+        "worker": subprocess.Popen(worker_argv(None, 2)),
+        "beat": subprocess.Popen(beat_argv()),
+    }
     click.echo(f"dbsync site on http://{host}:{port}{loaded.api_prefix}/status")
+    stopping = False
 
     def stop(*_args: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
+        nonlocal stopping
+        stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
-        while all(p.poll() is None for p in procs):
+    died: str | None = None
+    while not stopping and died is None:
+        died = next((role for role, p in procs.items() if p.poll() is not None), None)
+        if died is None:
             time.sleep(0.5)
-    finally:
-        stop()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-    sys.exit(
-        max((p.returncode or 0) for p in procs)
-        if any(p.returncode for p in procs)
-        else 0
-    )
+    if died is not None:
+        others = [role for role in procs if role != died]
+        click.echo(
+            f"dbsync up: {died} exited with {_exit_text(procs[died].returncode)};"
+            f" stopping {' and '.join(others)}",
+            err=True,
+        )
+    for p in procs.values():
+        if p.poll() is None:
+            p.terminate()
+    for p in procs.values():
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    sys.exit(1 if died is not None else 0)

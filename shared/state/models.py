@@ -242,4 +242,18 @@ class Counter(Base):
     count: Mapped[int] = mapped_column(default=0)
 
 
+class BeatHeartbeat(Base):
+    """When each of beat's jobs last ran, and when beat last started.
+
+    Beat writes nothing anyone reads: without this row a site whose beat died
+    looks healthy until a peer notices its verify or expiry never came.
+    """
+
+    __tablename__ = "dbsync_beat_heartbeats"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run_at: Mapped[dt.datetime]
+    runs: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 OWN_TABLES = frozenset(Base.metadata.tables)

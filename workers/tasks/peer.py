@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared import dispatch
-from shared.control import healing, notices
+from shared.control import healing, health, notices
 from shared.data.receiver import pulls
 from workers.base import SiteTask
 from workers.celery_app import app
@@ -33,7 +33,9 @@ def sweep_notices(self: SiteTask) -> int:
     stalled = pulls.due(site, grace_seconds=grace)
     for transfer_id in stalled:
         site.dispatcher.run_pull(transfer_id)
-    return len(ids) + len(stalled) + take_up_orphans(site)
+    orphans = take_up_orphans(site)
+    health.record(site.db, self.name)
+    return len(ids) + len(stalled) + orphans
 
 
 @app.task(name=dispatch.VERIFY_ALL, bind=True, acks_late=True, time_limit=60)
@@ -44,6 +46,7 @@ def verify_all(self: SiteTask) -> int:
         verify_connection.apply_async(
             args=[connection_id], queue=site.settings.peer_queue
         )
+    health.record(site.db, self.name)
     return len(ids)
 
 
@@ -54,4 +57,7 @@ def verify_connection(self: SiteTask, connection_id: str) -> str:
 
 @app.task(name=dispatch.EXPIRE_CONNECTIONS, bind=True, acks_late=True, time_limit=60)
 def expire_connections(self: SiteTask) -> int:
-    return healing.expire(self.runtime.site)
+    site = self.runtime.site
+    expired = healing.expire(site)
+    health.record(site.db, self.name)
+    return expired
