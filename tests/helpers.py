@@ -185,6 +185,26 @@ def add_connection(
         return conn.id, token_hash
 
 
+def open_to_peer(
+    site: Site, direction: str, peer_url: str, token_hash: str, **limits: Any
+) -> None:
+    """Enable the module and add one active connection to ``peer_url`` that
+    no rate limit gets in the way of (limits may override any column)."""
+    with site.db.session() as session:
+        module.get(session).enabled = True
+        session.add(
+            Connection(
+                name="peer",
+                direction=direction,
+                site_url=peer_url,
+                auth_token_hash=token_hash,
+                status="active",
+                meta={},
+                **{"rate_limit_requests_per_minute": 100_000, **limits},
+            )
+        )
+
+
 def make_sender(
     site: Site, url: str = PEER, name: str = "Peer A", password: str | None = None
 ) -> tuple[uuid.UUID, str]:

@@ -22,7 +22,6 @@ from sqlalchemy import Engine, text
 
 from api.app import create_app
 from shared.context import Site
-from shared.control import module
 from shared.control.peer import PeerClient, RateLimited
 from shared.data import copy_format
 from shared.data.receiver import bulk_in, checkpoints, pulls, writer
@@ -39,6 +38,7 @@ from tests.helpers import (
     as_text,
     copy_into,
     make_settings,
+    open_to_peer,
     rows,
     run,
 )
@@ -121,19 +121,7 @@ def pair(database_urls: tuple[str, str]) -> Iterator[Pair]:
         settings = make_settings(url, SYNC_SITE_URL=own)
         site = Site(settings, Database(settings.database_url), DeferredDispatcher())
         _reset(site.db)
-        with site.db.session() as session:
-            module.get(session).enabled = True
-            session.add(
-                Connection(
-                    name="peer",
-                    direction=direction,
-                    site_url=peer,
-                    auth_token_hash=TOKEN_HASH,
-                    status="active",
-                    meta={},
-                    rate_limit_requests_per_minute=100_000,
-                )
-            )
+        open_to_peer(site, direction, peer, TOKEN_HASH)
         sites.append(site)
     yield Pair(sites[0], sites[1], testing.TestClient(create_app(sites[0])))
     for site in sites:

@@ -21,7 +21,6 @@ from sqlalchemy import Engine, text, update
 
 from api.app import create_app
 from shared.context import Site
-from shared.control import module
 from shared.control.peer import PeerClient
 from shared.data.receiver import checkpoints, pulls
 from shared.data.receiver.writer import Writer
@@ -29,7 +28,13 @@ from shared.data.sender.offer import Catalog
 from shared.db import Database, utcnow
 from shared.dispatch import DeferredDispatcher
 from shared.state.models import Base, Connection, Transfer
-from tests.helpers import ScratchDatabases, make_settings, run, select_rows
+from tests.helpers import (
+    ScratchDatabases,
+    make_settings,
+    open_to_peer,
+    run,
+    select_rows,
+)
 
 SENDER_URL = "http://127.0.0.1:18995"
 RECEIVER_URL = "http://127.0.0.1:18996"
@@ -101,20 +106,7 @@ def pair(database_urls: tuple[str, str]) -> Iterator[Pair]:
             conn.execute(text(f"TRUNCATE {own_tables} RESTART IDENTITY CASCADE"))
             conn.execute(text("DROP TABLE IF EXISTS t"))
             conn.execute(text(f"DROP TABLE IF EXISTS {checkpoints.CHECKPOINT_TABLE}"))
-        with site.db.session() as session:
-            module.get(session).enabled = True
-            session.add(
-                Connection(
-                    name="peer",
-                    direction=direction,
-                    site_url=peer,
-                    auth_token_hash=TOKEN_HASH,
-                    status="active",
-                    meta={},
-                    rate_limit_requests_per_minute=100_000,
-                    max_records_per_request=PAGE,
-                )
-            )
+        open_to_peer(site, direction, peer, TOKEN_HASH, max_records_per_request=PAGE)
         sites.append(site)
     pair = Pair(sites[0], sites[1])
     run(pair.sender.db.data_engine, TABLE)
