@@ -86,8 +86,18 @@ def beat_argv() -> list[str]:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=lambda: int(os.environ.get("PORT", 8000)), type=int)
-@click.option("--workers", default=2, show_default=True, type=int)
+@click.option(
+    "--port",
+    default=lambda: int(os.environ.get("PORT", 8000)),
+    type=int,
+    help="default: $PORT, else 8000",
+)
+@click.option(
+    "--workers",
+    default=lambda: int(os.environ.get("WEB_CONCURRENCY", 2)),
+    type=int,
+    help="default: $WEB_CONCURRENCY, else 2",
+)
 def serve(host: str, port: int, workers: int) -> None:
     """Run the API under gunicorn."""
     settings()

@@ -1,5 +1,6 @@
-"""Two real sites on loopback: gunicorn, a Celery worker and beat each, own
-PostgreSQL database and own Redis database, driven through the `dbsync` CLI."""
+"""Two real sites on loopback, each run as an operator runs it: the Procfile's
+web, worker and beat lines in empty working directories, no SYNC_HOME, its own
+PostgreSQL database and queues on Redis, driven through the `dbsync` CLI."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.operator import empty_folder, operator_env, spawn_role
 from tests.helpers import (
     DBSYNC,
     REDIS_URL,
@@ -40,48 +42,39 @@ class SiteProcesses:
         # the Redis database never see each other's tasks.
         self.redis_url = f"{REDIS_URL}/{redis_db}"
         self.queue_prefix = f"{self.db_name}."
+        # The site's folder holds its logs and one empty working directory per
+        # process start; nothing of the site's own lives there.
         self.home = workdir / name
         self.home.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "SYNC_DATABASE_URL": self.db_url,
-            "SYNC_BROKER_URL": self.redis_url,
-            "SYNC_SITE_URL": self.url,
-            "SYNC_ALLOW_PRIVATE_URLS": "true",
-            "SYNC_HOME": str(self.home),
-            "SYNC_VERIFY_INTERVAL_SECONDS": "3",
-            "SYNC_EXPIRE_INTERVAL_SECONDS": "3",
-            "SYNC_OUTBOX_SWEEP_SECONDS": "3",
-            "SYNC_RETRY_BASE_SECONDS": "1",
-            "SYNC_RETRY_MAX_SECONDS": "2",
-            "SYNC_HTTP_TIMEOUT_SECONDS": "5",
-            "SYNC_LOG_LEVEL": "DEBUG",
-            "SYNC_QUEUE_PREFIX": self.queue_prefix,
+        self.env = operator_env(
+            self.home,
+            SYNC_DATABASE_URL=self.db_url,
+            SYNC_BROKER_URL=self.redis_url,
+            SYNC_SITE_URL=self.url,
+            SYNC_ALLOW_PRIVATE_URLS="true",
+            SYNC_VERIFY_INTERVAL_SECONDS="3",
+            SYNC_EXPIRE_INTERVAL_SECONDS="3",
+            SYNC_OUTBOX_SWEEP_SECONDS="3",
+            SYNC_RETRY_BASE_SECONDS="1",
+            SYNC_RETRY_MAX_SECONDS="2",
+            SYNC_HTTP_TIMEOUT_SECONDS="5",
+            SYNC_LOG_LEVEL="DEBUG",
+            SYNC_QUEUE_PREFIX=self.queue_prefix,
             **env,
-        }
+        )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.cli("db", "upgrade")
 
     # -- processes ---------------------------------------------------------------
 
-    def _spawn(self, role: str, *args: str) -> None:
-        with open(self.home / f"{role}.log", "ab") as log:
-            self.procs[role] = subprocess.Popen(
-                [DBSYNC, *args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.home,
-            )
-
     def start(self, web: bool = True, worker: bool = True, beat: bool = True) -> None:
-        if web:
-            self._spawn("web", "serve", "--port", str(self.port), "--workers", "2")
-        if worker:
-            self._spawn("worker", "worker", "--concurrency", "2")
-        if beat:
-            self._spawn("beat", "beat")
+        """Start roles with the Procfile's commands, as ``honcho start`` would."""
+        for role, wanted in (("web", web), ("worker", worker), ("beat", beat)):
+            if wanted:
+                env = {**self.env, "PORT": str(self.port)} if role == "web" else self.env
+                self.procs[role] = spawn_role(
+                    role, env, self.home / "run", self.home / f"{role}.log"
+                )
         if web:
             eventually(self._answers, timeout=30)
 
@@ -135,7 +128,7 @@ class SiteProcesses:
             text=True,
             input=stdin,
             timeout=60,
-            cwd=self.home,
+            cwd=empty_folder(self.home / "run", "cli"),
         )
         with open(self.home / "cli.log", "a") as log:
             log.write(

@@ -1,7 +1,7 @@
 """Beat that cannot silently vanish, and health for orchestrators, on real processes.
 
-A site started as an operator starts it: PostgreSQL + Redis, each Procfile role
-from `dbsync` in an empty working directory, no SYNC_HOME. Beat must stay up,
+A site started as an operator starts it: PostgreSQL + Redis, each Procfile line
+in an empty working directory, no SYNC_HOME. Beat must stay up,
 its jobs must run every interval, /readyz must say so, and must say 503
 naming beat once beat has been gone for three intervals.
 """
@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.operator import operator_env, spawn_role
 from tests.helpers import (
     DBSYNC,
     REDIS_URL,
@@ -51,7 +52,7 @@ class Site:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = db_url
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
+        env = operator_env(workdir, WEB_CONCURRENCY="1")
         if db_url is not None:
             env.update(
                 SYNC_DATABASE_URL=db_url,
@@ -75,15 +76,21 @@ class Site:
         return folder
 
     def spawn(self, role: str, *args: str) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{role}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [DBSYNC, *args],
-                env=self.env,
-                cwd=self.cwd(role),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        """The Procfile's line for ``role``, or ``dbsync *args`` when given."""
+        log = self.workdir / f"{role}.log"
+        if args:
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    [DBSYNC, *args],
+                    env=self.env,
+                    cwd=self.cwd(role),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        else:
+            env = {**self.env, "PORT": str(self.port)} if role == "web" else self.env
+            proc = spawn_role(role, env, self.workdir / "run", log)
         self.procs[role] = proc
         return proc
 
@@ -142,9 +149,8 @@ def site(
     """A running site: `serve`, `worker` and `beat`, each in its own empty folder."""
     s = Site(tmp_path_factory.mktemp("site"), module_db_factory.create("beat"))
     assert s.cli("db", "upgrade").returncode == 0
-    s.spawn("web", "serve", "--port", str(s.port), "--workers", "1")
-    s.spawn("worker", "worker", "--concurrency", "1")
-    s.spawn("beat", "beat")
+    for role in ("web", "worker", "beat"):
+        s.spawn(role)
     try:
         eventually(lambda: _answers(s.url), timeout=30)
         yield s
@@ -170,8 +176,8 @@ def test_beat_stays_up_runs_verify_every_interval_and_site_is_ready(site: Site) 
     assert site.procs["beat"].poll() is None, site.logs()
     assert site.runs("dbsync.expire_connections") >= 1
     assert site.runs("dbsync.sweep_notices") >= 1
-    # Nothing needed the folder the old file scheduler wanted.
-    assert not (site.cwd("beat") / ".dbsync").exists()
+    # Beat's working directory is still empty: its schedule lives on Redis.
+    assert list((site.workdir / "run" / "beat-1").iterdir()) == []
 
     live = httpx.get(f"{site.url}/livez", timeout=5)
     assert (live.status_code, live.json()) == (200, {"status": "ok"})
@@ -218,7 +224,7 @@ def test_beat_stopped_for_three_intervals_makes_the_site_not_ready(site: Site) -
     assert result.stdout.splitlines()[-1] == "not ready: beat"
 
     # Beat back: ready again without touching anything else.
-    site.spawn("beat", "beat")
+    site.spawn("beat")
     eventually(lambda: site.readyz()[0] == 200, timeout=30)
 
 

@@ -32,7 +32,7 @@ def test_every_type_round_trips_between_two_sites(two_sites, target: str) -> Non
     if target == "prepared":
         # The receiver already has the same table (enum included).
         receiver.sql(EVERYTHING.split("INSERT INTO")[0])
-    pair(sender, receiver, "--rate-limit", "10000")
+    pair(sender, receiver)
     data = pull(receiver, "everything", "--create-missing")
     assert (data["records_created"], data["records_failed"]) == (5, 0)
     assert rows_as_text(receiver, "everything") == rows_as_text(sender, "everything")
