@@ -71,7 +71,9 @@ class SiteProcesses:
         """Start roles with the Procfile's commands, as ``honcho start`` would."""
         for role, wanted in (("web", web), ("worker", worker), ("beat", beat)):
             if wanted:
-                env = {**self.env, "PORT": str(self.port)} if role == "web" else self.env
+                env = (
+                    {**self.env, "PORT": str(self.port)} if role == "web" else self.env
+                )
                 self.procs[role] = spawn_role(
                     role, env, self.home / "run", self.home / f"{role}.log"
                 )
