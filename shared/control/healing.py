@@ -94,7 +94,7 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
             conn.remote_status = remote or None
             if remote == "revoked":
                 conn.status, conn.revoked_at = "revoked", utcnow()
-                conn.revoked_reason = "Revoked by the sender site"
+                conn.revoked_reason = "Revoked by the peer site"
                 audit.record(
                     session,
                     "system",
