@@ -1027,3 +1027,19 @@ def test_the_stand_in_runs_as_its_own_process(
     finally:
         site.stop()
     assert "GET status -> 200" in site.logs()
+
+
+def test_the_client_calls_under_the_remote_prefix(pk: Standin) -> None:
+    """§3.2: remote_url_prefix, else the local prefix; "" or "/" is none."""
+    site = "http://peer.example/"
+    assert (
+        pk.kit.api_url(site, "status")
+        == "http://peer.example/phoenix_kit/sync/api/status"
+    )
+    for configured, url in [
+        ("", "http://peer.example/sync/api/status"),
+        ("/", "http://peer.example/sync/api/status"),
+        (" custom/ ", "http://peer.example/custom/sync/api/status"),
+    ]:
+        pk.db.set_config("remote_url_prefix", configured)
+        assert pk.kit.api_url(site, "status") == url, configured

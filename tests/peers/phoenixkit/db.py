@@ -136,9 +136,9 @@ CREATE TABLE IF NOT EXISTS standin.config (key text PRIMARY KEY, value text NOT 
 CONFIG_DEFAULTS: dict[str, str] = {
     # §1.1: routes sit under the host's PhoenixKit URL prefix, default /phoenix_kit.
     "url_prefix": "/phoenix_kit",
-    # §3.2: config :phoenix_kit_sync, remote_url_prefix ("" = unset: mirror
-    # the local prefix).
-    "remote_url_prefix": "",
+    # §3.2: config :phoenix_kit_sync, remote_url_prefix. Unset (this
+    # sentinel) mirrors the local prefix; "" or "/" means no prefix.
+    "remote_url_prefix": "(unset)",
     # §5: config :phoenix_kit_sync, allow_internal_urls.
     "allow_internal_urls": "false",
     # Test switch, not PhoenixKit: leave out every Nth row of each pull-data
@@ -278,7 +278,9 @@ class Database:
     def remote_url_prefix(self) -> str:
         """§3.2: the configured remote prefix, else the local one, normalised."""
         configured = self.config("remote_url_prefix")
-        return normalize_prefix(configured if configured else self.url_prefix())
+        if configured == CONFIG_DEFAULTS["remote_url_prefix"]:
+            return self.url_prefix()
+        return normalize_prefix(configured)
 
     def allow_internal_urls(self) -> bool:
         return self.config("allow_internal_urls").lower() == "true"

@@ -11,6 +11,8 @@ PostgreSQL refuses, is counted as an error and the rest go on.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,11 +65,47 @@ class Importer:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # One import holds one autocommitted connection and remembers each
+        # table's key and column types (PhoenixKit asks again for every row;
+        # the answers are the same, only slower).
+        self._cur: Any = None
+        self._keys: dict[str, str | NoPrimaryKey] = {}
+        self._types: dict[str, dict[str, ColType]] = {}
+
+    @contextmanager
+    def _session(self) -> Iterator[None]:
+        if self._cur is not None:
+            yield
+            return
+        with self._db.connection(autocommit=True) as conn, conn.cursor() as cur:
+            self._cur = cur
+            try:
+                yield
+            finally:
+                self._cur = None
+                self._keys.clear()
+                self._types.clear()
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        with self._session():
+            yield self._cur
 
     # -- schema lookups PhoenixKit makes --------------------------------------------
 
     def pk_column(self, table: str) -> str:
         """RepoHelper.get_pk_column/1: the single key column, else ArgumentError."""
+        if table not in self._keys or self._cur is None:
+            try:
+                self._keys[table] = self._find_pk(table)
+            except NoPrimaryKey as ex:
+                self._keys[table] = ex
+        found = self._keys[table]
+        if isinstance(found, NoPrimaryKey):
+            raise found
+        return found
+
+    def _find_pk(self, table: str) -> str:
         rows = self._db.rows(
             "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
             "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
@@ -143,11 +181,17 @@ class Importer:
         return [groups[k] for k in sorted(groups)]
 
     def _column_types(self, cur: Any, table: str) -> dict[str, ColType]:
+        if table in self._types:
+            return self._types[table]
         cur.execute("SELECT to_regclass(%s)::oid", (_quote(table),))
         relid = cur.fetchone()[0]
-        if relid is None:
-            return {}
-        return {c.name: c for c in values.column_types(cur, relid)}
+        found = (
+            {}
+            if relid is None
+            else {c.name: c for c in values.column_types(cur, relid)}
+        )
+        self._types[table] = found
+        return found
 
     # -- §3.4 A: insert_record -----------------------------------------------------
 
@@ -173,7 +217,7 @@ class Importer:
             on_conflict = ""
         else:  # skip, merge (merge is skip here) and anything else
             on_conflict = "ON CONFLICT DO NOTHING"
-        with self._db.connection(autocommit=True) as conn, conn.cursor() as cur:
+        with self._cursor() as cur:
             types = self._column_types(cur, table)
             marks, params = [], []
             try:
@@ -206,8 +250,9 @@ class Importer:
         """§3.4 A over every row (the single-table pull)."""
         numeric_cols = self.numeric_columns(table)
         result = ImportResult()
-        for record in data:
-            result.add(self.insert_record(table, record, strategy, numeric_cols))
+        with self._session():
+            for record in data:
+                result.add(self.insert_record(table, record, strategy, numeric_cols))
         return result
 
     # -- §3.4 B: import with FK remap -------------------------------------------------
@@ -221,6 +266,16 @@ class Importer:
     ) -> ImportResult:
         """§3.4 B. Raises NoPrimaryKey (not rescued in PhoenixKit: the table's
         task dies) when the table is missing or has no single-column key."""
+        with self._session():
+            return self._import_with_remap(table, data, strategy, remap)
+
+    def _import_with_remap(
+        self,
+        table: str,
+        data: list[Any],
+        strategy: str,
+        remap: dict[tuple[str, Any], Any],
+    ) -> ImportResult:
         pk = self.pk_column(table)
         fk_columns = self.foreign_key_columns(table)
         unique_sets = self.unique_columns(table)
@@ -274,7 +329,7 @@ class Importer:
 
         Returns the local key as Postgrex gives it, or None.
         """
-        with self._db.connection(autocommit=True) as conn, conn.cursor() as cur:
+        with self._cursor() as cur:
             types = self._column_types(cur, table)
             where, params = [], []
             for col, value in pairs:
