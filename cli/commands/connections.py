@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli.common import console, csv_list, emit, friendly, peer, site
+from cli.common import cell, console, csv_list, emit, friendly, peer, say, site
 
 
 @click.group()
@@ -41,7 +41,7 @@ def _show_connection(data: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
     for key, value in data.items():
         if value not in (None, [], {}):
-            table.add_row(key, str(value))
+            table.add_row(cell(key), cell(value))
     console.print(table)
 
 
@@ -130,14 +130,19 @@ def connections_list(as_json: bool) -> None:
         )
         for c in items:
             table.add_row(
-                c["id"],
-                c["name"],
-                c["direction"],
-                c["site_url"],
-                c["status"],
-                c["registration"] or "",
-                c["peer_sync"] or "",
-                c["last_verified_at"] or "",
+                *map(
+                    cell,
+                    (
+                        c["id"],
+                        c["name"],
+                        c["direction"],
+                        c["site_url"],
+                        c["status"],
+                        c["registration"],
+                        c["peer_sync"],
+                        c["last_verified_at"],
+                    ),
+                )
             )
         console.print(table)
 
@@ -182,7 +187,7 @@ def _lifecycle(action: str, with_reason: bool, allow_all: bool) -> click.Command
             else:
                 fn(session, current, conn)
             name = conn.name
-        click.echo(f"{action}: {name} ({connection_id})")
+        say(f"{action}: {name} ({connection_id})")
 
     params: list[click.Parameter] = [
         click.Argument(["connection_id"], required=not allow_all)
@@ -228,5 +233,5 @@ def connections_verify(connection_id: str, as_json: bool) -> None:
     emit(
         data,
         as_json,
-        lambda d: click.echo(f"verify: {d['outcome']} (status {d['status']})"),
+        lambda d: say(f"verify: {d['outcome']} (status {d['status']})"),
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cli.common import emit, friendly, site
+from cli.common import emit, friendly, say, site
 
 
 @click.group()
@@ -33,7 +33,7 @@ def settings_show(as_json: bool) -> None:
 
     def render(items: dict[str, Any]) -> None:
         for key, value in items.items():
-            click.echo(f"{key}: {value}")
+            say(f"{key}: {value}")
 
     emit(data, as_json, render)
 
