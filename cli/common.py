@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from functools import cache, wraps
 from typing import Any
@@ -104,6 +105,49 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(clean(f"database: {first}")) from None
 
     return wrapper
+
+
+# A password option given with no value: ask on the terminal. No argument can
+# hold a NUL, so no typed value is mistaken for it.
+ASK = "\0ask"
+
+
+def read_password(
+    value: str | None,
+    *,
+    stdin: bool,
+    name: str,
+    stdin_form: str,
+    confirm: bool = False,
+) -> str | None:
+    """The password an operator gave for ``name``, the safe ways first.
+
+    A password in the arguments shows in ``ps`` (to every local user) and in
+    the shell's history: ``-`` (or ``stdin``, a ``--...-stdin`` flag) reads one
+    line from stdin, for scripts; no value asks on the terminal without echo. A literal
+    value still works, for old scripts, with a warning.
+    """
+    if stdin and value is not None:
+        raise click.UsageError(f"give {name} or {stdin_form}, not both")
+    if stdin or value == "-":
+        return sys.stdin.readline().rstrip("\r\n")
+    if value == ASK:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                f"{name} with no value asks on a terminal and there is none:"
+                f" pipe the password to {stdin_form}"
+            )
+        return str(
+            click.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+        )
+    if value:
+        click.echo(
+            f"Warning: a password in the arguments shows in `ps` and in the shell's"
+            f" history; use {name} with no value (asked for, hidden) or"
+            f" {stdin_form}",
+            err=True,
+        )
+    return value
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:

@@ -9,7 +9,18 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli.common import cell, console, csv_list, emit, friendly, peer, say, site
+from cli.common import (
+    ASK,
+    cell,
+    console,
+    csv_list,
+    emit,
+    friendly,
+    peer,
+    read_password,
+    say,
+    site,
+)
 
 
 @click.group()
@@ -48,7 +59,18 @@ def _show_connection(data: dict[str, Any]) -> None:
 @connections.command("create")
 @click.option("--name", required=True)
 @click.option("--url", required=True, help="the receiver site's base URL")
-@click.option("--password", default=None, help="the receiver's incoming password")
+@click.option(
+    "--password",
+    is_flag=False,
+    flag_value=ASK,
+    default=None,
+    help="the receiver's incoming password; alone: asked for (hidden); `-`: stdin",
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="read the receiver's incoming password from the first line of stdin",
+)
 @click.option("--allowed-tables", default=None)
 @click.option("--excluded-tables", default=None)
 @click.option("--expires-at", default=None, help="ISO 8601; UTC if no offset")
@@ -68,6 +90,7 @@ def connections_create(
     name: str,
     url: str,
     password: str | None,
+    password_stdin: bool,
     allowed_tables: str | None,
     excluded_tables: str | None,
     expires_at: str | None,
@@ -82,6 +105,14 @@ def connections_create(
     """Create a sender connection; prints its token, the only time it is shown."""
     from shared.control import connections as svc
 
+    password = read_password(
+        password,
+        stdin=password_stdin,
+        name="--password",
+        stdin_form="--password-stdin",
+    )
+    if password == "":
+        raise click.ClickException("the password is empty")
     start, end = _hours(allowed_hours)
     options = svc.SenderOptions(
         allowed_tables=csv_list(allowed_tables),
