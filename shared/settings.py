@@ -7,9 +7,12 @@ site starts on a fresh machine; production points them at PostgreSQL and Redis.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PULL_FORMATS = ("auto", "json", "pg_copy_text")
 
@@ -23,6 +26,75 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "Secret('**********')"
+
+
+class SecretURL(Secret):
+    """A URL whose repr hides its password; its value is the whole URL.
+
+    Database and broker URLs carry credentials: a repr of the settings (a
+    traceback, a debug log) shows where they point, never the password.
+    """
+
+    def __repr__(self) -> str:
+        return f"SecretURL({redact_url(self)!r})"
+
+
+_SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or the query) as ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "**********"
+    redacted = str(url)  # a plain str, whatever subclass came in
+    if "@" in parts.netloc:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            userinfo = f"{user}:***"
+        elif parts.scheme.startswith("redis"):
+            # redis://SECRET@host: a lone user part is the password there.
+            userinfo = "***"
+        redacted = redacted.replace(parts.netloc, f"{userinfo}@{hostport}", 1)
+    if parts.query:
+        base, _, rest = redacted.partition("?")
+        query, hash_, fragment = rest.partition("#")
+        query = "&".join(
+            f"{k}=***" if _SECRET_QUERY_KEY.search(k) and eq else f"{k}{eq}{v}"
+            for k, eq, v in (pair.partition("=") for pair in query.split("&"))
+        )
+        redacted = f"{base}?{query}{hash_}{fragment}"
+    return redacted
+
+
+# Settings that hold credentials; each may instead be read from a file named by
+# the same variable plus ``_FILE`` (Docker and compose secrets, systemd
+# credentials), so the value is in no environment listing.
+FILE_VARIABLES = ("SYNC_DATABASE_URL", "SYNC_DATA_DATABASE_URL", "SYNC_BROKER_URL")
+
+
+def _with_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with each ``<NAME>_FILE`` of FILE_VARIABLES read into ``<NAME>``."""
+    named = [n for n in FILE_VARIABLES if env.get(n + "_FILE")]
+    if not named:
+        return env
+    resolved = dict(env)
+    for name in named:
+        source = name + "_FILE"
+        if env.get(name):
+            raise SettingsError(f"set {name} or {source}, not both")
+        path = env[source]
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as ex:
+            reason = getattr(ex, "strerror", None) or str(ex)
+            raise SettingsError(f"{source}: cannot read {path}: {reason}") from None
+        if not value:
+            raise SettingsError(f"{source}: {path} is empty")
+        resolved[name] = value
+    return resolved
 
 
 def normalise_db_url(url: str) -> str:
@@ -127,7 +199,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        env = _with_files(os.environ if env is None else env)
         home = Path(env.get("SYNC_HOME") or _default_home())
         sqlite_url = f"sqlite:///{home / 'dbsync.sqlite3'}"
         database_url = normalise_db_url(env.get("SYNC_DATABASE_URL") or sqlite_url)
@@ -140,9 +212,9 @@ class Settings:
             prefix = "/" + prefix
         site_url = (env.get("SYNC_SITE_URL") or cls.site_url).strip().rstrip("/")
         values: dict[str, object] = {
-            "database_url": database_url,
-            "data_database_url": data_url,
-            "broker_url": broker,
+            "database_url": SecretURL(database_url),
+            "data_database_url": SecretURL(data_url),
+            "broker_url": SecretURL(broker),
             "site_url": site_url,
             "url_prefix": prefix,
             "home": str(home),
@@ -180,8 +252,100 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]  # values parsed above, typed per field
 
     def ensure_home(self) -> None:
-        """Create the folder that holds the embedded SQLite files."""
-        if self.database_url.startswith("sqlite") or self.broker_url.startswith(
-            "sqla+sqlite"
-        ):
-            Path(self.home).mkdir(parents=True, exist_ok=True)
+        """Create the folder of the embedded SQLite files, private to this user.
+
+        The state file holds every token hash (a bearer credential) and the
+        incoming password's hash: the folder is made 0700 and the files 0600,
+        and a folder that another user owns or may write into is refused.
+        """
+        files = [
+            path
+            for path in map(
+                _sqlite_file,
+                (self.database_url, self.data_database_url, self.broker_url),
+            )
+            if path is not None
+        ]
+        if not files:
+            return
+        home = Path(self.home)
+        _private_folder(home)
+        for path in files:
+            if path.parent.is_dir():
+                _private_file(path, create=True)
+        # Beat's schedule (a shelve file, with the embedded broker) and the
+        # SQLite journals of an earlier run made under a looser umask.
+        for pattern in ("celerybeat-schedule*", "*.sqlite3-*"):
+            for path in home.glob(pattern):
+                _private_file(path, create=False)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite (or kombu ``sqla+sqlite``) URL; None for anything else."""
+    scheme, sep, rest = url.removeprefix("sqla+").partition(":///")
+    if not sep or not (scheme == "sqlite" or scheme.startswith("sqlite+")):
+        return None
+    database = rest.split("?", 1)[0]
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _private_folder(path: Path) -> None:
+    """Make ``path`` (0700) or check it is this user's and closed to others."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as ex:
+        raise SettingsError(
+            f"SYNC_HOME {path}: cannot create it: {ex.strerror}"
+        ) from None
+    info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise SettingsError(f"SYNC_HOME {path} is not a folder")
+    me = os.geteuid()
+    if info.st_uid != me:
+        raise SettingsError(
+            f"SYNC_HOME {path} belongs to uid {info.st_uid}, not to this user"
+            f" (uid {me}): its owner could read or replace this site's state;"
+            " use a folder of your own"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o002:
+        raise SettingsError(
+            f"SYNC_HOME {path} is writable by others (mode {mode:04o}), a shared"
+            " folder: use a folder of your own (e.g. under $HOME, or made by"
+            " `mktemp -d`)"
+        )
+    if mode & 0o020:
+        raise SettingsError(
+            f"SYNC_HOME {path} is writable by its group (mode {mode:04o}):"
+            f" run `chmod 700 {path}` or use another folder"
+        )
+    if mode & 0o077:
+        # A folder made by an earlier version (0755): close it, it is ours.
+        path.chmod(0o700)
+
+
+def _private_file(path: Path, *, create: bool) -> None:
+    """Make ``path`` 0600 (creating it empty if asked); refuse another user's file."""
+    if create:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return
+        except FileExistsError:
+            pass
+        except OSError as ex:
+            raise SettingsError(f"{path}: cannot create it: {ex.strerror}") from None
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid != os.geteuid():
+        raise SettingsError(
+            f"{path} belongs to uid {info.st_uid}, not to this user"
+            f" (uid {os.geteuid()})"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o600)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli.common import console, emit, friendly, site
+from cli.common import cell, console, emit, friendly, site
 
 
 @click.command()
@@ -38,11 +38,10 @@ def audit(limit: int, as_json: bool) -> None:
         table = Table("at", "actor", "action", "connection", "reason")
         for e in items:
             table.add_row(
-                e["at"],
-                e["actor"],
-                e["action"],
-                e["connection"] or "",
-                e["reason"] or "",
+                *map(
+                    cell,
+                    (e["at"], e["actor"], e["action"], e["connection"], e["reason"]),
+                )
             )
         console.print(table)
 

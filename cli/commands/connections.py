@@ -9,7 +9,18 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli.common import console, csv_list, emit, friendly, peer, site
+from cli.common import (
+    ASK,
+    cell,
+    console,
+    csv_list,
+    emit,
+    friendly,
+    peer,
+    read_password,
+    say,
+    site,
+)
 
 
 @click.group()
@@ -41,14 +52,25 @@ def _show_connection(data: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
     for key, value in data.items():
         if value not in (None, [], {}):
-            table.add_row(key, str(value))
+            table.add_row(cell(key), cell(value))
     console.print(table)
 
 
 @connections.command("create")
 @click.option("--name", required=True)
 @click.option("--url", required=True, help="the receiver site's base URL")
-@click.option("--password", default=None, help="the receiver's incoming password")
+@click.option(
+    "--password",
+    is_flag=False,
+    flag_value=ASK,
+    default=None,
+    help="the receiver's incoming password; alone: asked for (hidden); `-`: stdin",
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="read the receiver's incoming password from the first line of stdin",
+)
 @click.option("--allowed-tables", default=None)
 @click.option("--excluded-tables", default=None)
 @click.option("--expires-at", default=None, help="ISO 8601; UTC if no offset")
@@ -68,6 +90,7 @@ def connections_create(
     name: str,
     url: str,
     password: str | None,
+    password_stdin: bool,
     allowed_tables: str | None,
     excluded_tables: str | None,
     expires_at: str | None,
@@ -82,6 +105,14 @@ def connections_create(
     """Create a sender connection; prints its token, the only time it is shown."""
     from shared.control import connections as svc
 
+    password = read_password(
+        password,
+        stdin=password_stdin,
+        name="--password",
+        stdin_form="--password-stdin",
+    )
+    if password == "":
+        raise click.ClickException("the password is empty")
     start, end = _hours(allowed_hours)
     options = svc.SenderOptions(
         allowed_tables=csv_list(allowed_tables),
@@ -130,14 +161,19 @@ def connections_list(as_json: bool) -> None:
         )
         for c in items:
             table.add_row(
-                c["id"],
-                c["name"],
-                c["direction"],
-                c["site_url"],
-                c["status"],
-                c["registration"] or "",
-                c["peer_sync"] or "",
-                c["last_verified_at"] or "",
+                *map(
+                    cell,
+                    (
+                        c["id"],
+                        c["name"],
+                        c["direction"],
+                        c["site_url"],
+                        c["status"],
+                        c["registration"],
+                        c["peer_sync"],
+                        c["last_verified_at"],
+                    ),
+                )
             )
         console.print(table)
 
@@ -182,7 +218,7 @@ def _lifecycle(action: str, with_reason: bool, allow_all: bool) -> click.Command
             else:
                 fn(session, current, conn)
             name = conn.name
-        click.echo(f"{action}: {name} ({connection_id})")
+        say(f"{action}: {name} ({connection_id})")
 
     params: list[click.Parameter] = [
         click.Argument(["connection_id"], required=not allow_all)
@@ -228,5 +264,5 @@ def connections_verify(connection_id: str, as_json: bool) -> None:
     emit(
         data,
         as_json,
-        lambda d: click.echo(f"verify: {d['outcome']} (status {d['status']})"),
+        lambda d: say(f"verify: {d['outcome']} (status {d['status']})"),
     )

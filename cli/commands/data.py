@@ -12,7 +12,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from cli.commands.transfers import summary
-from cli.common import console, csv_list, emit, friendly, peer, site
+from cli.common import cell, clean, console, csv_list, emit, friendly, peer, say, site
 from shared.context import Site
 from shared.state.models import STRATEGIES, Connection
 
@@ -38,10 +38,39 @@ def _ask(connection_id: str, endpoint: str, body: dict[str, Any]) -> dict[str, A
     try:
         resp = peer().post(url, endpoint, {"auth_token_hash": token_hash, **body})
     except (PeerUnavailable, PeerRefused) as ex:
-        raise click.ClickException(f"sender unreachable: {ex}") from None
-    if resp.status != 200 or resp.body.get("success") is not True:
-        raise click.ClickException(f"sender refused ({resp.status}): {resp.error}")
+        raise click.ClickException(clean(f"sender unreachable: {ex}")) from None
+    if (
+        resp.status != 200
+        or not isinstance(resp.body, dict)
+        or resp.body.get("success") is not True
+    ):
+        raise click.ClickException(
+            clean(f"sender refused ({resp.status}): {resp.error}")
+        )
     return resp.body
+
+
+def _objects(value: Any, what: str) -> list[dict[str, Any]]:
+    """``value`` if it is a list of JSON objects; a clear error otherwise.
+
+    A sender chooses every byte of its answer: a wrong shape ends the command
+    with one line, never a traceback.
+    """
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise click.ClickException(f"the sender's {what} are not a list of objects")
+    return value
+
+
+def _joined(value: Any, sep: str = ",") -> str:
+    """A list the sender sent (keys, columns), joined; anything else as is."""
+    if isinstance(value, list):
+        return sep.join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _value(value: Any) -> str:
+    """A record's value as a preview shows it: strings as they are, others as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 @click.command()
@@ -50,18 +79,23 @@ def _ask(connection_id: str, endpoint: str, body: dict[str, Any]) -> dict[str, A
 @friendly
 def tables(connection_id: str, as_json: bool) -> None:
     """The tables a sender offers to this receiver connection."""
-    data = _ask(connection_id, "list-tables", {})["tables"]
+    data = _ask(connection_id, "list-tables", {}).get("tables")
 
-    def render(items: list[dict[str, Any]]) -> None:
+    def render(items: Any) -> None:
         table = Table("name", "rows", "bytes", "primary key", "depends on", "checksum")
-        for t in items:
+        for t in _objects(items, "tables"):
             table.add_row(
-                t["name"],
-                str(t.get("row_count")),
-                str(t.get("size_bytes")),
-                ",".join(t.get("primary_key") or []),
-                ",".join(t.get("depends_on") or []),
-                (t.get("checksum") or "-")[:16],
+                *map(
+                    cell,
+                    (
+                        t.get("name"),
+                        str(t.get("row_count")),
+                        str(t.get("size_bytes")),
+                        _joined(t.get("primary_key")),
+                        _joined(t.get("depends_on")),
+                        str(t.get("checksum") or "-")[:16],
+                    ),
+                )
             )
         console.print(table)
 
@@ -75,23 +109,31 @@ def tables(connection_id: str, as_json: bool) -> None:
 @friendly
 def schema(connection_id: str, table_name: str, as_json: bool) -> None:
     """A sender table's columns, keys and references."""
-    data = _ask(connection_id, "table-schema", {"table_name": table_name})["schema"]
+    data = _ask(connection_id, "table-schema", {"table_name": table_name}).get("schema")
 
-    def render(d: dict[str, Any]) -> None:
+    def render(d: Any) -> None:
+        if not isinstance(d, dict):
+            raise click.ClickException("the sender's schema is not an object")
         table = Table("column", "type", "nullable", "pk", "default")
-        for c in d["columns"]:
+        for c in _objects(d.get("columns"), "columns"):
             table.add_row(
-                c["name"],
-                c["type"],
-                str(c["nullable"]),
-                str(c["primary_key"]),
-                str(c.get("default") or ""),
+                *map(
+                    cell,
+                    (
+                        c.get("name"),
+                        c.get("type"),
+                        str(c.get("nullable")),
+                        str(c.get("primary_key")),
+                        c.get("default") or "",
+                    ),
+                )
             )
         console.print(table)
-        for fk in d.get("foreign_keys") or []:
-            click.echo(
-                f"foreign key ({', '.join(fk['columns'])}) -> "
-                f"{fk['references_table']} ({', '.join(fk['references_columns'])})"
+        for fk in _objects(d.get("foreign_keys") or [], "foreign keys"):
+            say(
+                f"foreign key ({_joined(fk.get('columns'), ', ')}) -> "
+                f"{fk.get('references_table')}"
+                f" ({_joined(fk.get('references_columns'), ', ')})"
             )
 
     emit(data, as_json, render)
@@ -126,20 +168,19 @@ def preview(
         if end:
             body["id_end"] = end
     data = _ask(connection_id, "table-records", body)
-    records = data["records"]
+    records = data.get("records")
 
-    def render(rows: list[dict[str, Any]]) -> None:
+    def render(rows: Any) -> None:
+        rows = _objects(rows, "records")
         if not rows:
             click.echo("(no records)")
             return
-        table = Table(*rows[0].keys())
+        columns = list(dict.fromkeys(key for r in rows for key in r))
+        table = Table()
+        for column in columns:
+            table.add_column(cell(column))
         for r in rows:
-            table.add_row(
-                *(
-                    json.dumps(v, default=str) if not isinstance(v, str) else v
-                    for v in r.values()
-                )
-            )
+            table.add_row(*(cell(_value(r[c]) if c in r else "") for c in columns))
         console.print(table)
         if data.get("has_more"):
             click.echo("(more records follow)")
@@ -227,7 +268,7 @@ def _watch(current: Site, transfer_id: str, quiet: bool) -> dict[str, Any]:
         return data
     bars: dict[str, Any] = {}
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
@@ -239,7 +280,7 @@ def _watch(current: Site, transfer_id: str, quiet: bool) -> dict[str, Any]:
             for t in data["tables"]:
                 if t["table"] not in bars:
                     bars[t["table"]] = progress.add_task(
-                        t["table"], total=t["rows_expected"], rate=""
+                        clean(t["table"]), total=t["rows_expected"], rate=""
                     )
                 progress.update(
                     bars[t["table"]],

@@ -29,6 +29,16 @@ def db_upgrade() -> None:
     click.echo("database is up to date")
 
 
+def private_files() -> None:
+    """Make every file this process and its children create readable by this user only.
+
+    The umask passes through exec: beat's schedule file (a shelve it makes
+    itself, with the embedded broker) and any SQLite journal are 0600 from
+    their first byte, like the files ``ensure_home`` makes.
+    """
+    os.umask(0o077)
+
+
 def serve_argv(host: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable,
@@ -98,24 +108,31 @@ def beat_argv() -> list[str]:
     type=int,
     help="default: $WEB_CONCURRENCY, else 2",
 )
+@friendly
 def serve(host: str, port: int, workers: int) -> None:
     """Run the API under gunicorn."""
     settings()
+    private_files()
     os.execv(sys.executable, serve_argv(host, port, workers))
 
 
 @click.command()
 @click.option("--queues", "-Q", default=None, help="default: peer,pull")
 @click.option("--concurrency", "-c", type=int, default=None)
+@friendly
 def worker(queues: str | None, concurrency: int | None) -> None:
     """Run a Celery worker (peer calls and table pulls)."""
-    os.execv(sys.executable, worker_argv(queues, concurrency))
+    argv = worker_argv(queues, concurrency)
+    private_files()
+    os.execv(sys.executable, argv)
 
 
 @click.command()
+@friendly
 def beat() -> None:
     """Run celery beat (verify, expire and notice-sweep jobs)."""
     settings()
+    private_files()
     os.execv(sys.executable, beat_argv())
 
 
@@ -144,6 +161,7 @@ def up(host: str, port: int) -> None:
     from shared.state.migrate import upgrade
 
     loaded = settings()
+    private_files()
     upgrade(loaded.database_url)
     procs = {
         "api": subprocess.Popen(serve_argv(host, port, 1)),

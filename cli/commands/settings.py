@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from cli.common import emit, friendly, site
+from cli.common import ASK, emit, friendly, read_password, say, site
 
 
 @click.group()
@@ -33,7 +32,7 @@ def settings_show(as_json: bool) -> None:
 
     def render(items: dict[str, Any]) -> None:
         for key, value in items.items():
-            click.echo(f"{key}: {value}")
+            say(f"{key}: {value}")
 
     emit(data, as_json, render)
 
@@ -42,29 +41,45 @@ def settings_show(as_json: bool) -> None:
 @click.argument(
     "key", type=click.Choice(["enabled", "incoming_mode", "incoming_password"])
 )
-@click.argument("value")
+@click.argument("value", required=False)
 @friendly
-def settings_set(key: str, value: str) -> None:
-    """Set KEY to VALUE (`incoming_password -` reads the password from stdin)."""
+def settings_set(key: str, value: str | None) -> None:
+    """Set KEY to VALUE.
+
+    `incoming_password` with no VALUE asks for the password (hidden, twice);
+    `incoming_password -` reads it from the first line of stdin (an empty
+    line clears it).
+    """
     from shared.control import connections, module
 
+    password: str | None = None
+    if key == "incoming_password":
+        password = read_password(
+            ASK if value is None else value,
+            stdin=False,
+            name="incoming_password",
+            stdin_form="`dbsync settings set incoming_password -`",
+            confirm=True,
+        )
+    elif value is None:
+        raise click.UsageError(f"{key} needs a VALUE")
+    text = value or ""
     current = site()
     with current.db.session() as session:
         if key == "enabled":
-            if value.lower() not in ("true", "false"):
+            if text.lower() not in ("true", "false"):
                 raise click.ClickException("enabled takes true or false")
-            changed = connections.set_enabled(session, current, value.lower() == "true")
-            click.echo(f"enabled: {value.lower()}")
+            changed = connections.set_enabled(session, current, text.lower() == "true")
+            click.echo(f"enabled: {text.lower()}")
             if changed:
                 click.echo(
                     f"{len(changed)} connection(s) changed; their peers are notified"
                 )
         elif key == "incoming_mode":
-            module.set_mode(session, value)
-            click.echo(f"incoming_mode: {value}")
+            module.set_mode(session, text)
+            click.echo(f"incoming_mode: {text}")
         else:
-            password = sys.stdin.readline().rstrip("\r\n") if value == "-" else value
-            module.set_password(session, password)
+            module.set_password(session, password or "")
             click.echo(
                 "incoming_password: set" if password else "incoming_password: cleared"
             )

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.common import emit, friendly, site
+from cli.common import emit, friendly, say, site
 from shared.control import health
 
 
@@ -21,7 +21,7 @@ def status(as_json: bool) -> None:
         for check in report.checks:
             state = "ok" if check.ok else "FAIL"
             line = f"{check.name:<15} {state}"
-            click.echo(f"{line}  {check.detail}" if check.detail else line)
+            say(f"{line}  {check.detail}" if check.detail else line)
         click.echo(
             "ready" if report.ready else f"not ready: {', '.join(report.failing)}"
         )

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli.common import console, emit, friendly, site
+from cli.common import cell, console, emit, friendly, say, site
 
 
 def summary(data: dict[str, Any]) -> None:
@@ -20,24 +20,29 @@ def summary(data: dict[str, Any]) -> None:
         "updated",
         "skipped",
         "failed",
-        title=f"transfer {data['id']}: {data['status']}",
+        title=cell(f"transfer {data['id']}: {data['status']}"),
     )
     for t in data["tables"]:
         table.add_row(
-            t["table"],
-            t["status"],
-            str(t["rows_done"]),
-            str(t["created"]),
-            str(t["updated"]),
-            str(t["skipped"]),
-            str(t["failed"]),
+            *map(
+                cell,
+                (
+                    t["table"],
+                    t["status"],
+                    t["rows_done"],
+                    t["created"],
+                    t["updated"],
+                    t["skipped"],
+                    t["failed"],
+                ),
+            )
         )
     console.print(table)
     if data.get("error"):
-        click.echo(f"error: {data['error']}")
+        say(f"error: {data['error']}")
     for t in data["tables"]:
         for err in t["errors"][:5]:
-            click.echo(f"{t['table']}: {err}")
+            say(f"{t['table']}: {err}")
 
 
 @click.group()
@@ -71,17 +76,22 @@ def transfers_list(limit: int, as_json: bool) -> None:
         )
         for t in items:
             table.add_row(
-                t["id"],
-                t["direction"],
-                t["connection"] or "",
-                t["status"],
-                t["strategy"] or "",
-                f"{t['records_transferred']}",
-                str(t["records_created"]),
-                str(t["records_updated"]),
-                str(t["records_skipped"]),
-                str(t["records_failed"]),
-                t["started_at"] or "",
+                *map(
+                    cell,
+                    (
+                        t["id"],
+                        t["direction"],
+                        t["connection"],
+                        t["status"],
+                        t["strategy"],
+                        t["records_transferred"],
+                        t["records_created"],
+                        t["records_updated"],
+                        t["records_skipped"],
+                        t["records_failed"],
+                        t["started_at"],
+                    ),
+                )
             )
         console.print(table)
 
