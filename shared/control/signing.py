@@ -95,21 +95,30 @@ def request(
 ) -> tuple[bytes, dict[str, str]]:
     """A control call's body bytes and headers, signed when a key is known.
 
-    register-connection is signed with the raw token it carries; the other
-    control calls with the key ``keys`` finds for their connection.
+    A client given no ``keys`` signs nothing, register-connection included:
+    a peer that saw one signed call refuses unsigned ones from then on, so a
+    client signs all its control calls or none. register-connection is signed
+    with the raw token it carries; the other control calls with the key
+    ``keys`` finds for their connection.
     """
     content = orjson.dumps(body)
     headers = {"content-type": "application/json"}
-    key: str | None = None
-    if endpoint == "register-connection" and isinstance(body.get("auth_token"), str):
-        key = derive_key(body["auth_token"])
-    elif endpoint in SIGNED_ENDPOINTS and keys is not None:
-        token_hash = body.get("auth_token_hash")
-        if isinstance(token_hash, str):
-            key = keys(site_url, token_hash)
+    key = _key_for(site_url, endpoint, body, keys)
     if key:
         headers.update(sign(key, endpoint, content))
     return content, headers
+
+
+def _key_for(
+    site_url: str, endpoint: str, body: Mapping[str, Any], keys: KeyLookup | None
+) -> str | None:
+    if keys is None or endpoint not in SIGNED_ENDPOINTS:
+        return None
+    if endpoint == "register-connection":
+        token = body.get("auth_token")
+        return derive_key(token) if isinstance(token, str) else None
+    token_hash = body.get("auth_token_hash")
+    return keys(site_url, token_hash) if isinstance(token_hash, str) else None
 
 
 class KeyRing:
