@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import and_, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared.context import Site
@@ -238,10 +238,13 @@ def connection_status(
         raise not_found() from None
     if receiver_url != conn.site_url:
         raise not_found()
+    # Before any write here: a write would lock the row the delivery we may
+    # wait for must update, and each would wait for the other.
+    activate = conn.status == "pending" and _accepted(session, conn)
     authenticate(site, conn, proof)
     now = utcnow()
     touch(conn, now)
-    if conn.status == "pending" and _accepted(session, conn):
+    if activate:
         reason = "receiver queried connection status"
         moved = connections.transition(
             session,
@@ -271,20 +274,25 @@ def _accepted(session: Session, conn: Connection) -> bool:
     """
     if conn.registration_status in ACCEPTED_REGISTRATIONS:
         return True
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        session.execute(
-            text(f"SET LOCAL lock_timeout = '{REGISTRATION_WAIT_SECONDS}s'")
-        )
-        session.scalars(
-            select(PeerNotice.id)
-            .where(
-                PeerNotice.connection_id == conn.id,
-                PeerNotice.kind == "register",
-                PeerNotice.state.in_(notices.OPEN_STATES),
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    try:
+        with session.begin_nested():
+            session.execute(
+                text(f"SET LOCAL lock_timeout = '{REGISTRATION_WAIT_SECONDS}s'")
             )
-            .with_for_update()
-        ).all()
-        session.refresh(conn)
+            session.scalars(
+                select(PeerNotice.id)
+                .where(
+                    PeerNotice.connection_id == conn.id,
+                    PeerNotice.kind == "register",
+                    PeerNotice.state.in_(notices.OPEN_STATES),
+                )
+                .with_for_update()
+            ).all()
+    except OperationalError:
+        return False  # still being delivered: not accepted yet
+    session.refresh(conn)
     return conn.registration_status in ACCEPTED_REGISTRATIONS
 
 

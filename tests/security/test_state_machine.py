@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from shared.control import connections, healing
 from shared.errors import SyncError
@@ -192,7 +193,7 @@ def test_revoke_and_local_suspend_hold_against_racing_update_status(
 ) -> None:
     losses: list[tuple[str, int, tuple[object, ...], int]] = []
     answers: set[int] = set()
-    trials = {"revoke": 200, "suspend": 40}
+    trials = {"revoke": 200, "suspend": 20}
     for local_change, count in trials.items():
         for trial, (conn_id, receiver) in enumerate(pair.many(count)):
             answers |= race(sender, receiver, conn_id, local_change)
@@ -270,3 +271,50 @@ def test_status_poll_activates_only_an_accepted_registration_at_its_own_url(
     assert receiver.list_tables().status_code == 200
     for client in (attacker, leaked, receiver):
         client.close()
+
+
+def test_a_poll_that_overtakes_the_registration_answer_waits_for_it(
+    sender: Sender,
+) -> None:
+    """The receiver polls as soon as it accepted, maybe before the sender's
+    worker recorded that answer: the poll waits for the delivery in flight."""
+    url = receiver_url()
+    conn_id, token = sender.create(url)
+    delivering = threading.Event()
+
+    def worker_delivering() -> None:
+        # What notices.deliver holds while register-connection is on the wire.
+        with sender.site.db.engine.begin() as db:
+            db.execute(
+                text(
+                    "SELECT id FROM dbsync_peer_notices"
+                    " WHERE connection_id = :id AND kind = 'register' FOR UPDATE"
+                ),
+                {"id": conn_id},
+            )
+            delivering.set()
+            time.sleep(0.5)
+            db.execute(
+                text(
+                    "UPDATE dbsync_connections SET registration_status = 'registered'"
+                    " WHERE id = :id"
+                ),
+                {"id": conn_id},
+            )
+            db.execute(
+                text(
+                    "UPDATE dbsync_peer_notices SET state = 'delivered'"
+                    " WHERE connection_id = :id AND kind = 'register'"
+                ),
+                {"id": conn_id},
+            )
+
+    worker = threading.Thread(target=worker_delivering)
+    worker.start()
+    delivering.wait()
+    receiver = Receiver(sender, url, token)
+    with closing(receiver):
+        r = receiver.poll()
+        worker.join()
+        assert (r.status_code, r.json()["status"]) == (200, "active")
+        assert receiver.list_tables().status_code == 200
