@@ -39,6 +39,11 @@ class DBSession:
 
 def read_json(req: falcon.Request, limit: int) -> Any:
     """Read at most ``limit`` bytes and parse them; 413 beyond, InvalidBody if not JSON."""
+    return parse_json(read_body(req, limit))
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes; 413 beyond."""
     if req.content_length is not None and req.content_length > limit:
         raise SyncError(ErrorKind.TOO_LARGE, "Request body too large")
     if req.content_length is None and req.env.get("wsgi.input_terminated"):
@@ -48,6 +53,11 @@ def read_json(req: falcon.Request, limit: int) -> Any:
         raw = req.bounded_stream.read(limit + 1)
     if len(raw) > limit:
         raise SyncError(ErrorKind.TOO_LARGE, "Request body too large")
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON object in ``raw``, or InvalidBody when it is not one."""
     try:
         body = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:

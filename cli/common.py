@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from api.enqueue import BrokerClient
 from shared.context import Site, site_from_env
 from shared.control.peer import PeerClient
+from shared.control.signing import KeyRing
 from shared.dispatch import QueueDispatcher
 from shared.errors import SyncError
 from shared.settings import Settings, SettingsError
@@ -80,7 +81,7 @@ def site() -> Site:
 
 @cache
 def peer() -> PeerClient:
-    return PeerClient(settings())
+    return PeerClient(settings(), signing_keys=KeyRing(site().db.engine))
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

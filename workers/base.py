@@ -18,6 +18,7 @@ from celery import Task
 
 from shared.context import Site, site_from_env
 from shared.control.peer import PeerClient
+from shared.control.signing import KeyRing
 from shared.dispatch import QueueDispatcher
 from shared.settings import Settings
 
@@ -59,7 +60,10 @@ class SiteTask(Task):
             self.app.send_task(name, args=args, queue=queue)
 
         site = site_from_env(lambda settings: QueueDispatcher(settings, send))
-        return Runtime(site.settings, site, PeerClient(site.settings))
+        keys = KeyRing(site.db.engine)
+        return Runtime(
+            site.settings, site, PeerClient(site.settings, signing_keys=keys)
+        )
 
     @classmethod
     def after_fork(cls) -> None:

@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.context import Site
-from shared.control import audit, notices
+from shared.control import audit, notices, signing
 from shared.db import parse_uuid, utcnow
 from shared.errors import ErrorKind, SyncError
 from shared.security import UnsafeURL, check_url, hash_token, new_token
@@ -134,6 +134,7 @@ def create_sender(
         direction="sender",
         site_url=site_url,
         auth_token_hash=hash_token(token),
+        signing_key=signing.derive_key(token),
         status="pending",
         registration_status="queued",
         meta={},
@@ -149,26 +150,64 @@ def create_sender(
     return conn, token
 
 
-def _expect(conn: Connection, status: str) -> None:
-    """Refuse a transition from any other status than ``status``."""
-    if conn.status != status:
-        raise SyncError(
-            ErrorKind.CONFLICT, f"Connection is {conn.status}, not {status}"
-        )
+LIVE = ("pending", "active", "suspended", "expired")  # every status but revoked
+
+
+def transition(
+    session: Session,
+    conn: Connection,
+    to: str,
+    when: ColumnElement[bool],
+    **values: Any,
+) -> bool:
+    """Move ``conn`` to status ``to`` if the row, as it is now, matches ``when``.
+
+    One conditional UPDATE: PostgreSQL re-checks ``when`` on the row's newest
+    version after waiting for any concurrent writer, so two changes made from
+    the same old state never both apply, and nothing ever leaves ``revoked``
+    (no ``when`` admits it). Returns whether the row moved; either way ``conn``
+    is reloaded with what the row now holds. Every status change goes
+    through here.
+    """
+    result = session.execute(
+        update(Connection)
+        .where(Connection.id == conn.id, Connection.status != "revoked", when)
+        .values(status=to, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(conn)
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def status_in(*statuses: str) -> ColumnElement[bool]:
+    return Connection.status.in_(statuses)
+
+
+def _conflict(conn: Connection, wanted: str) -> SyncError:
+    return SyncError(ErrorKind.CONFLICT, f"Connection is {conn.status}, not {wanted}")
 
 
 def approve(
     session: Session, site: Site, conn: Connection, actor: str = "operator"
 ) -> None:
-    _expect(conn, "pending")
-    conn.status = "active"
-    conn.approved_at = utcnow()
+    if not transition(
+        session, conn, "active", status_in("pending"), approved_at=utcnow()
+    ):
+        raise _conflict(conn, "pending")
     audit.record(session, actor, "connection.approved", conn)
     if conn.direction == "receiver":
         # The sender activates its side when we ask for its status.
         notices.owe(session, site, conn, "poll_status", {})
     else:
         _tell_peer(session, site, conn, "active")
+
+
+# The operator may suspend an active connection, or take over a suspension
+# the peer made (so that the peer can no longer lift it).
+SUSPENDABLE = or_(
+    Connection.status == "active",
+    and_(Connection.status == "suspended", Connection.suspended_by == "peer"),
+)
 
 
 def suspend(
@@ -178,28 +217,54 @@ def suspend(
     reason: str | None = None,
     actor: str = "operator",
     notify: bool = True,
+    by: str = "operator",
 ) -> None:
-    _expect(conn, "active")
-    conn.status = "suspended"
-    conn.suspended_at = utcnow()
-    conn.suspended_reason = reason or "Suspended by operator"
-    audit.record(
-        session, actor, "connection.suspended", conn, reason=conn.suspended_reason
+    """Suspend here: only this site (``by``: operator or module) can lift it."""
+    reason = reason or "Suspended by operator"
+    moved = transition(
+        session,
+        conn,
+        "suspended",
+        SUSPENDABLE,
+        suspended_at=utcnow(),
+        suspended_reason=reason,
+        suspended_by=by,
     )
+    if not moved:
+        raise _conflict(conn, "active")
+    audit.record(session, actor, "connection.suspended", conn, reason=reason, by=by)
     if notify:
-        _tell_peer(session, site, conn, "suspended", conn.suspended_reason)
+        _tell_peer(session, site, conn, "suspended", reason)
 
 
 def reactivate(
-    session: Session, site: Site, conn: Connection, actor: str = "operator"
-) -> None:
-    _expect(conn, "suspended")
-    conn.status = "active"
-    conn.suspended_at = None
-    conn.suspended_reason = None
-    conn.verify_not_found_count = 0
+    session: Session,
+    site: Site,
+    conn: Connection,
+    actor: str = "operator",
+    only_by: str | None = None,
+) -> bool:
+    """Lift a suspension (``only_by``: only one that suspender made)."""
+    when = status_in("suspended")
+    if only_by is not None:
+        when = and_(when, Connection.suspended_by == only_by)
+    moved = transition(
+        session,
+        conn,
+        "active",
+        when,
+        suspended_at=None,
+        suspended_reason=None,
+        suspended_by=None,
+        verify_not_found_count=0,
+    )
+    if not moved:
+        if only_by is not None:
+            return False
+        raise _conflict(conn, "suspended")
     audit.record(session, actor, "connection.reactivated", conn)
     _tell_peer(session, site, conn, "active")
+    return True
 
 
 def revoke(
@@ -210,14 +275,20 @@ def revoke(
     actor: str = "operator",
     notify: bool = True,
 ) -> None:
-    if conn.status == "revoked":
+    reason = reason or "Revoked by operator"
+    moved = transition(
+        session,
+        conn,
+        "revoked",
+        status_in(*LIVE),
+        revoked_at=utcnow(),
+        revoked_reason=reason,
+    )
+    if not moved:
         raise SyncError(ErrorKind.CONFLICT, "Connection is already revoked")
-    conn.status = "revoked"
-    conn.revoked_at = utcnow()
-    conn.revoked_reason = reason or "Revoked by operator"
-    audit.record(session, actor, "connection.revoked", conn, reason=conn.revoked_reason)
+    audit.record(session, actor, "connection.revoked", conn, reason=reason)
     if notify:
-        _tell_peer(session, site, conn, "revoked", conn.revoked_reason)
+        _tell_peer(session, site, conn, "revoked", reason)
 
 
 def _tell_peer(
@@ -238,31 +309,42 @@ def delete(
     session: Session, site: Site, conn: Connection, actor: str = "operator"
 ) -> None:
     audit.record(session, actor, "connection.deleted", conn)
-    notices.owe(session, site, conn, "delete", {})
+    # The key signs the delete notice after the row is gone (wiped on delivery).
+    payload = {"signing_key": conn.signing_key} if conn.signing_key else {}
+    notices.owe(session, site, conn, "delete", payload)
     notices.cancel_for(session, conn.id, keep_kind="delete")
     session.delete(conn)
 
 
 def bulk(
-    session: Session, site: Site, action: str, reason: str | None = None
+    session: Session,
+    site: Site,
+    action: str,
+    reason: str | None = None,
+    by: str = "operator",
 ) -> list[Connection]:
-    """Suspend or revoke every connection it applies to; one notice per peer."""
+    """Suspend or revoke every connection it applies to; one notice per peer.
+
+    A connection that changed under us since the listing is left as it now is.
+    """
     if action == "suspend":
-        targets = session.scalars(
-            select(Connection).where(Connection.status == "active")
-        )
-        changed = list(targets)
-        for conn in changed:
-            suspend(session, site, conn, reason)
+        where = Connection.status == "active"
     elif action == "revoke":
-        targets = session.scalars(
-            select(Connection).where(Connection.status != "revoked")
-        )
-        changed = list(targets)
-        for conn in changed:
-            revoke(session, site, conn, reason)
+        where = Connection.status != "revoked"
     else:
         raise SyncError(ErrorKind.BAD_REQUEST, f"unknown bulk action {action}")
+    changed = []
+    for conn in list(session.scalars(select(Connection).where(where))):
+        try:
+            if action == "suspend":
+                suspend(session, site, conn, reason, by=by)
+            else:
+                revoke(session, site, conn, reason)
+        except SyncError as ex:
+            if ex.kind != ErrorKind.CONFLICT:
+                raise
+            continue
+        changed.append(conn)
     return changed
 
 
@@ -282,18 +364,17 @@ def set_enabled(session: Session, site: Site, enabled: bool) -> list[Connection]
         session, "operator", "module.enabled" if enabled else "module.disabled", None
     )
     if not enabled:
-        return bulk(session, site, "suspend", MODULE_DISABLED_REASON)
-    revived = list(
-        session.scalars(
-            select(Connection).where(
-                Connection.status == "suspended",
-                Connection.suspended_reason == MODULE_DISABLED_REASON,
-            )
+        return bulk(session, site, "suspend", MODULE_DISABLED_REASON, by="module")
+    suspended = session.scalars(
+        select(Connection).where(
+            Connection.status == "suspended", Connection.suspended_by == "module"
         )
     )
-    for conn in revived:
-        reactivate(session, site, conn)
-    return revived
+    return [
+        conn
+        for conn in list(suspended)
+        if reactivate(session, site, conn, only_by="module")
+    ]
 
 
 def describe(conn: Connection) -> dict[str, Any]:
@@ -315,7 +396,9 @@ def describe(conn: Connection) -> dict[str, Any]:
         "remote_status": conn.remote_status,
         "peer_sync": conn.peer_sync_status,
         "peer_sync_error": conn.peer_sync_error,
+        "peer_signs": conn.peer_signs,
         "suspended_reason": conn.suspended_reason,
+        "suspended_by": conn.suspended_by,
         "revoked_reason": conn.revoked_reason,
         "allowed_tables": conn.allowed_tables,
         "excluded_tables": conn.excluded_tables,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import Engine, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from shared.db import utcnow
@@ -16,11 +18,27 @@ from shared.state.models import Counter
 
 
 def _load(session: Session, key: str, window: int) -> Counter:
+    now = utcnow()
+    # Create the row first if missing, so that callers racing on a new key
+    # all lock the same row instead of all inserting it (one would fail).
+    dialect = session.get_bind().dialect.name
+    fresh = {"key": key, "window_start": now, "count": 0}
+    if dialect == "postgresql":
+        session.execute(
+            pg_insert(Counter)
+            .values(fresh)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+    elif dialect == "sqlite":
+        session.execute(
+            sqlite_insert(Counter)
+            .values(fresh)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
     stmt = select(Counter).where(Counter.key == key)
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
+    if dialect == "postgresql":
         stmt = stmt.with_for_update()
     row = session.scalar(stmt)
-    now = utcnow()
     if row is None:
         row = Counter(key=key, window_start=now, count=0)
         session.add(row)

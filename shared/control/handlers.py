@@ -7,15 +7,17 @@ wording; the web front only parses and serialises.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared.context import Site
-from shared.control import audit, counters, module, notices
+from shared.control import audit, connections, counters, module, notices, signing
+from shared.control.signing import Proof
 from shared.db import utcnow
 from shared.errors import ErrorKind, SyncError
 from shared.security import (
@@ -26,7 +28,7 @@ from shared.security import (
     same_secret,
     verify_password,
 )
-from shared.state.models import Connection
+from shared.state.models import Connection, PeerNotice
 from shared.validation import Field, validate
 
 TOKEN_HASH = Field("auth_token_hash", str, required=True, max_length=128)
@@ -43,6 +45,10 @@ PEER_STATUSES = ("active", "suspended", "revoked")
 
 
 TOUCH_EVERY = dt.timedelta(seconds=60)
+# How long get-connection-status waits for a registration still in flight.
+REGISTRATION_WAIT_SECONDS = 10
+
+log = logging.getLogger("dbsync.control")
 
 
 def disabled() -> SyncError:
@@ -68,6 +74,7 @@ def register(
     session: Session,
     site: Site,
     body: Mapping[str, Any],
+    proof: Proof,
     *,
     remote_ip: str,
     user_agent: str | None,
@@ -90,6 +97,9 @@ def register(
         _check_password(
             site, settings.incoming_password_hash, data["password"], remote_ip
         )
+    key = signing.derive_key(data["auth_token"])
+    if proof.signed:
+        signing.check(site.db.engine, key, proof)
     clash = session.scalar(
         select(Connection.id).where(
             Connection.site_url == sender_url, Connection.direction == "receiver"
@@ -104,6 +114,8 @@ def register(
         direction="receiver",
         site_url=sender_url,
         auth_token_hash=hash_token(data["auth_token"]),
+        signing_key=key,
+        peer_signs=proof.signed,
         status="pending" if pending else "active",
         approved_at=None if pending else now,
         last_connected_at=now,
@@ -177,7 +189,39 @@ def _by_site_and_hash(session: Session, site_url: str, token_hash: str) -> Conne
     raise not_found()
 
 
-def connection_status(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+def authenticate(site: Site, conn: Connection, proof: Proof) -> None:
+    """Check a control call's signature, then the connection's control rate limit.
+
+    A connection whose peer has signed once refuses unsigned calls from then
+    on (see shared/control/signing.py). The rate limit counts the calls that
+    got this far, in a window of their own (a flood of control calls never
+    eats into a pull's budget, nor the other way round).
+    """
+    if proof.signed and conn.signing_key:
+        signing.check(site.db.engine, conn.signing_key, proof)
+        if not conn.peer_signs:
+            conn.peer_signs = True
+            log.info("peer signs its control calls connection=%s", conn.id)
+    elif conn.peer_signs:
+        raise SyncError(ErrorKind.UNAUTHORIZED, "Signature required")
+    wait = counters.take(
+        site.db.engine,
+        f"control:{conn.id}",
+        conn.rate_limit_requests_per_minute,
+        60,
+    )
+    if wait is not None:
+        raise SyncError(ErrorKind.THROTTLED, "Rate limit exceeded", retry_after=wait)
+
+
+# A registration the receiver accepted: it answered register-connection with
+# success (the connection is active there, or pending its operator's approval).
+ACCEPTED_REGISTRATIONS = ("registered", "pending")
+
+
+def connection_status(
+    session: Session, site: Site, body: Mapping[str, Any], proof: Proof
+) -> dict[str, Any]:
     require_enabled(session)
     data = validate(body, STATUS_FIELDS)
     conn = session.scalar(
@@ -188,52 +232,122 @@ def connection_status(session: Session, body: Mapping[str, Any]) -> dict[str, An
     )
     if conn is None or not same_secret(conn.auth_token_hash, data["auth_token_hash"]):
         raise not_found()
+    try:
+        receiver_url = normalise_url(data["receiver_url"])
+    except ValueError:
+        raise not_found() from None
+    if receiver_url != conn.site_url:
+        raise not_found()
+    # Before any write here: a write would lock the row the delivery we may
+    # wait for must update, and each would wait for the other.
+    activate = conn.status == "pending" and _accepted(session, conn)
+    authenticate(site, conn, proof)
     now = utcnow()
     touch(conn, now)
-    if conn.status == "pending":
-        conn.status = "active"
-        conn.approved_at = now
-        conn.meta = {
-            **(conn.meta or {}),
-            "auto_activated": True,
-            "auto_activated_at": now.isoformat(),
-            "auto_activated_reason": "receiver queried connection status",
-        }
-        audit.record(
+    if activate:
+        reason = "receiver queried connection status"
+        moved = connections.transition(
             session,
-            "peer",
-            "connection.activated",
             conn,
-            reason="receiver queried connection status",
+            "active",
+            connections.status_in("pending"),
+            approved_at=now,
+            meta={
+                **(conn.meta or {}),
+                "auto_activated": True,
+                "auto_activated_at": now.isoformat(),
+                "auto_activated_reason": reason,
+            },
         )
+        if moved:
+            audit.record(session, "peer", "connection.activated", conn, reason=reason)
     return {"success": True, "status": conn.status, "name": conn.name}
 
 
-def update_status(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+def _accepted(session: Session, conn: Connection) -> bool:
+    """Whether the receiver accepted this connection's registration.
+
+    Its poll can arrive before this site has recorded the answer to
+    register-connection (the receiver polls as soon as it commits): a
+    registration still being delivered holds its notice's row lock, so wait
+    for that delivery to finish, then read the outcome it recorded.
+    """
+    if conn.registration_status in ACCEPTED_REGISTRATIONS:
+        return True
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    try:
+        with session.begin_nested():
+            session.execute(
+                text(f"SET LOCAL lock_timeout = '{REGISTRATION_WAIT_SECONDS}s'")
+            )
+            session.scalars(
+                select(PeerNotice.id)
+                .where(
+                    PeerNotice.connection_id == conn.id,
+                    PeerNotice.kind == "register",
+                    PeerNotice.state.in_(notices.OPEN_STATES),
+                )
+                .with_for_update()
+            ).all()
+    except OperationalError:
+        return False  # still being delivered: not accepted yet
+    session.refresh(conn)
+    return conn.registration_status in ACCEPTED_REGISTRATIONS
+
+
+def update_status(
+    session: Session, site: Site, body: Mapping[str, Any], proof: Proof
+) -> dict[str, Any]:
+    """Mirror the peer's decision, as far as the peer may decide (PROTOCOL.md).
+
+    The peer may revoke, suspend an active connection, and lift a suspension
+    it made itself; never one made here, and nothing leaves revoked.
+    """
     require_enabled(session)
     data = validate(body, UPDATE_FIELDS)
     status = data["status"]
     if status not in PEER_STATUSES:
         raise SyncError(ErrorKind.BAD_REQUEST, "Invalid status value")
     conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
+    authenticate(site, conn, proof)
+    now = utcnow()
+    if status == "revoked":
+        moved = connections.transition(
+            session,
+            conn,
+            "revoked",
+            connections.status_in(*connections.LIVE),
+            revoked_at=now,
+            revoked_reason="Revoked by the peer site",
+        )
+    elif status == "suspended":
+        moved = connections.transition(
+            session,
+            conn,
+            "suspended",
+            connections.status_in("active"),
+            suspended_at=now,
+            suspended_reason="Suspended by the peer site",
+            suspended_by="peer",
+        )
+    else:
+        moved = connections.transition(
+            session,
+            conn,
+            "active",
+            and_(Connection.status == "suspended", Connection.suspended_by == "peer"),
+            suspended_at=None,
+            suspended_reason=None,
+            suspended_by=None,
+        )
     if conn.status == "revoked" and status != "revoked":
         raise SyncError(ErrorKind.CONFLICT, "Connection is revoked")
-    conn.remote_status = status
-    now = utcnow()
-    changed = False
-    if status == "revoked" and conn.status != "revoked":
-        conn.status, conn.revoked_at = "revoked", now
-        conn.revoked_reason = "Revoked by the peer site"
-        changed = True
-    elif status == "suspended" and conn.status == "active":
-        conn.status, conn.suspended_at = "suspended", now
-        conn.suspended_reason = "Suspended by the peer site"
-        changed = True
-    elif status == "active" and conn.status == "suspended":
-        conn.status, conn.suspended_at, conn.suspended_reason = "active", None, None
-        changed = True
+    if status == "active" and conn.status == "suspended":
+        raise SyncError(ErrorKind.CONFLICT, "Connection was suspended by this site")
     # A pending connection stays pending: approval is this site's decision.
-    if changed:
+    conn.remote_status = status
+    if moved:
         audit.record(
             session,
             "peer",
@@ -250,10 +364,13 @@ def _verb(status: str) -> str:
     ]
 
 
-def delete(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+def delete(
+    session: Session, site: Site, body: Mapping[str, Any], proof: Proof
+) -> dict[str, Any]:
     require_enabled(session)
     data = validate(body, PEER_FIELDS)
     conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
+    authenticate(site, conn, proof)
     audit.record(
         session, "peer", "connection.deleted", conn, reason="deleted by the peer site"
     )
@@ -262,12 +379,15 @@ def delete(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
     return {"success": True, "message": "Connection deleted"}
 
 
-def verify(session: Session, body: Mapping[str, Any]) -> dict[str, Any]:
+def verify(
+    session: Session, site: Site, body: Mapping[str, Any], proof: Proof
+) -> dict[str, Any]:
     require_enabled(session)
     data = validate(body, PEER_FIELDS)
     try:
         conn = _by_site_and_hash(session, data["sender_url"], data["auth_token_hash"])
     except SyncError:
         raise not_found("Connection not found", exists=False) from None
+    authenticate(site, conn, proof)
     touch(conn, utcnow())
     return {"success": True, "exists": True}

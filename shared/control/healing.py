@@ -9,7 +9,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from shared.context import Site
-from shared.control import audit
+from shared.control import audit, connections
 from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
 from shared.db import utcnow
 from shared.security import short_hash
@@ -80,8 +80,8 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
                 "pending",
                 "expired",
             ):
-                _suspend(session, conn)
-                return "suspended"
+                if _suspend(session, conn):
+                    return "suspended"
             return "not_found"
         if resp.status != 200:
             conn.last_verify_error = resp.error[:500]
@@ -93,8 +93,15 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
             remote = str(resp.body.get("status") or "")[:20]
             conn.remote_status = remote or None
             if remote == "revoked":
-                conn.status, conn.revoked_at = "revoked", utcnow()
-                conn.revoked_reason = "Revoked by the peer site"
+                if not connections.transition(
+                    session,
+                    conn,
+                    "revoked",
+                    connections.status_in(*connections.LIVE),
+                    revoked_at=utcnow(),
+                    revoked_reason="Revoked by the peer site",
+                ):
+                    return "ok"
                 audit.record(
                     session,
                     "system",
@@ -106,13 +113,21 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
         return "ok"
 
 
-def _suspend(session: Session, conn: Connection) -> None:
-    conn.status = "suspended"
-    conn.suspended_at = utcnow()
-    conn.suspended_reason = NOT_FOUND_REASON
-    audit.record(
-        session, "system", "connection.suspended", conn, reason=NOT_FOUND_REASON
+def _suspend(session: Session, conn: Connection) -> bool:
+    moved = connections.transition(
+        session,
+        conn,
+        "suspended",
+        connections.status_in("active", "pending", "expired"),
+        suspended_at=utcnow(),
+        suspended_reason=NOT_FOUND_REASON,
+        suspended_by="verify",
     )
+    if moved:
+        audit.record(
+            session, "system", "connection.suspended", conn, reason=NOT_FOUND_REASON
+        )
+    return moved
 
 
 def expire(site: Site) -> int:
@@ -137,8 +152,15 @@ def expire(site: Site) -> int:
 
 
 def mark_expired(session: Session, conn: Connection) -> None:
-    conn.status = "expired"
-    conn.expired_at = utcnow()
+    moved = connections.transition(
+        session,
+        conn,
+        "expired",
+        connections.status_in("active"),
+        expired_at=utcnow(),
+    )
+    if not moved:
+        return
     reason = (
         "expired"
         if conn.expires_at and conn.expires_at <= utcnow()

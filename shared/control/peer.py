@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import httpx
 
+from shared.control import signing
 from shared.data import wire
 from shared.security import UnsafeURL, check_url
 from shared.settings import Settings
@@ -63,9 +64,13 @@ class PeerResponse:
 
 class PeerClient:
     def __init__(
-        self, settings: Settings, transport: httpx.BaseTransport | None = None
+        self,
+        settings: Settings,
+        transport: httpx.BaseTransport | None = None,
+        signing_keys: signing.KeyLookup | None = None,
     ):
         self._settings = settings
+        self._signing_keys = signing_keys
         self._prefix = settings.url_prefix
         self._client = httpx.Client(
             timeout=httpx.Timeout(settings.http_timeout_seconds, connect=10.0),
@@ -93,8 +98,9 @@ class PeerClient:
     def post(self, site_url: str, endpoint: str, body: dict[str, Any]) -> PeerResponse:
         self.guard(site_url)
         url = self.endpoint_url(site_url, endpoint)
+        content, headers = signing.request(site_url, endpoint, body, self._signing_keys)
         try:
-            resp = self._client.post(url, json=body)
+            resp = self._client.post(url, content=content, headers=headers)
         except httpx.TransportError as ex:
             raise _unavailable(endpoint, ex) from None
         _raise_if_transient(endpoint, resp)

@@ -32,6 +32,9 @@ NAMING_CONVENTION = {
 }
 
 STATUSES = ("pending", "active", "suspended", "revoked", "expired")
+# Who may have suspended a connection: this site's operator, this site's
+# module switch, this site's verify job, or the peer (through update-status).
+SUSPENDERS = ("operator", "module", "verify", "peer")
 INCOMING_MODES = ("auto_accept", "require_approval", "require_password", "deny_all")
 STRATEGIES = ("skip", "overwrite", "merge", "append")
 
@@ -80,6 +83,8 @@ class Connection(Base):
     approved_at: Mapped[dt.datetime | None]
     suspended_at: Mapped[dt.datetime | None]
     suspended_reason: Mapped[str | None] = mapped_column(Text)
+    # Who suspended it (SUSPENDERS): a peer may lift only its own suspension.
+    suspended_by: Mapped[str | None] = mapped_column(String(20))
     revoked_at: Mapped[dt.datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(Text)
     expired_at: Mapped[dt.datetime | None]
@@ -103,6 +108,11 @@ class Connection(Base):
     last_verify_error: Mapped[str | None] = mapped_column(Text)
     verify_not_found_count: Mapped[int] = mapped_column(default=0)
     remote_status: Mapped[str | None] = mapped_column(String(20))
+    # Signed control calls (shared/control/signing.py): the key both sides
+    # derive from the raw token (a secret, like the token hash), and whether
+    # the peer has signed a call; once it has, unsigned calls are refused.
+    signing_key: Mapped[str | None] = mapped_column(String(64))
+    peer_signs: Mapped[bool] = mapped_column(Boolean, default=False)
 
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -240,6 +250,19 @@ class Counter(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     window_start: Mapped[dt.datetime]
     count: Mapped[int] = mapped_column(default=0)
+
+
+class ControlNonce(Base):
+    """A signed control call's nonce, kept while its timestamp is still accepted.
+
+    A second call with the same nonce is a replay; rows older than the window
+    are pruned as new ones arrive.
+    """
+
+    __tablename__ = "dbsync_control_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
 class BeatHeartbeat(Base):

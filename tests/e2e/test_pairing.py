@@ -26,6 +26,8 @@ def test_auto_accept_activates_both_sides(two_sites) -> None:
     assert r["site_url"] == sender.url
     assert r["metadata"]["remote_ip"] == "127.0.0.1"
     assert s["metadata"]["remote_connection_uuid"] == r["id"]
+    # Both are dbsync sites: each has seen the other sign its control calls.
+    assert (s["peer_signs"], r["peer_signs"]) == (True, True)
     # The raw token is shown once and stored nowhere, on either side.
     token_hash = hashlib.sha256(created["token"].encode()).hexdigest()
     for site in (sender, receiver):

@@ -610,6 +610,8 @@ def test_get_connection_status_activates_a_pending_sender(
 ) -> None:
     configure(site)
     conn_id, token = make_sender(site)
+    with site.db.session() as session:  # the receiver accepted the registration
+        session.get_one(Connection, conn_id).registration_status = "registered"
     r = post(
         client,
         "get-connection-status",

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, text
 
 from shared.context import Site
-from shared.control import connections, healing, module, notices
+from shared.control import connections, healing, module, notices, signing
 from shared.control.connections import SenderOptions
 from shared.control.peer import PeerClient
 from shared.db import utcnow
@@ -349,7 +349,8 @@ def test_delete_owes_a_delete_notice_and_cancels_the_rest(site: Site) -> None:
         assert session.get(Connection, conn_id) is None
     assert [(n.kind, n.state, n.payload) for n in notices_of(site, conn_id)] == [
         ("register", "cancelled", {}),
-        ("delete", "queued", {}),
+        # The key that signs the notice once the row is gone (wiped on delivery).
+        ("delete", "queued", {"signing_key": signing.derive_key(token)}),
     ]
     assert [e.action for e in audit_of(site, conn_id)] == [
         "connection.created",
