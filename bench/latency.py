@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections import Counter
@@ -27,10 +28,12 @@ def hammer(
     requests: int,
     concurrency: int,
     warmup: int = 50,
+    headers: Callable[[bytes], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """POST `requests` bodies to `url` from `concurrency` threads, each with its
     own httpx client; `warmup` requests first, not counted. Every request is
-    timed from just before the client sends it to the full response."""
+    timed from just before the client sends it to the full response.
+    ``headers`` gives each body's extra headers (a control call's signature)."""
 
     def run(total: int, offset: int) -> tuple[list[float], Counter[int], float]:
         counter = itertools.count()
@@ -48,10 +51,15 @@ def hammer(
                         i = next(counter)
                     if i >= total:
                         break
-                    payload = body(offset + i)
+                    payload = json.dumps(body(offset + i)).encode()
+                    extra = {"Content-Type": "application/json"}
+                    if headers is not None:
+                        extra.update(headers(payload))
                     t0 = time.perf_counter()
                     try:
-                        status = http.post(url, json=payload).status_code
+                        status = http.post(
+                            url, content=payload, headers=extra
+                        ).status_code
                     except httpx.HTTPError as ex:
                         errors.append(repr(ex))
                         status = 0

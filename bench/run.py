@@ -67,6 +67,7 @@ from bench.harness import (
     stop_processes,
 )
 from bench.latency import hammer
+from shared.control import signing
 
 console = Console(highlight=False)
 
@@ -651,6 +652,14 @@ class Bench:
             ),
         ]
         results: dict[str, Any] = {}
+        # Two dbsync sites sign their control calls: verify-connection is
+        # signed with the connection's key, as the sender's worker signs it.
+        key = signing.derive_key(self.token)
+        signed = {
+            "verify_connection": lambda content: signing.sign(
+                key, "verify-connection", content
+            )
+        }
         for name, url, body, expected in cases:
             res = hammer(
                 url,
@@ -658,6 +667,7 @@ class Bench:
                 requests=a.latency_requests,
                 concurrency=a.latency_clients,
                 warmup=min(100, max(10, a.latency_requests // 10)),
+                headers=signed.get(name),
             )
             res["expected_status"] = expected
             res["all_expected"] = res["statuses"] == {str(expected): res["requests"]}
