@@ -110,6 +110,7 @@ def test_verify_records_a_bomb_as_the_reason_and_keeps_the_connection(
         )
 
 
+@pytest.mark.timeout(60, method="thread")  # a hang must not hold the run
 def test_a_control_answer_dripped_forever_ends_at_the_call_deadline(
     peers: Callable[..., HostilePeer], client: PeerClient
 ) -> None:
@@ -124,6 +125,7 @@ def test_a_control_answer_dripped_forever_ends_at_the_call_deadline(
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.timeout(60, method="thread")  # a hang must not hold the run
 def test_headers_dripped_forever_end_at_the_call_deadline(
     peers: Callable[..., HostilePeer], client: PeerClient
 ) -> None:
@@ -277,7 +279,7 @@ def test_a_copy_page_of_more_rows_than_asked_fails_the_pull(
     )
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")  # a hang must not hold the run
 def test_a_json_page_dripped_forever_ends_at_the_page_deadline(
     peers: Callable[..., HostilePeer],
     receivers: Callable[..., Receiver],
@@ -301,7 +303,7 @@ def test_a_json_page_dripped_forever_ends_at_the_page_deadline(
     assert elapsed < 10
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")  # a hang must not hold the run
 def test_a_copy_body_dripped_forever_ends_at_the_page_deadline(
     peers: Callable[..., HostilePeer],
     receivers: Callable[..., Receiver],
