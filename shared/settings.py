@@ -142,6 +142,9 @@ class Settings:
     site_url: str = "http://127.0.0.1:8000"
     url_prefix: str = ""
     allow_private_urls: bool = False
+    # Plain http to a public address carries tokens in clear: refused unless
+    # the operator opts in.
+    allow_plain_http: bool = False
     trust_forwarded: bool = False
     verify_interval_seconds: int = 900
     expire_interval_seconds: int = 60
@@ -149,7 +152,22 @@ class Settings:
     retry_base_seconds: int = 5
     retry_max_seconds: int = 900
     retry_horizon_seconds: int = 86_400
+    # Seconds one read from a peer may wait (http_timeout_seconds), and the
+    # most one call may take in all: a JSON answer (peer_call_seconds), one
+    # pull-data page, fetched or streamed into the database (pull_page_seconds).
     http_timeout_seconds: int = 30
+    peer_call_seconds: int = 60
+    pull_page_seconds: int = 600
+    # The most a peer's answer may take once decoded (Content-Encoding undone):
+    # list-tables, table-schema and table-records answers
+    # (peer_answer_max_bytes; control answers take 64 KiB at most); a JSON
+    # page, per row asked (pull_json_row_bytes); a COPY page
+    # (pull_page_max_bytes) and one of its rows (pull_row_max_bytes; a page
+    # takes at most its row count times that).
+    peer_answer_max_bytes: int = 4 * 1024 * 1024
+    pull_json_row_bytes: int = 8 * 1024
+    pull_page_max_bytes: int = 1024 * 1024 * 1024
+    pull_row_max_bytes: int = 16 * 1024 * 1024
     max_body_bytes: int = 1_048_576
     register_max_failures: int = 5
     register_failure_window_seconds: int = 900
@@ -222,6 +240,10 @@ class Settings:
         if "SYNC_ALLOW_PRIVATE_URLS" in env:
             values["allow_private_urls"] = _bool(
                 "SYNC_ALLOW_PRIVATE_URLS", env["SYNC_ALLOW_PRIVATE_URLS"]
+            )
+        if "SYNC_ALLOW_PLAIN_HTTP" in env:
+            values["allow_plain_http"] = _bool(
+                "SYNC_ALLOW_PLAIN_HTTP", env["SYNC_ALLOW_PLAIN_HTTP"]
             )
         if "SYNC_TRUST_FORWARDED" in env:
             values["trust_forwarded"] = _bool(

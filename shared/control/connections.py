@@ -115,6 +115,7 @@ def create_sender(
             url,
             allow_private=site.settings.allow_private_urls,
             own_url=site.settings.site_url,
+            allow_plain_http=site.settings.allow_plain_http,
         )
     except UnsafeURL as ex:
         raise SyncError(ErrorKind.BAD_REQUEST, f"Invalid URL: {ex}") from None

@@ -90,6 +90,7 @@ def register(
             data["sender_url"],
             allow_private=site.settings.allow_private_urls,
             own_url=site.settings.site_url,
+            allow_plain_http=site.settings.allow_plain_http,
         )
     except UnsafeURL:
         raise SyncError(ErrorKind.BAD_REQUEST, "Invalid sender_url") from None

@@ -68,7 +68,7 @@ def test_errors_are_one_line_and_exit_1(run) -> None:  # type: ignore[no-untyped
                 "--name",
                 "x",
                 "--url",
-                "http://127.0.0.1:9",
+                "http://127.0.0.1:9999",
                 "--ip-allowlist",
                 "10.0.0.0/33",
             ),
@@ -103,7 +103,7 @@ def test_settings_and_a_created_connection(run) -> None:  # type: ignore[no-unty
             "--name",
             "peer",
             "--url",
-            "http://127.0.0.1:9/",
+            "http://127.0.0.1:9999/",
             "--allowed-tables",
             "a,b",
             "--max-downloads",
@@ -137,7 +137,7 @@ def test_settings_and_a_created_connection(run) -> None:  # type: ignore[no-unty
     } == {
         "name": "peer",
         "direction": "sender",
-        "site_url": "http://127.0.0.1:9",
+        "site_url": "http://127.0.0.1:9999",
         "status": "pending",
         "registration": "queued",
         "allowed_tables": ["a", "b"],
@@ -147,10 +147,10 @@ def test_settings_and_a_created_connection(run) -> None:  # type: ignore[no-unty
         "expires_at": "2030-01-01T00:00:00+00:00",
     }
     again = run(
-        "connections", "create", "--name", "peer2", "--url", "http://127.0.0.1:9"
+        "connections", "create", "--name", "peer2", "--url", "http://127.0.0.1:9999"
     )
     assert again.stderr.strip() == (
-        "Error: A sender connection to http://127.0.0.1:9 already exists"
+        "Error: A sender connection to http://127.0.0.1:9999 already exists"
     )
     revoked = run("connections", "revoke", "--all", "--reason", "done")
     assert revoked.stdout == "revoke: 1 connection(s); peers are notified\n"

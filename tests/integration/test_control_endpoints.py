@@ -313,7 +313,7 @@ def test_register_accepts_public_urls_when_private_not_allowed(
     )
     configure(site, mode="auto_accept")
     r = post(
-        client, "register-connection", reg_body(sender_url="http://93.184.216.34/")
+        client, "register-connection", reg_body(sender_url="https://93.184.216.34/")
     )
     assert r.status_code == 200, r.json
     r = post(
@@ -322,7 +322,7 @@ def test_register_accepts_public_urls_when_private_not_allowed(
     assert r.status_code == 200, r.json
     with site.db.session() as session:
         urls = set(session.scalars(select(Connection.site_url)))
-    assert urls == {"http://93.184.216.34", "https://peer.example.org"}
+    assert urls == {"https://93.184.216.34", "https://peer.example.org"}
 
 
 @pytest.mark.parametrize(

@@ -73,8 +73,8 @@ def test_guard_checks_every_resolved_address(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_guard_accepts_public_and_normalises() -> None:
-    assert check_url("HTTP://93.184.216.34/base/", allow_private=False) == (
-        "http://93.184.216.34/base"
+    assert check_url("HTTPS://93.184.216.34/base/", allow_private=False) == (
+        "https://93.184.216.34/base"
     )
 
 

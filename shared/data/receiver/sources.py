@@ -7,6 +7,13 @@ is waited out as its Retry-After says, without spending one of the
 transfer's attempts), and for JSON the page fetched one ahead while the one
 before it is written. What to pull, and what a failure means for the
 transfer, is the pull's (shared.data.receiver.pulls).
+
+The sender is not trusted with this site's memory or time: every page is
+fetched within SYNC_PULL_PAGE_SECONDS, a JSON page may take
+SYNC_PULL_JSON_ROW_BYTES per row asked for (decoded), and a COPY page
+SYNC_PULL_ROW_MAX_BYTES per row its headers announce (at most
+SYNC_PULL_PAGE_MAX_BYTES), with each text row checked as it streams. A page
+past a limit fails the transfer (BadAnswer, AnswerRefused).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from shared.data.receiver import bulk_in
 from shared.data.receiver.pages import BulkPage, JsonPage, Page
 
 RATE_LIMIT_WAITS = 120  # answers of 429 waited out for one request
+_COPY_FRAMING = 64  # binary COPY's header and trailer, with room to spare
 FETCH_SWITCH_INTERVAL = 0.0005  # seconds
 
 T = TypeVar("T")
@@ -82,14 +90,20 @@ class Sender:
             )
         )
 
-    def open(self, endpoint: str, body: dict[str, Any]) -> PeerStream:
-        """POST for a streamed answer, waiting out the sender's pacing."""
+    def open(self, endpoint: str, body: dict[str, Any], max_bytes: int) -> PeerStream:
+        """POST for a streamed answer, waiting out the sender's pacing.
+
+        The answer may take ``max_bytes`` decoded, and the call, its body
+        read included, SYNC_PULL_PAGE_SECONDS.
+        """
         return paced(
             lambda: self.client.post_stream(
                 self.site_url,
                 endpoint,
                 {"auth_token_hash": self.token_hash, **body},
                 copy_format.ACCEPT,
+                max_bytes=max_bytes,
+                seconds=self.client.settings.pull_page_seconds,
             )
         )
 
@@ -174,14 +188,24 @@ class JsonSource:
             self._upcoming = None
 
     def _fetch(self, cursor: Any) -> tuple[int, bytes, int]:
-        """Ask for the JSON page after ``cursor``: its status, body and size."""
+        """Ask for the JSON page after ``cursor``: its status, body and size.
+
+        It asks for SYNC_JSON_PAGE_CAP rows, and the page may take
+        SYNC_PULL_JSON_ROW_BYTES for each (a PhoenixKit sender ignores the
+        limit and sends its connection's max_records_per_request).
+        """
+        settings = self._sender.client.settings
+        rows = settings.json_page_cap
         body: dict[str, Any] = {
             "table_name": self._table,
             "conflict_strategy": self._strategy,
+            "limit": rows,
         }
         if cursor is not None:
             body["after"] = cursor
-        with self._sender.open("pull-data", body) as resp:
+        with self._sender.open(
+            "pull-data", body, rows * settings.pull_json_row_bytes
+        ) as resp:
             content = resp.read()
             return resp.status, content, resp.bytes_read
 
@@ -232,7 +256,12 @@ class CopySource:
         }
         if cursor is not None:
             body["after"] = cursor
-        with self._sender.open("pull-data", body) as resp:
+        settings = self._sender.client.settings
+        # A sender that cannot serve COPY data answers with a JSON page (of
+        # SYNC_JSON_PAGE_CAP rows at most, from dbsync): it may take what a
+        # JSON page may, until the headers say the page is COPY data.
+        json_max = settings.json_page_cap * settings.pull_json_row_bytes
+        with self._sender.open("pull-data", body, json_max) as resp:
             if copy_format.is_bulk(resp.media_type):
                 try:
                     incoming = bulk_in.read_headers(
@@ -242,9 +271,67 @@ class CopySource:
                     raise BadAnswer(
                         f"Invalid response from remote site ({ex})"
                     ) from None
-                yield BulkPage(incoming, resp)
+                if incoming.count > self._page_rows:
+                    raise BadAnswer(
+                        "Invalid response from remote site (a page of"
+                        f" {incoming.count} rows, asked for {self._page_rows})"
+                    )
+                row_max = settings.pull_row_max_bytes
+                resp.max_bytes = min(
+                    settings.pull_page_max_bytes,
+                    max(incoming.count, 1) * row_max + _COPY_FRAMING,
+                )
+                checked = (
+                    TextRows(resp, row_max, self._table)
+                    if incoming.format == copy_format.TEXT
+                    else resp
+                )
+                yield BulkPage(incoming, checked)
                 return
             # Asked for COPY data, answered with JSON: a table the sender
             # cannot serve as COPY data (see the sender's pull_data).
             page = json_page(resp.response(), resp.bytes_read)
         yield page
+
+
+class TextRows:
+    """A text COPY body that fails as soon as one row is longer than allowed.
+
+    A text row is one line (COPY escapes the newlines inside values), so the
+    check is a search for newlines in each chunk. Binary COPY rows would need
+    every field's length read in Python, too slow for the bulk path: a binary
+    page is held to its row count times the row limit instead.
+    """
+
+    def __init__(self, body: PeerStream, row_max: int, table: str) -> None:
+        self._body = body
+        self._row_max = row_max
+        self._table = table
+        self.bytes_read = 0
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        row = 0  # bytes of the row still open at the end of the last chunk
+        for chunk in self._body.iter_bytes():
+            first = chunk.find(b"\n")
+            if first < 0:
+                row += len(chunk)
+            else:
+                self._check(row + first + 1)
+                last = chunk.rfind(b"\n")
+                if last - first > self._row_max:  # a line between may be too long
+                    start = first + 1
+                    while start <= last:
+                        end = chunk.find(b"\n", start)
+                        self._check(end - start + 1)
+                        start = end + 1
+                row = len(chunk) - last - 1
+            self._check(row)
+            self.bytes_read = self._body.bytes_read
+            yield chunk
+
+    def _check(self, size: int) -> None:
+        if size > self._row_max:
+            raise BadAnswer(
+                f"Invalid response from remote site (a row of {self._table}"
+                f" over {self._row_max} bytes)"
+            )
