@@ -117,6 +117,7 @@ class OperatorSite(Site):
 
     web_concurrency: int | None = None
     access_log_format: bool = False
+    gunicorn_args: str = ""
 
     def __post_init__(self) -> None:
         from tests.e2e.operator import operator_env
@@ -149,8 +150,11 @@ class OperatorSite(Site):
                 env["PORT"] = str(self.port)
                 if self.web_concurrency:
                     env["WEB_CONCURRENCY"] = str(self.web_concurrency)
+                extra = [self.gunicorn_args] if self.gunicorn_args else []
                 if self.access_log_format:
-                    env["GUNICORN_CMD_ARGS"] = f"--access-logformat '{ACCESS_FORMAT}'"
+                    extra.append(f"--access-logformat '{ACCESS_FORMAT}'")
+                if extra:
+                    env["GUNICORN_CMD_ARGS"] = " ".join(extra)
             self.procs[role] = spawn_role(
                 role, env, self.home / "run", self.home / f"{role}.log"
             )
@@ -337,6 +341,7 @@ class LoadBench:
         self.sites: list[OperatorSite] = []
         self.receivers: list[Receiver] = []
         self.failed = False
+        self.pg_peak = (0, 0)  # client connections: this run's, everyone's
 
     # databases and sites
 
@@ -390,6 +395,7 @@ class LoadBench:
             self.source_db,
             web_concurrency=a.web_concurrency,
             access_log_format=True,
+            gunicorn_args=a.sender_gunicorn_args or "",
         )
         for i in range(1, a.receivers + 1):
             data_db = f"{self.prefix}_r{i}_data"
@@ -496,12 +502,25 @@ class LoadBench:
             r.transfer_id = json.loads(out)["id"]
 
     def wait_pulls(self, timeout: float) -> list[tuple[float, int]]:
-        """Poll every receiver's transfer until all end; (t, rows done) samples."""
+        """Poll every receiver's transfer until all end; (t, rows done) samples.
+        Also keeps the peak of PostgreSQL connections (this run's, everyone's)."""
         conns = {r.site.name: self.pg.connect(r.site.state_db) for r in self.receivers}
         progress: list[tuple[float, int]] = []
         deadline = time.monotonic() + timeout
+        first = conns[self.receivers[0].site.name]
         try:
             while True:
+                with first.cursor() as cur:
+                    cur.execute(
+                        "SELECT count(*) FILTER (WHERE datname LIKE %s), count(*) "
+                        "FROM pg_stat_activity WHERE backend_type = 'client backend'",
+                        (f"{self.prefix}%",),
+                    )
+                    ours, everyone = cur.fetchone()
+                self.pg_peak = (
+                    max(self.pg_peak[0], ours),
+                    max(self.pg_peak[1], everyone),
+                )
                 done, rows = 0, 0
                 for r in self.receivers:
                     with conns[r.site.name].cursor() as cur:
@@ -586,6 +605,7 @@ class LoadBench:
                 "sender_web_concurrency": a.web_concurrency
                 or "dbsync's default ($WEB_CONCURRENCY unset)",
                 "sender_autogroup_nice": a.sender_nice,
+                "sender_gunicorn_args": a.sender_gunicorn_args,
                 "connections": "created with no options",
                 "sites": "Procfile web/worker/beat lines, empty working dirs, "
                 "no SYNC_HOME, PostgreSQL + Redis (tests/e2e/operator.py); the "
@@ -745,6 +765,13 @@ class LoadBench:
                     for k, v in mem.items()
                     if isinstance(v, dict)
                 },
+                "postgres_connections_peak": {
+                    "this_run": self.pg_peak[0],
+                    "all_clients": self.pg_peak[1],
+                    "max_connections": int(
+                        self.pg.query("postgres", "SHOW max_connections")[0][0]
+                    ),
+                },
                 "timeline": timeline(load.calls, probe, progress, t_launch, t_end),
             }
         )
@@ -815,10 +842,10 @@ def diagnose(result: dict[str, Any]) -> list[str]:
         )
         out.append(f"sender's gunicorn processes during the run: {parts}.")
         for w in web["workers"]:
-            spots = w.get("main_thread_where")
+            spots = w.get("threads_where")
             if spots and w["requests"]:
                 top = ", ".join(f"{k} {v:.0%}" for k, v in list(spots.items())[:5])
-                out.append(f"pid {w['pid']} was sampled: {top}.")
+                out.append(f"pid {w['pid']}, its threads sampled: {top}.")
     if status and not v["status_p95_under_500ms"]:
         out.append(
             f"status p95 {status['p95_ms']} ms over the run: inside a gunicorn "
@@ -895,6 +922,12 @@ def render(result: dict[str, Any]) -> None:
             f"{web['status_in_worker_ms']['p95']} ms, before a worker took it p95 "
             f"{web['status_before_worker_ms']['p95']} ms"
         )
+    pc = result["postgres_connections_peak"]
+    print(
+        f"PostgreSQL client connections at peak during the pulls: {pc['this_run']} "
+        f"of this run, {pc['all_clients']} in all, max_connections "
+        f"{pc['max_connections']}"
+    )
     cpu = result["cpu"]
     print(f"CPU seconds over the run ({cpu['window_s']} s x {cpu['cpus']} CPUs):")
     for name, seconds in cpu["cpu_s"].items():
@@ -964,6 +997,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "(/proc/PID/autogroup) of the sender's web, worker and beat sessions "
         "and of the PostgreSQL backends serving its databases, e.g. -10 to "
         "emulate a sender with a machine of its own (negative values need root)",
+    )
+    p.add_argument(
+        "--sender-gunicorn-args",
+        default=None,
+        help="a diagnostic: more gunicorn settings for the sender's web through "
+        "GUNICORN_CMD_ARGS, e.g. '--worker-class gthread --threads 8'",
     )
     p.add_argument("--out", type=Path, default=None, help="JSON results file")
     p.add_argument(

@@ -95,13 +95,22 @@ def listen_queue(port: int, tables: list[str]) -> int | None:
 
 
 def schedstat(pid: int) -> tuple[float, float] | None:
-    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a process."""
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a process,
+    all its threads together (the live ones: /proc/PID/task/*/schedstat)."""
+    on_cpu = waiting = 0
     try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            on_cpu, waiting, _ = f.read().split()
-    except (OSError, ValueError):
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return None
-    return int(on_cpu) / 1e9, int(waiting) / 1e9
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                a, b, _ = f.read().split()
+        except (OSError, ValueError):
+            continue
+        on_cpu += int(a)
+        waiting += int(b)
+    return on_cpu / 1e9, waiting / 1e9
 
 
 # x86_64 numbers of the system calls a web worker blocks in
@@ -156,15 +165,26 @@ def sockets(tables: list[str], port: int) -> dict[str, str]:
     return out
 
 
-def where(pid: int, socks: dict[str, str]) -> str | None:
-    """What a process's main thread is doing: 'running' (on a CPU or waiting
+def where(pid: int, socks: dict[str, str]) -> list[str]:
+    """What each thread of a process is doing: 'running' (on a CPU or waiting
     for one), or the system call it is blocked in, with what its file
-    descriptor is when it has one (from /proc/PID/syscall)."""
+    descriptor is when it has one (from /proc/PID/task/TID/syscall)."""
     try:
-        with open(f"/proc/{pid}/syscall") as f:
-            words = f.read().split()
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return None
+        return []
+    out = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                words = f.read().split()
+        except OSError:
+            continue
+        out.append(_syscall_text(pid, words, socks))
+    return out
+
+
+def _syscall_text(pid: int, words: list[str], socks: dict[str, str]) -> str:
     if not words or words[0] == "running":
         return "running"
     try:
@@ -200,7 +220,7 @@ class WebProbe:
         self.served: list[Served] = []
         self.queue: list[tuple[float, int]] = []
         self.sched: dict[int, list[tuple[float, tuple[float, float]]]] = {}
-        # pid -> (t, what its main thread was doing) each tick
+        # pid -> (t, what one of its threads was doing), each thread each tick
         self.where: dict[int, list[tuple[float, str]]] = {}
         self._stop = threading.Event()
         self._offset = log.stat().st_size if log.exists() else 0
@@ -252,8 +272,7 @@ class WebProbe:
                 st = schedstat(pid)
                 if st is not None:
                     self.sched.setdefault(pid, []).append((now, st))
-                spot = where(pid, socks)
-                if spot is not None:
+                for spot in where(pid, socks):
                     self.where.setdefault(pid, []).append((now, spot))
             self._stop.wait(self.every)
 
@@ -301,7 +320,7 @@ class WebProbe:
             spots = Counter(w for t, w in self.where.get(pid, []) if start <= t <= end)
             total = sum(spots.values())
             if total:
-                entry["main_thread_where"] = {
+                entry["threads_where"] = {
                     k: round(v / total, 3) for k, v in spots.most_common(8)
                 }
             workers.append(entry)
