@@ -15,24 +15,42 @@ sender's data database holds a `--rows` table (bench/dataset.py); each of the
 
 1. baseline: `--baseline` seconds of control calls alone;
 2. the run: `dbsync pull <connection> bench_rows` is started on every
-   receiver at once, and control calls go on at `--rate` a second until the
-   last pull ends. Control calls are open-loop (each is sent at its scheduled
-   time whatever the others are doing, on a new TCP connection, as a probe
-   would) and their latency is counted from that scheduled time, so a
-   saturated sender cannot hide its queue by slowing the client down. The mix
-   is mostly `GET /sync/api/status`, plus `verify-connection` and
-   `list-tables` with the receivers' own connections (`--mix`).
+   receiver at once (each command in its own session at a lower CPU weight,
+   as on the real topology it runs on the receiver's machine), and control
+   calls go on at `--rate` a second until the last pull ends. The run has
+   two phases: `starting` (the pull commands are running) and `pulls` (from
+   their return to the last pull's end); the figures of the whole run are the
+   headline. Control calls are open-loop (each is sent at its scheduled time
+   whatever the others are doing, on a new TCP connection, as a probe would)
+   and their latency is counted from that scheduled time, so a saturated
+   sender cannot hide its queue by slowing the client down (the client's own
+   delay is reported as `send_lag`). The mix is mostly `GET
+   /sync/api/status`, plus `verify-connection` and `list-tables` with the
+   receivers' own connections (`--mix`).
 
 It reports: every pull exact (transfer counts, and row count, an order-free
 digest and an md5 of all rows in key order all equal to the sender's), the
 number of 5xx answers (from the control clients and from the sender's access
 log, pull-data included), p50/p95/p99/max of `status` latency during the run,
 total rows/s of all pulls together, wall time, CPU and peak memory of the
-sender's process trees, and, to tell what saturates: how busy each of the
-sender's gunicorn workers was (per request, from its access log with the
-request time and worker pid added through GUNICORN_CMD_ARGS), each worker's
-CPU, the depth of the sender's accept queue, and how much of each `status`
-latency was spent waiting before a worker took the request.
+sender's process trees, and, to tell what saturates (bench/probes.py): how
+long each of the sender's gunicorn workers spent in requests and in
+pull-data (its access log, with the request time and worker pid added
+through GUNICORN_CMD_ARGS), its CPU time and its time runnable but waiting
+for a CPU (/proc/PID/task/*/schedstat), the system call each thread was
+blocked in, sampled 10 times a second (/proc/PID/task/*/syscall: e.g. sendto
+on a receiver's connection while streaming a page, poll while waiting for
+PostgreSQL, select/epoll while idle), the depth of the sender's accept queue,
+how much of each `status` latency was spent before a worker took the
+request, where the machine's CPU went (this run's processes, the PostgreSQL
+backends of its databases, everyone else), and the peak of PostgreSQL
+connections.
+
+Two diagnostics change the sender only, to tell a CPU shortage from a
+serving-model limit: `--sender-nice -10` (root) gives the sender's sessions
+and its PostgreSQL backends a larger CPU weight, as if it had a machine of
+its own; `--sender-gunicorn-args '--worker-class gthread --threads 8'` tries
+another gunicorn worker model without changing the code.
 
 Databases are named dbsync_bench_load_* and dropped at the end; Celery
 queues and redbeat keys carry a per-run prefix and are deleted from Redis.
@@ -280,6 +298,16 @@ class ControlLoad:
             call.latency = time.perf_counter() - call.due
 
 
+def _background() -> None:
+    """In a new session's child: lower the session's CPU weight (autogroup nice
+    10; with autogroups, a session's nice weighs it against other sessions)."""
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write("10")
+    except OSError:
+        os.nice(10)
+
+
 def _json(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
@@ -287,6 +315,7 @@ def _json(body: dict[str, Any]) -> bytes:
 def latency_summary(calls: list[Call]) -> dict[str, Any]:
     ms = sorted(c.latency * 1000 for c in calls)
     lag = sorted(c.lag * 1000 for c in calls)
+    sent = sorted((c.latency - c.lag) * 1000 for c in calls)
     statuses = Counter(str(c.status) for c in calls)
     return {
         "calls": len(ms),
@@ -297,7 +326,9 @@ def latency_summary(calls: list[Call]) -> dict[str, Any]:
         "p99_ms": r1(percentile(ms, 99)),
         "max_ms": r1(ms[-1]) if ms else None,
         "mean_ms": r1(sum(ms) / len(ms)) if ms else None,
+        # the client's own delay: due -> sent (a starved or saturated client)
         "send_lag_p99_ms": r1(percentile(lag, 99)),
+        "from_send_p95_ms": r1(percentile(sent, 95)),
     }
 
 
@@ -489,8 +520,12 @@ class LoadBench:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
-                    # Each in its own session, as eight operators' shells are.
+                    # Each in its own session, as the receivers' operators'
+                    # shells are, at a lower priority: on the real topology they
+                    # run on the receivers' machines, not beside the sender and
+                    # this process's control calls.
                     start_new_session=True,
+                    preexec_fn=_background,
                 ),
             )
             for r in self.receivers
@@ -912,7 +947,8 @@ def render(result: dict[str, Any]) -> None:
             print(
                 f"  {kind:<7} n={s['calls']:>5}  p50 {s['p50_ms']:>8} ms  p95 "
                 f"{s['p95_ms']:>8} ms  p99 {s['p99_ms']:>8} ms  max "
-                f"{s['max_ms']:>8} ms  {s['statuses']}"
+                f"{s['max_ms']:>8} ms  {s['statuses']}  (client send lag p99 "
+                f"{s['send_lag_p99_ms']} ms)"
             )
     for phase in ("baseline", "run"):
         web = result["sender_web"][phase]
