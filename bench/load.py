@@ -344,6 +344,7 @@ class Receiver:
     transfer_id: str = ""
 
 
+ENDED = ("completed", "failed", "cancelled")
 PULL_COLUMNS = (
     "status",
     "records_expected",
@@ -538,14 +539,19 @@ class LoadBench:
 
     def wait_pulls(self, timeout: float) -> list[tuple[float, int]]:
         """Poll every receiver's transfer until all end; (t, rows done) samples.
-        Also keeps the peak of PostgreSQL connections (this run's, everyone's)."""
-        conns = {r.site.name: self.pg.connect(r.site.state_db) for r in self.receivers}
+        Also keeps the peak of PostgreSQL connections (this run's, everyone's).
+
+        PostgreSQL's connections are shared with whatever else runs on the
+        machine, and the sites hold many: this holds one open (for
+        pg_stat_activity) and opens one more at a time, for an unfinished pull.
+        """
+        admin = self.pg.connect("postgres")
         progress: list[tuple[float, int]] = []
+        state = {r.site.name: ("pending", 0) for r in self.receivers}
         deadline = time.monotonic() + timeout
-        first = conns[self.receivers[0].site.name]
         try:
             while True:
-                with first.cursor() as cur:
+                with admin.cursor() as cur:
                     cur.execute(
                         "SELECT count(*) FILTER (WHERE datname LIKE %s), count(*) "
                         "FROM pg_stat_activity WHERE backend_type = 'client backend'",
@@ -556,26 +562,25 @@ class LoadBench:
                     max(self.pg_peak[0], ours),
                     max(self.pg_peak[1], everyone),
                 )
-                done, rows = 0, 0
                 for r in self.receivers:
-                    with conns[r.site.name].cursor() as cur:
-                        cur.execute(
-                            "SELECT status, records_transferred FROM dbsync_transfers "
-                            "WHERE id = %s",
-                            (r.transfer_id,),
-                        )
-                        status, transferred = cur.fetchone()
-                    rows += transferred or 0
-                    done += status in ("completed", "failed", "cancelled")
-                progress.append((time.perf_counter(), rows))
-                if done == len(self.receivers):
+                    if state[r.site.name][0] in ENDED:
+                        continue
+                    row = self.pg.query(
+                        r.site.state_db,
+                        "SELECT status, records_transferred FROM dbsync_transfers "
+                        f"WHERE id = '{r.transfer_id}'",
+                    )[0]
+                    state[r.site.name] = (row[0], row[1] or 0)
+                progress.append(
+                    (time.perf_counter(), sum(n for _, n in state.values()))
+                )
+                if all(status in ENDED for status, _ in state.values()):
                     return progress
                 if time.monotonic() > deadline:
                     raise BenchError(f"pulls not finished within {timeout:.0f}s")
-                time.sleep(0.5)
+                time.sleep(1.0)
         finally:
-            for conn in conns.values():
-                conn.close()
+            admin.close()
 
     def collect_pull(self, r: Receiver) -> dict[str, Any]:
         row = self.pg.query(
