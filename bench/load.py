@@ -82,6 +82,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: bench/load.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg2
+
 from bench import dataset
 from bench.harness import (
     REPO,
@@ -374,6 +376,7 @@ class LoadBench:
         self.receivers: list[Receiver] = []
         self.failed = False
         self.pg_peak = (0, 0)  # client connections: this run's, everyone's
+        self.poll_failures = 0
 
     # databases and sites
 
@@ -565,11 +568,15 @@ class LoadBench:
                 for r in self.receivers:
                     if state[r.site.name][0] in ENDED:
                         continue
-                    row = self.pg.query(
-                        r.site.state_db,
-                        "SELECT status, records_transferred FROM dbsync_transfers "
-                        f"WHERE id = '{r.transfer_id}'",
-                    )[0]
+                    try:
+                        row = self.pg.query(
+                            r.site.state_db,
+                            "SELECT status, records_transferred FROM "
+                            f"dbsync_transfers WHERE id = '{r.transfer_id}'",
+                        )[0]
+                    except psycopg2.OperationalError:  # e.g. too many clients
+                        self.poll_failures += 1
+                        continue
                     state[r.site.name] = (row[0], row[1] or 0)
                 progress.append(
                     (time.perf_counter(), sum(n for _, n in state.values()))
@@ -805,9 +812,11 @@ class LoadBench:
                     for k, v in mem.items()
                     if isinstance(v, dict)
                 },
+                "sender_errors": app_errors(sender.home / "web.log"),
                 "postgres_connections_peak": {
                     "this_run": self.pg_peak[0],
                     "all_clients": self.pg_peak[1],
+                    "progress_polls_refused": self.poll_failures,
                     "max_connections": int(
                         self.pg.query("postgres", "SHOW max_connections")[0][0]
                     ),
@@ -831,6 +840,28 @@ class LoadBench:
 
 
 # -- results ----------------------------------------------------------------------
+
+
+def app_errors(log: Path, limit: int = 20) -> list[dict[str, str]]:
+    """The unhandled errors a site's web logged (what a 500 was), each with the
+    last line of its traceback: the exception."""
+    out: list[dict[str, str]] = []
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for i, line in enumerate(lines):
+        if "unhandled error on" not in line and " ERROR " not in line:
+            continue
+        exception = ""
+        for follow in lines[i + 1 : i + 80]:
+            if follow and not follow.startswith((" ", "Traceback", "\t")):
+                exception = follow
+                break
+        out.append({"line": line[:300], "exception": exception[:300]})
+        if len(out) >= limit:
+            break
+    return out
 
 
 def timeline(
@@ -905,6 +936,8 @@ def diagnose(result: dict[str, Any]) -> list[str]:
             f"5xx answers: {v['http_5xx_control_calls']} to control calls, "
             f"{v['http_5xx_sender_access_log']} in the sender's access log."
         )
+    for err in result.get("sender_errors", [])[:3]:
+        out.append(f"sender web logged: {err['line']} -> {err['exception']}")
     if v["control_calls_without_answer"]:
         out.append(f"{v['control_calls_without_answer']} control calls got no answer.")
     if not v["all_pulls_exact"]:

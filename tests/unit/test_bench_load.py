@@ -4,9 +4,11 @@ itself is a benchmark (`python -m bench.load`), never a timed test."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench.load import Call, latency_summary, parse, parse_mix
+from bench.load import Call, app_errors, latency_summary, parse, parse_mix
 from bench.probes import listen_queue, parse_access, sockets
 
 # /proc/net/tcp: a socket listening on 127.0.0.1:8000 (0x1F40) with 3
@@ -114,3 +116,27 @@ def test_latency_summary() -> None:
         100.0,
         2000.0,
     )
+
+
+def test_app_errors_name_the_exception(tmp_path: Path) -> None:
+    log = tmp_path / "web.log"
+    log.write_text(
+        '127.0.0.1 - - [27/Nov/2026:17:20:21 +0000] "GET /sync/api/status HTTP/1.1"'
+        ' 500 51 "-" "-" 1200 <7>\n'
+        "2026-11-27 17:20:21,001 ERROR dbsync.api unhandled error on GET "
+        "/sync/api/status\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "    connect()\n"
+        "sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) too many "
+        "clients already\n"
+        '127.0.0.1 - - [27/Nov/2026:17:20:22 +0000] "GET /sync/api/status HTTP/1.1"'
+        ' 200 51 "-" "-" 1200 <7>\n'
+    )
+    (error,) = app_errors(log)
+    assert error["line"].endswith("unhandled error on GET /sync/api/status")
+    assert error["exception"] == (
+        "sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) too many "
+        "clients already"
+    )
+    assert app_errors(tmp_path / "missing.log") == []
