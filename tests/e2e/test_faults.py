@@ -21,17 +21,21 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import create_engine
 
 from shared.data.sender.offer import Catalog
 from tests.e2e.conftest import SiteProcesses
 from tests.e2e.faults import PgCluster, RedisServer, TcpProxy, fill
-from tests.helpers import ScratchDatabases, eventually
+from tests.e2e.operator import spawn_role
+from tests.helpers import ScratchDatabases, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +44,20 @@ ROWS = 60_000
 # kill must be able to land between pages of tables of this size.
 SMALL_PAGE = 1000
 COPY_MEDIA = b"vnd.dbsync.pgcopy"  # in both COPY formats' content types
+
+
+class Clock:
+    """Seconds since a test's fault began, noted at each step, for the figures."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.laps: list[str] = []
+
+    def lap(self, step: str) -> None:
+        self.laps.append(f"{step} {time.monotonic() - self.began:.1f}s")
+
+    def __str__(self) -> str:
+        return ", ".join(self.laps)
 
 
 @dataclass
@@ -56,43 +74,72 @@ class Faulty:
 
 
 def connection(site: SiteProcesses, direction: str, url: str) -> dict[str, Any]:
-    [conn] = [
-        c
-        for c in site.connections()
-        if c["direction"] == direction and c["site_url"] == url
-    ]
-    return conn
+    """The site's one connection with this peer URL, read from its database."""
+    [(conn_id, status, reason, remote, peer_sync)] = site.sql(
+        "SELECT id, status, suspended_reason, remote_status, peer_sync_status "
+        "FROM dbsync_connections WHERE direction = :direction AND site_url = :url",
+        direction=direction,
+        url=url,
+    )
+    return {
+        "id": str(conn_id),
+        "status": status,
+        "suspended_reason": reason,
+        "remote_status": remote,
+        "peer_sync": peer_sync,
+    }
+
+
+def active(site: SiteProcesses, direction: str, url: str) -> bool:
+    found = site.sql(
+        "SELECT status FROM dbsync_connections "
+        "WHERE direction = :direction AND site_url = :url",
+        direction=direction,
+        url=url,
+    )
+    return found == [("active",)]
 
 
 def pair(
-    sender: SiteProcesses, receiver: SiteProcesses, *options: str
-) -> tuple[str, str]:
-    """Connect ``sender`` to ``receiver``; return the sender's and the
-    receiver's connection ids once both are active."""
-    receiver.cli("settings", "set", "incoming_mode", "auto_accept")
-    sender.cli(
-        "connections",
-        "create",
-        "--name",
-        f"to-{receiver.name}",
-        "--url",
-        receiver.url,
-        *options,
-    )
-    known_as = sender.env["SYNC_SITE_URL"]  # what the receiver calls it
-    eventually(lambda: connection(sender, "sender", receiver.url)["status"] == "active")
-    eventually(lambda: connection(receiver, "receiver", known_as)["status"] == "active")
-    return (
-        connection(sender, "sender", receiver.url)["id"],
-        connection(receiver, "receiver", known_as)["id"],
-    )
+    *pairs: tuple[SiteProcesses, SiteProcesses, tuple[str, ...]],
+) -> list[tuple[str, str]]:
+    """Connect each (sender, receiver, options) at once; return the sender's
+    and the receiver's connection ids of each once all are active."""
+    for sender, receiver, options in pairs:
+        sender.cli(
+            "connections",
+            "create",
+            "--name",
+            f"to-{receiver.name}",
+            "--url",
+            receiver.url,
+            *options,
+        )
+    ids = []
+    for sender, receiver, _ in pairs:
+        known_as = sender.env["SYNC_SITE_URL"]  # what the receiver calls it
+        eventually(partial(active, sender, "sender", receiver.url), timeout=60)
+        eventually(partial(active, receiver, "receiver", known_as), timeout=60)
+        ids.append(
+            (
+                connection(sender, "sender", receiver.url)["id"],
+                connection(receiver, "receiver", known_as)["id"],
+            )
+        )
+    return ids
+
+
+def up(site: SiteProcesses) -> None:
+    site.cli("settings", "set", "enabled", "true")
+    site.cli("settings", "set", "incoming_mode", "auto_accept")
+    site.start()
 
 
 @pytest.fixture(scope="module")
 def faulty(
     tmp_path_factory: pytest.TempPathFactory, module_db_factory: ScratchDatabases
 ) -> Iterator[Faulty]:
-    began = time.monotonic()
+    clock = Clock()
     work: Path = tmp_path_factory.mktemp("faults")
     with contextlib.ExitStack() as stack:
         sender_pg = PgCluster("sender")
@@ -103,50 +150,60 @@ def faulty(
         stack.callback(redis.close)
         proxy = TcpProxy()
         stack.callback(proxy.close)
+        clock.lap("servers")
         broker = {"SYNC_BROKER_URL": f"{redis.url}/0"}
-        sender = SiteProcesses(
-            "sender",
-            work,
-            sender_pg.create_database("dbsync_fault_sender"),
-            0,
-            # Peers know the sender by the proxy's address, so every call a
-            # receiver makes to it goes through the proxy.
-            SYNC_SITE_URL=proxy.url,
-            # list-tables checksums every table up to this many rows on each
-            # pull's plan; the module's tables of 60,000 rows would soon make
-            # it outlast the e2e sites' 5 s HTTP timeout.
-            SYNC_CHECKSUM_ROW_LIMIT="1000",
-            **broker,
+        sites = {
+            "sender": partial(
+                SiteProcesses,
+                "sender",
+                work,
+                sender_pg.create_database("dbsync_fault_sender"),
+                0,
+                # Peers know the sender by the proxy's address, so every call
+                # a receiver makes to it goes through the proxy.
+                SYNC_SITE_URL=proxy.url,
+                # list-tables checksums every table up to this many rows on
+                # each pull's plan; the module's tables of 60,000 rows would
+                # soon make it outlast the e2e sites' 5 s HTTP timeout.
+                SYNC_CHECKSUM_ROW_LIMIT="1000",
+                **broker,
+            ),
+            "receiver": partial(
+                SiteProcesses,
+                "receiver",
+                work,
+                receiver_pg.create_database("dbsync_fault_receiver"),
+                0,
+                # A short lease: a run that died is taken up within seconds.
+                SYNC_PULL_LEASE_SECONDS="4",
+                **broker,
+            ),
+            "plain": partial(
+                SiteProcesses,
+                "plain",
+                work,
+                module_db_factory.create("fault_plain"),
+                0,
+                **broker,
+            ),
+        }
+        with ThreadPoolExecutor(3) as pool:
+            made = dict(zip(sites, pool.map(lambda make: make(), sites.values())))
+            for site in made.values():
+                stack.callback(site.close)
+            sender, receiver, plain = made["sender"], made["receiver"], made["plain"]
+            proxy.upstream_port = sender.port
+            list(pool.map(up, made.values()))
+        clock.lap("sites up")
+        [(_, receiver_conn), (_, plain_conn), _] = pair(
+            # Small pages, so the faults can land between pages (SMALL_PAGE).
+            (sender, receiver, ("--max-records-per-request", str(SMALL_PAGE))),
+            (sender, plain, ()),
+            # The other way too, for the status changes of the Redis test.
+            (plain, sender, ()),
         )
-        stack.callback(sender.close)
-        proxy.upstream_port = sender.port
-        receiver = SiteProcesses(
-            "receiver",
-            work,
-            receiver_pg.create_database("dbsync_fault_receiver"),
-            0,
-            # A short lease: a run that died is taken up within seconds.
-            SYNC_PULL_LEASE_SECONDS="4",
-            **broker,
-        )
-        stack.callback(receiver.close)
-        plain = SiteProcesses(
-            "plain", work, module_db_factory.create("fault_plain"), 0, **broker
-        )
-        stack.callback(plain.close)
-        print(f"\n[faults] setup {time.monotonic() - began:.1f}s")
-        for site in (sender, receiver, plain):
-            site.cli("settings", "set", "enabled", "true")
-            site.start()
-            print(f"[faults] {site.name} {time.monotonic() - began:.1f}s")
-        # Small pages, so the faults can land between pages (see SMALL_PAGE).
-        _, receiver_conn = pair(
-            sender, receiver, "--max-records-per-request", str(SMALL_PAGE)
-        )
-        _, plain_conn = pair(sender, plain)
-        print(
-            f"\n[faults] three sites up and paired in {time.monotonic() - began:.1f}s"
-        )
+        clock.lap("paired")
+        print(f"\n[faults] three sites ({clock})")
         yield Faulty(
             sender_pg,
             receiver_pg,
@@ -169,20 +226,6 @@ def _logs_on_failure(request: pytest.FixtureRequest, faulty: Faulty) -> Iterator
     if failed is not None and failed.failed:
         for site in (faulty.sender, faulty.receiver, faulty.plain):
             print(site.logs())
-
-
-class Clock:
-    """Seconds since a test's fault began, noted at each step, for the figures."""
-
-    def __init__(self) -> None:
-        self.began = time.monotonic()
-        self.laps: list[str] = []
-
-    def lap(self, step: str) -> None:
-        self.laps.append(f"{step} {time.monotonic() - self.began:.1f}s")
-
-    def __str__(self) -> str:
-        return ", ".join(self.laps)
 
 
 # ---------------------------------------------------------------- pulls
@@ -266,6 +309,14 @@ def rows_at_least(receiver: SiteProcesses, transfer_id: str, rows: int) -> bool:
     return now is not None and now["rows"] >= rows
 
 
+def answers(port: int) -> bool:
+    try:
+        status = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code
+    except httpx.HTTPError:
+        return False
+    return status == 200
+
+
 def idle_sender(sender: SiteProcesses) -> bool:
     """No session of the sender's web is left inside a page (a COPY, a
     transaction) once the pulls are over."""
@@ -313,12 +364,10 @@ def test_redis_restarted_with_status_changes_and_a_pull_queued(
     """Every message on the broker is lost; the databases re-drive them."""
     f = faulty
     sender, plain = f.sender, f.plain
-    clock = Clock()
-    # A second connection, the other way: plain sends to the sender.
-    back, _ = pair(plain, sender)
     forth = connection(sender, "sender", plain.url)["id"]
+    back = connection(plain, "sender", sender.url)["id"]  # plain sends to sender
     fill(sender, "queued", ROWS)
-    clock.lap("paired the other way")
+    clock = Clock()
 
     # No worker takes anything: the changes and the pull wait on the broker.
     sender.stop("worker")
@@ -370,9 +419,12 @@ def test_redis_restarted_with_status_changes_and_a_pull_queued(
     clock.lap("pull completed")
     assert_exact(sender, plain, done, "queued", ROWS, 100_000)
     assert done["attempts"] == 1, done
-    # Beat lived through the broker's restart on both sites.
+    # Beat lived through the broker's restart on both sites, and took its
+    # lock and schedule on the broker again.
     for site in (sender, plain):
         assert site.procs["beat"].poll() is None, site.name
+        beat_log = (site.home / "beat.log").read_text()
+        assert "lock taken again, schedule installed again" in beat_log
     print(f"[faults] Redis restarted: every change delivered, pull exact ({clock})")
 
 
@@ -403,36 +455,37 @@ def test_a_slow_link(faulty: Faulty) -> None:
     f = faulty
     sender = f.sender
     rate = 500_000
-    fill(sender, "slow", ROWS)
-    log_from = len((sender.home / "web.log").read_text())
-    clock = Clock()
-    # 5 s stands for gunicorn's 30 s default, so the page outlasts it in a
-    # test of seconds; it is an operator's setting (GUNICORN_CMD_ARGS).
-    sender.stop("web")
-    sender.env["GUNICORN_CMD_ARGS"] = "--timeout 5"
-    sender.start(web=True, worker=False, beat=False)
-    clock.lap("sender's web restarted")
-    f.proxy.throttle(rate)
-    passed = f.proxy.answer_bytes
-    began = time.monotonic()
+    # A second web of the sender, its gunicorn timeout at 5 s: it stands for
+    # the 30 s default, so the page outlasts it in a test of seconds. The
+    # timeout is an operator's setting (GUNICORN_CMD_ARGS); the proxy sends
+    # the receivers to this web for the test.
+    port = free_port()
+    env = {**sender.env, "PORT": str(port), "GUNICORN_CMD_ARGS": "--timeout 5"}
+    web = spawn_role("web", env, sender.home / "run", sender.home / "web-5s.log")
     try:
+        fill(sender, "slow", ROWS)
+        eventually(partial(answers, port), timeout=30)
+        f.proxy.upstream_port = port
+        f.proxy.throttle(rate)
+        passed = f.proxy.answer_bytes
+        began = time.monotonic()
         done = finished(f.plain, pull(f.plain, f.plain_conn, "slow"), timeout=90)
         took = time.monotonic() - began
         passed = f.proxy.answer_bytes - passed
-        clock.lap("completed")
     finally:
         f.proxy.throttle(None)
-        sender.stop("web")
-        del sender.env["GUNICORN_CMD_ARGS"]
-        sender.start(web=True, worker=False, beat=False)
-        clock.lap("sender's web restored")
+        f.proxy.upstream_port = sender.port
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=30)
     assert_exact(sender, f.plain, done, "slow", ROWS, 100_000)
     assert done["attempts"] == 1, done
     assert passed > 5_000_000 and took >= passed / rate - 1, (passed, took)
-    assert "WORKER TIMEOUT" not in (sender.home / "web.log").read_text()[log_from:]
+    served = (sender.home / "web-5s.log").read_text()
+    assert '"POST /sync/api/pull-data HTTP/1.1" 200' in served
+    assert "WORKER TIMEOUT" not in served
     print(
         f"[faults] slow link: {passed / 1e6:.1f} MB at {rate / 1e3:.0f} kB/s "
-        f"in {took:.1f}s, one run, exact ({clock})"
+        f"in {took:.1f}s, one run, exact"
     )
 
 
@@ -442,14 +495,14 @@ def test_a_slow_link(faulty: Faulty) -> None:
 def test_the_pull_worker_killed_at_ten_random_moments(faulty: Faulty) -> None:
     f = faulty
     receiver = f.receiver
-    rows = 100_000
+    rows = 80_000
     fill(f.sender, "killed", rows)
     seed = int(os.environ.get("DBSYNC_FAULT_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     # Each moment: once a fresh run holds the pull, after it wrote this many
-    # pages (0: it may still be planning), this much later. At most 50 pages
-    # and 1.5 s in all, so the pull of 100 pages outlasts the ten of them.
-    moments = [(rng.randint(0, 5), round(rng.uniform(0, 0.15), 3)) for _ in range(10)]
+    # pages (0: it may still be planning or opening its first page), this
+    # much later (up to a few pages). The 80 pages outlast the ten moments.
+    moments = [(rng.randint(0, 3), round(rng.uniform(0, 0.1), 3)) for _ in range(10)]
     print(f"\n[faults] seed {seed} (DBSYNC_FAULT_SEED to replay): {moments}")
     clock = Clock()
     transfer = pull(receiver, f.receiver_conn, "killed")
