@@ -64,6 +64,8 @@ class PgCluster:
     folder, trust auth, its own port, its unix socket in that folder."""
 
     def __init__(self, label: str) -> None:
+        # Not under pytest's temporary folder: run as root, that one is
+        # closed to the cluster's owner.
         self.root = Path(tempfile.mkdtemp(prefix=f"dbsync-{label}-pg-"))
         if os.geteuid() == 0:
             owner = pwd.getpwnam("postgres")
