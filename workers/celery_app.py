@@ -58,7 +58,9 @@ def beat_config(settings: Settings) -> dict[str, Any]:
 
     With Redis the schedule and a lock live on the broker (celery-redbeat), under
     a key prefix per site, so beat needs no folder and two beats of one site
-    never both send. Other brokers keep Celery's file under the site's home.
+    never both send; beat lives through a restart of Redis
+    (workers.beat_scheduler). Other brokers keep Celery's file under the
+    site's home.
     """
     jobs = health.beat_jobs(settings)
     wake = max(1, min(BEAT_MAX_WAKE_SECONDS, *jobs.values()))
@@ -78,9 +80,13 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.broker_url.startswith(("redis://", "rediss://")):
         config.update(
-            beat_scheduler="redbeat.RedBeatScheduler",
+            beat_scheduler="workers.beat_scheduler:BrokerScheduler",
             redbeat_redis_url=settings.broker_url,
             redbeat_key_prefix=f"{settings.queue_prefix}redbeat",
+            # The broker's transport options are not the client's; said
+            # outright, or redbeat warns at every start that it will stop
+            # falling back to them.
+            redbeat_redis_options={},
             redbeat_lock_timeout=max(BEAT_MIN_LOCK_SECONDS, BEAT_LOCK_WAKES * wake),
         )
     else:

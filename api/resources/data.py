@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import falcon
 
@@ -10,6 +10,41 @@ from api.middleware import read_json, remote_ip
 from shared.context import Site
 from shared.data.sender import copy_out
 from shared.data.sender import handlers as data_api
+
+
+def _no_heartbeat() -> None:
+    pass
+
+
+# Called each time a chunk of a streamed page is handed to the web server;
+# api.gunicorn_conf points it at the gunicorn worker's heartbeat.
+server_heartbeat: Callable[[], None] = _no_heartbeat
+
+
+class Streamed:
+    """A COPY page's chunks, each handed over with a sign of life to the server.
+
+    A gunicorn sync worker counts a whole request against its timeout (30 s by
+    default): a page that streamed to a slow receiver for longer was killed
+    mid-body, and so was every run that asked for it again, so the pull never
+    finished. A chunk handed over is progress; a worker that hands over none
+    for the timeout (a receiver that stopped reading) is still killed.
+    """
+
+    def __init__(self, page: copy_out.CopyPage, heartbeat: Callable[[], None]):
+        self._page = page
+        self._heartbeat = heartbeat
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._page)
+        self._heartbeat()
+        return chunk
+
+    def close(self) -> None:
+        self._page.close()
 
 
 class DataCall:
@@ -45,7 +80,7 @@ class PullData(DataCall):
         resp.content_type = page.content_type
         for name, value in page.headers.items():
             resp.set_header(name, value)
-        resp.stream = page
+        resp.stream = Streamed(page, server_heartbeat)
 
 
 def routes(site: Site) -> dict[str, object]:

@@ -40,14 +40,13 @@ class SiteProcesses:
         self.db_name = database_name(db_url)
         # Queues are named after the site's database, so concurrent runs sharing
         # the Redis database never see each other's tasks.
-        self.redis_url = f"{REDIS_URL}/{redis_db}"
+        self.redis_url = env.get("SYNC_BROKER_URL", f"{REDIS_URL}/{redis_db}")
         self.queue_prefix = f"{self.db_name}."
         # The site's folder holds its logs and one empty working directory per
         # process start; nothing of the site's own lives there.
         self.home = workdir / name
         self.home.mkdir(parents=True, exist_ok=True)
-        self.env = operator_env(
-            self.home,
+        defaults = dict(
             SYNC_DATABASE_URL=self.db_url,
             SYNC_BROKER_URL=self.redis_url,
             SYNC_SITE_URL=self.url,
@@ -60,8 +59,9 @@ class SiteProcesses:
             SYNC_HTTP_TIMEOUT_SECONDS="5",
             SYNC_LOG_LEVEL="DEBUG",
             SYNC_QUEUE_PREFIX=self.queue_prefix,
-            **env,
         )
+        # ``env`` may override any of these (a broker or site URL of the test's).
+        self.env = operator_env(self.home, **{**defaults, **env})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.cli("db", "upgrade")
 

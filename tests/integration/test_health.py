@@ -170,7 +170,7 @@ def test_beat_config_per_broker() -> None:
             "sqlite://", SYNC_BROKER_URL=f"{REDIS_URL}/3", SYNC_QUEUE_PREFIX="a."
         )
     )
-    assert redis["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert redis["beat_scheduler"] == "workers.beat_scheduler:BrokerScheduler"
     assert redis["redbeat_redis_url"] == f"{REDIS_URL}/3"
     assert redis["redbeat_key_prefix"] == "a.redbeat"
     assert (redis["beat_max_loop_interval"], redis["redbeat_lock_timeout"]) == (10, 30)
