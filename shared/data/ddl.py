@@ -35,6 +35,9 @@ def db_error_text(ex: BaseException) -> str:
 
 
 MAX_COLUMNS = 1600  # PostgreSQL's limit; a longer list is refused before any SQL
+# Every pattern below is used with fullmatch: ``$`` also matches before a final
+# newline, and ``match`` anchors only the start (a type "int); DROP ..." would
+# pass as "int").
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always fullmatch: $ takes "x\n"
 
 _PG_TYPE = re.compile(
@@ -248,7 +251,7 @@ def _column_type(
     if text == "array" and dims == 0:  # information_schema's data_type for any array
         text, note = "jsonb", "array of unknown element type stored as jsonb"
     text = _with_size(text, col)
-    if not _PG_TYPE.match(text):
+    if not _PG_TYPE.fullmatch(text):
         note = f"type {raw!r} stored as text"
         text = "text"
     serial = text in _SERIALS

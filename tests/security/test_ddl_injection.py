@@ -125,6 +125,29 @@ def test_every_string_default_keeps_its_exact_value(
         assert conn.exec_driver_sql("SELECT a FROM t").scalar() == value
 
 
+@pytest.mark.parametrize(
+    "sql_type",
+    [
+        "int); DROP TABLE victim; CREATE TABLE pwned (a int",
+        "integer DEFAULT 1); DROP TABLE victim; --",
+        "numeric(10,2)\n); DROP TABLE victim; --",
+        "text[]; DROP TABLE victim",
+    ],
+)
+def test_a_type_is_a_type_never_sql(data_db: Engine, sql_type: str) -> None:
+    run(
+        data_db,
+        "DROP TABLE IF EXISTS victim, pwned, t",
+        "CREATE TABLE victim (id integer PRIMARY KEY)",
+    )
+    schema = payload(a=None)
+    schema["columns"][1]["type"] = sql_type
+    with data_db.begin() as conn:
+        creation = create_table(conn, "t", schema, existing_tables=set())
+    assert creation.warnings == [f"a: type {sql_type!r} stored as text"]
+    assert tables(data_db) == ["t", "victim"]
+
+
 # ---------------------------------------------------------- through a real pull
 
 
