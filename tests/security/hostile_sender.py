@@ -275,12 +275,14 @@ class Receiver:
     ) -> None:
         self.settings = make_settings(
             state_url,
-            SYNC_DATA_DATABASE_URL=data_url,
-            SYNC_PULL_MAX_ATTEMPTS="3",
-            SYNC_RETRY_BASE_SECONDS="1",
-            SYNC_RETRY_MAX_SECONDS="1",
-            SYNC_HTTP_TIMEOUT_SECONDS="10",
-            **env,
+            **{
+                "SYNC_DATA_DATABASE_URL": data_url,
+                "SYNC_PULL_MAX_ATTEMPTS": "3",
+                "SYNC_RETRY_BASE_SECONDS": "1",
+                "SYNC_RETRY_MAX_SECONDS": "1",
+                "SYNC_HTTP_TIMEOUT_SECONDS": "10",
+                **env,
+            },
         )
         self.site = Site(
             self.settings,

@@ -8,6 +8,7 @@ newline: a sender offering ``"users\\n"`` had the receiver create a table
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,6 @@ from sqlalchemy import Engine, create_engine
 
 from shared.data.ddl import UnsafeSchema, create_table
 from shared.data.receiver import bulk_in
-from shared.data.schema import plain_name
 from tests.helpers import ScratchDatabases
 from tests.security.hostile_sender import (
     Answer,
@@ -78,17 +78,15 @@ def test_create_table_refuses_a_name_with_a_trailing_newline(
 
 
 @pytest.mark.parametrize(
-    "name", ["users\n", "users\x00", "\x1b]52;c;cHduZWQ=\x07", "u" * 64, "", 7]
+    "name",
+    ["id\n", "id\r", "i\x00d", "\x1b]52;c;cHduZWQ=\x07", "u" * 64, "", 7],
+    ids=repr,
 )
-def test_a_name_from_a_peer_must_be_printable_and_fit(name: Any) -> None:
-    assert plain_name(name) is False
-
-
-def test_a_copy_page_naming_a_column_with_a_newline_is_refused() -> None:
+def test_a_copy_page_naming_a_column_that_is_no_name_is_refused(name: Any) -> None:
     headers = {
         "x-sync-format": "pg_copy_text",
         "x-sync-table": "items",
-        "x-sync-columns": '["id\\n"]',
+        "x-sync-columns": json.dumps(["id", name]),
         "x-sync-count": "1",
         "x-sync-has-more": "false",
         "x-sync-next-cursor": "null",
