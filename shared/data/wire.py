@@ -608,7 +608,15 @@ def decode_row(row: Mapping[str, Any], columns: list[Column]) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    """A short sample of a value for an error message, whatever the value."""
+    if isinstance(value, str) and len(value) > 60:
+        value = value[:60]
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except RecursionError:  # a peer's value nested deeper than the stack
+        return f"a {type(value).__name__} nested too deep"
+    except ValueError:  # an integer with more digits than int() shows
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -654,7 +662,12 @@ def pg_param(value: Any, kind: str) -> Any:
     if kind in ("date", "time", "timetz", "timestamp", "timestamptz"):
         return value.isoformat()
     if kind == "json":
-        return "null" if value is JSON_NULL else json.dumps(value, ensure_ascii=False)
+        if value is JSON_NULL:
+            return "null"
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except RecursionError:  # fails the row, not the page
+            raise ValueError("JSON value nested too deep") from None
     if kind == "bytea":
         return bytes(value)
     return value

@@ -13,6 +13,7 @@ receiver's own tables untouched.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -237,6 +238,36 @@ def test_a_hostile_answer_fails_the_transfer_with_its_reason(
     assert all(t.status == "failed" for t in pulled.tables)
     assert str(pulled.transfer.id) not in receiver.swept()
     assert receiver.fingerprint(skip={"items"}) == before
+
+
+def test_values_nested_deep_fail_their_rows_alone(
+    sites: tuple[HostileSender, Receiver],
+) -> None:
+    """A value nested 990 deep (as deep as the JSON parser reads) in a jsonb
+    and in an integer column: each fails its row with a reason, the rest land."""
+    sender, receiver = sites
+    sender.json_only = True
+
+    def deep_values(endpoint: str, body: Any, honest: Any) -> Answer:
+        answer = honest()
+        if endpoint == "pull-data" and body.get("after") is None:
+            answer.obj["data"][0]["data"] = answer.obj["data"][1]["qty"] = "DEEP"
+            text = json.dumps(answer.obj).encode()
+            return raw_answer(text.replace(b'"DEEP"', nested(990)))
+        return answer
+
+    sender.behaviour = deep_values
+    pulled = receiver.pull("items")
+    transfer = pulled.transfer
+    assert (transfer.status, transfer.error_message) == ("completed", None)
+    assert (transfer.records_created, transfer.records_failed) == (3, 2)
+    assert pulled.tables[0].errors == [
+        {"key": [1], "error": "data: JSON value nested too deep"},
+        {"key": [2], "error": "qty: expected an integer, got a list nested too deep"},
+    ]
+    with receiver.data.connect() as conn:
+        ids = conn.exec_driver_sql("SELECT id FROM items ORDER BY id").scalars().all()
+    assert ids == [3, 4, 5]
 
 
 def test_the_dependency_chain_is_ordered_without_recursion(

@@ -904,20 +904,34 @@ def _advance(
 def _kept_error(error: dict[str, Any]) -> dict[str, Any]:
     """A failed row's entry as the checkpoint and the transfer keep it.
 
-    Its key is the sender's value: kept as it came when it is a short list
-    of plain values, else as a short text, so that no key a sender makes up
-    (huge, deeply nested, with NUL or an unpaired surrogate) can stop the
-    page or its progress from being saved.
+    Its key is the sender's value: kept as it came when it is small and
+    storable, else as a short text, so that no key a sender makes up (huge,
+    deeply nested, with NUL or an unpaired surrogate) can stop the page or
+    its progress from being saved.
     """
     key = error.get("key")
-    if not (
-        isinstance(key, list)
-        and len(key) <= 32
-        and _plain_cursor(key)
-        and len(wire.canonical_json(key)) <= 1000
-    ):
+    if not (_storable(key, 3) and len(wire.canonical_json(key)) <= 1000):
         key = safe_text(_short_repr(key), 200)
     return {"key": key, "error": safe_text(str(error.get("error")), 500)}
+
+
+def _storable(value: Any, depth: int) -> bool:
+    """Whether a JSON value a sender sent can be stored as JSON as it is."""
+    if isinstance(value, str):
+        return "\x00" not in value and _utf8(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if value is None or isinstance(value, int):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, list):
+        return len(value) <= 32 and all(_storable(v, depth - 1) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= 32 and all(
+            _storable(k, 0) and _storable(v, depth - 1) for k, v in value.items()
+        )
+    return False
 
 
 def _short_repr(value: Any) -> str:
