@@ -24,6 +24,7 @@ from shared.control.peer import PeerClient, PeerRefused, PeerResponse, PeerUnava
 from shared.db import after_commit, utcnow
 from shared.security import short_hash
 from shared.state.models import Connection, PeerNotice
+from shared.untrusted import safe_text, short_word
 
 log = logging.getLogger("dbsync.notices")
 
@@ -90,64 +91,43 @@ class Outcome:
 
 
 def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
-    """Try one notice once; say whether and when to try again."""
+    """Try one notice once; say whether and when to try again.
+
+    Every try ends in a recorded outcome: whatever goes wrong (a peer's
+    answer this site cannot read, a failure to record it) counts as an
+    attempt, retried with backoff until the notice's horizon.
+    """
+    try:
+        return _deliver(site, client, notice_id)
+    except Exception as ex:
+        log.exception("notice id=%s: unexpected error", notice_id)
+        return _after_error(site, notice_id, f"{type(ex).__name__}: {ex}")
+
+
+def _deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
     with site.db.session() as session:
-        stmt = select(PeerNotice).where(PeerNotice.id == notice_id)
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        notice = session.scalar(stmt)
-        if notice is None or notice.state not in OPEN_STATES:
+        notice = _open_notice(session, notice_id)
+        if notice is None:
             return Outcome("done")
         now = utcnow()
         if notice.next_attempt_at > now + dt.timedelta(seconds=1):
             return Outcome("not_due")
-        conn = (
-            session.get(Connection, notice.connection_id)
-            if notice.connection_id
-            else None
-        )
+        conn = _connection(session, notice)
         body = _request_body(site, notice)
+        endpoint = ENDPOINTS[notice.kind]
         try:
-            resp = client.post(notice.site_url, ENDPOINTS[notice.kind], body)
+            resp = client.post(notice.site_url, endpoint, body)
         except PeerRefused as ex:
             _finish(notice, conn, "failed", str(ex))
             return Outcome("failed")
         except PeerUnavailable as ex:
-            notice.attempts += 1
-            notice.last_error = str(ex)[:500]
-            horizon = notice.created_at + dt.timedelta(
-                seconds=site.settings.retry_horizon_seconds
+            return _retry(site, notice, conn, now, str(ex), ex.retry_after)
+        if resp.status == 200 and not isinstance(resp.body.get("success"), bool):
+            # A 200 whose body is no protocol answer (not JSON, nested too
+            # deep to read): the peer is not working right, which may pass.
+            return _retry(
+                site, notice, conn, now, f"{endpoint}: invalid answer (HTTP 200)", None
             )
-            delay = backoff(
-                notice.attempts,
-                site.settings.retry_base_seconds,
-                site.settings.retry_max_seconds,
-                hint=ex.retry_after,
-            )
-            if now + dt.timedelta(seconds=delay) > horizon:
-                _finish(notice, conn, "gave_up", f"peer unreachable: {ex}")
-                log.warning(
-                    "notice gave up id=%s kind=%s hash=%s attempts=%s",
-                    notice.id,
-                    notice.kind,
-                    short_hash(notice.auth_token_hash),
-                    notice.attempts,
-                )
-                return Outcome("gave_up")
-            notice.state = "retrying"
-            notice.next_attempt_at = now + dt.timedelta(seconds=delay)
-            if conn is not None and notice.kind in ("update_status", "delete"):
-                conn.peer_sync_status = "retrying"
-                conn.peer_sync_error = notice.last_error
-            log.info(
-                "notice retry id=%s kind=%s hash=%s attempt=%s in=%.1fs",
-                notice.id,
-                notice.kind,
-                short_hash(notice.auth_token_hash),
-                notice.attempts,
-                delay,
-            )
-            return Outcome("retrying", delay)
         notice.attempts += 1
         notice.http_status = resp.status
         state = _apply(session, notice, conn, resp)
@@ -160,6 +140,78 @@ def deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
             resp.status,
         )
         return Outcome(state)
+
+
+def _open_notice(session: Session, notice_id: int) -> PeerNotice | None:
+    """The notice, locked, if it is still to be delivered."""
+    stmt = select(PeerNotice).where(PeerNotice.id == notice_id)
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    notice = session.scalar(stmt)
+    if notice is None or notice.state not in OPEN_STATES:
+        return None
+    return notice
+
+
+def _connection(session: Session, notice: PeerNotice) -> Connection | None:
+    if notice.connection_id is None:
+        return None
+    return session.get(Connection, notice.connection_id)
+
+
+def _after_error(site: Site, notice_id: int, error: str) -> Outcome:
+    """Count a try that ended in an unexpected error, in a session of its own."""
+    with site.db.session() as session:
+        notice = _open_notice(session, notice_id)
+        if notice is None:
+            return Outcome("done")
+        return _retry(site, notice, _connection(session, notice), utcnow(), error, None)
+
+
+def _retry(
+    site: Site,
+    notice: PeerNotice,
+    conn: Connection | None,
+    now: dt.datetime,
+    error: str,
+    hint: float | None,
+) -> Outcome:
+    """Count a failed try; schedule the next one, or give up past the horizon."""
+    notice.attempts += 1
+    notice.last_error = safe_text(error, 500)
+    horizon = notice.created_at + dt.timedelta(
+        seconds=site.settings.retry_horizon_seconds
+    )
+    delay = backoff(
+        notice.attempts,
+        site.settings.retry_base_seconds,
+        site.settings.retry_max_seconds,
+        hint=hint,
+    )
+    if now + dt.timedelta(seconds=delay) > horizon:
+        _finish(notice, conn, "gave_up", f"peer unreachable: {notice.last_error}")
+        log.warning(
+            "notice gave up id=%s kind=%s hash=%s attempts=%s",
+            notice.id,
+            notice.kind,
+            short_hash(notice.auth_token_hash),
+            notice.attempts,
+        )
+        return Outcome("gave_up")
+    notice.state = "retrying"
+    notice.next_attempt_at = now + dt.timedelta(seconds=delay)
+    if conn is not None and notice.kind in ("update_status", "delete"):
+        conn.peer_sync_status = "retrying"
+        conn.peer_sync_error = notice.last_error
+    log.info(
+        "notice retry id=%s kind=%s hash=%s attempt=%s in=%.1fs",
+        notice.id,
+        notice.kind,
+        short_hash(notice.auth_token_hash),
+        notice.attempts,
+        delay,
+    )
+    return Outcome("retrying", delay)
 
 
 def _request_body(site: Site, notice: PeerNotice) -> dict[str, Any]:
@@ -187,8 +239,9 @@ def _request_body(site: Site, notice: PeerNotice) -> dict[str, Any]:
 def _finish(
     notice: PeerNotice, conn: Connection | None, state: str, error: str | None
 ) -> None:
+    error = safe_text(error, 500) if error else None
     notice.state = state
-    notice.last_error = error[:500] if error else None
+    notice.last_error = error
     notice.payload = {}  # wipes a registration's raw token and password
     if state == "delivered":
         notice.delivered_at = utcnow()
@@ -219,7 +272,7 @@ def _apply(
                     "system",
                     "connection.registration_failed",
                     conn,
-                    reason=resp.error,
+                    reason=safe_text(resp.error, 500),
                 )
             return "failed"
         _finish(notice, conn, "delivered", None)
@@ -229,7 +282,9 @@ def _apply(
             conn.registration_error = None
             conn.meta = {
                 **(conn.meta or {}),
-                "remote_connection_uuid": resp.body.get("connection_uuid"),
+                "remote_connection_uuid": short_word(
+                    resp.body.get("connection_uuid"), 64
+                ),
                 "registered_at": utcnow().isoformat(),
             }
             audit.record(
@@ -251,7 +306,7 @@ def _apply(
         if ok:
             _finish(notice, None, "delivered", None)
             if conn is not None:
-                conn.remote_status = str(resp.body.get("status"))[:20]
+                conn.remote_status = safe_text(str(resp.body.get("status")), 20)
                 conn.last_verified_at = utcnow()
             return "delivered"
         _finish(notice, None, "failed", resp.error)

@@ -32,6 +32,22 @@ PG_READ_SETTINGS = (
 
 # --- quoting ---------------------------------------------------------------------
 
+MAX_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: a longer name is cut short
+
+
+def plain_name(name: object) -> bool:
+    """Whether a table or column name a peer sent may stand for one of ours.
+
+    PostgreSQL keeps 63 bytes of a name and no NUL; a control character (a
+    trailing newline, an escape sequence) would make a name that looks like
+    another one, so such names are refused outright, not cleaned.
+    """
+    return (
+        isinstance(name, str)
+        and name.isprintable()
+        and 0 < len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    )
+
 
 def quote(identifier: str) -> str:
     """Quote an identifier for PostgreSQL and SQLite alike, in SQL run as written."""
@@ -393,14 +409,15 @@ _PG_TYPE_FOR_KIND = {
 }
 
 _DECLARED = re.compile(
-    r"^\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$"
+    r"\s*([A-Za-z_][A-Za-z0-9_ ]*?)\s*(?:\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*",
+    re.ASCII,
 )
 
 
 def sqlite_kind(declared: str) -> str:
     """The kind of a SQLite column from its declared type (names, then affinity)."""
     upper = (declared or "").strip().upper()
-    match = _DECLARED.match(upper)
+    match = _DECLARED.fullmatch(upper)
     base = match.group(1) if match else upper
     if base in _SQLITE_NAMED_KINDS:
         return _SQLITE_NAMED_KINDS[base]
@@ -421,7 +438,7 @@ def _sqlite_column_type(
     declared: str, kind: str
 ) -> tuple[str, int | None, int | None, int | None]:
     """A PostgreSQL type for a SQLite column, with max_length, precision, scale."""
-    match = _DECLARED.match(declared or "")
+    match = _DECLARED.fullmatch(declared or "")
     first = int(match.group(2)) if match and match.group(2) else None
     second = int(match.group(3)) if match and match.group(3) else None
     if kind == "numeric":

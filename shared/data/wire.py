@@ -63,12 +63,14 @@ KINDS = frozenset(
     }
 )  # fmt: skip
 
+# Checked with fullmatch: ``$`` would also take the text before a final newline.
 _ISO_DURATION = re.compile(
-    r"^P(?!$)(-?\d+Y)?(-?\d+M)?(-?\d+W)?(-?\d+D)?"
-    r"(T(?=-?\d)(-?\d+H)?(-?\d+M)?(-?\d+(\.\d+)?S)?)?$"
+    r"P(?!\Z)(-?\d+Y)?(-?\d+M)?(-?\d+W)?(-?\d+D)?"
+    r"(T(?=-?\d)(-?\d+H)?(-?\d+M)?(-?\d+(\.\d+)?S)?)?",
+    re.ASCII,
 )
-_INT_TEXT = re.compile(r"^[+-]?\d+$")
-_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_INT_TEXT = re.compile(r"[+-]?\d+", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 _FLOAT_SPECIALS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 Encoder = Callable[[Any], Any]
@@ -236,14 +238,19 @@ def parse_json(text: str | bytes) -> Any:
 
     orjson turns such integers into floats, losing digits; the standard
     library keeps them (and reads 1e400 as infinity where orjson refuses).
-    Raises ValueError for text that is not JSON.
+    Raises ValueError for text that is not JSON, or nested too deep to read.
     """
     if not _may_hold_long_integer(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        # A peer's JSON nested deeper than the interpreter's stack: not an
+        # answer this site reads, and never an error that escapes as a crash.
+        raise ValueError("JSON nested too deep") from None
 
 
 def _enc_text(value: Any) -> Any:
@@ -362,7 +369,7 @@ def _dec_int(value: Any) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and _INT_TEXT.match(value.strip()):
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         return int(value)
     raise ValueError(f"expected an integer, got {_show(value)}")
 
@@ -397,7 +404,7 @@ def _dec_float(value: Any) -> float:
     if isinstance(value, str):
         if value in _FLOAT_SPECIALS:
             return _FLOAT_SPECIALS[value]
-        if _FLOAT_TEXT.match(value):
+        if _FLOAT_TEXT.fullmatch(value):
             return float(value)
     raise ValueError(f"expected a number, got {_show(value)}")
 
@@ -485,7 +492,7 @@ def _parse_datetime(value: Any) -> dt.datetime:
 
 def _dec_interval(value: Any) -> str:
     text = _need_str(value, "an ISO 8601 duration")
-    if not _ISO_DURATION.match(text):
+    if not _ISO_DURATION.fullmatch(text):
         raise ValueError(f"expected an ISO 8601 duration, got {_show(value)}")
     return text
 
@@ -601,7 +608,15 @@ def decode_row(row: Mapping[str, Any], columns: list[Column]) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    """A short sample of a value for an error message, whatever the value."""
+    if isinstance(value, str) and len(value) > 60:
+        value = value[:60]
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except RecursionError:  # a peer's value nested deeper than the stack
+        return f"a {type(value).__name__} nested too deep"
+    except ValueError:  # an integer with more digits than int() shows
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -647,7 +662,12 @@ def pg_param(value: Any, kind: str) -> Any:
     if kind in ("date", "time", "timetz", "timestamp", "timestamptz"):
         return value.isoformat()
     if kind == "json":
-        return "null" if value is JSON_NULL else json.dumps(value, ensure_ascii=False)
+        if value is JSON_NULL:
+            return "null"
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except RecursionError:  # fails the row, not the page
+            raise ValueError("JSON value nested too deep") from None
     if kind == "bytea":
         return bytes(value)
     return value

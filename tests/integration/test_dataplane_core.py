@@ -304,6 +304,7 @@ def test_summaries_and_schema_describe_keys_and_references(db_a: Engine) -> None
             "children_copy",
             payload,
             existing_tables=set(catalog.offered_tables()),
+            pull_tables={"parents", "children_copy"},
         )
     assert creation.warnings == []
     copy = Catalog(db_a).describe("children_copy")

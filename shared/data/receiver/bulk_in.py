@@ -8,7 +8,6 @@ hold no conflicting row, straight into the target.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,8 @@ from sqlalchemy import Connection
 from shared.data.copy_format import BINARY, COPY_FORMATS, MEDIA_TYPES, TEXT, utf8
 from shared.data.receiver import copy_in as copyin
 from shared.data.receiver.pages import IncomingPage, PageResult, choose_columns
-from shared.data.schema import TableInfo
+from shared.data.schema import TableInfo, plain_name
+from shared.data.wire import parse_json
 from shared.state.models import STRATEGIES
 
 # Built-in type OIDs are fixed in PostgreSQL's catalog and equal on every
@@ -40,16 +40,16 @@ def read_headers(
     if headers.get("x-sync-table") != table:
         raise BadPage("answer for another table")
     try:
-        columns = json.loads(headers.get("x-sync-columns", ""))
+        columns = parse_json(headers.get("x-sync-columns", ""))
         count = int(headers.get("x-sync-count", ""))
-        cursor = json.loads(headers.get("x-sync-next-cursor", "null"))
+        cursor = parse_json(headers.get("x-sync-next-cursor", "null"))
     except ValueError as ex:
-        raise BadPage(str(ex)) from None
+        raise BadPage(str(ex)[:200]) from None
     more = headers.get("x-sync-has-more")
     if (
         not isinstance(columns, list)
         or not columns
-        or not all(isinstance(c, str) and c for c in columns)
+        or not all(plain_name(c) for c in columns)
         or len(set(columns)) != len(columns)
         or count < 0
         or more not in ("true", "false")

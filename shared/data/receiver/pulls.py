@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Iterable
@@ -37,13 +38,13 @@ from shared.backoff import backoff
 from shared.context import Site
 from shared.control import audit
 from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
-from shared.data import copy_format, ddl
+from shared.data import copy_format, ddl, wire
 from shared.data.receiver import bulk_in, checkpoints, sources
 from shared.data.receiver import copy_in as copyin
 from shared.data.receiver.pages import ImportRefused, Page, PageResult, check_append
 from shared.data.receiver.sources import CopySource, JsonSource, Sender
 from shared.data.receiver.writer import Writer
-from shared.data.schema import TableInfo, TableNotFound
+from shared.data.schema import TableInfo, TableNotFound, plain_name
 from shared.db import after_commit, utcnow
 from shared.errors import ErrorKind, SyncError
 from shared.state.models import (
@@ -53,6 +54,7 @@ from shared.state.models import (
     Transfer,
     TransferTable,
 )
+from shared.untrusted import safe_text
 
 log = logging.getLogger("dbsync.pulls")
 
@@ -74,6 +76,58 @@ class LeaseLost(Exception):
 class Outcome:
     state: str
     retry_in: float | None = None
+
+
+MAX_BIGINT = 2**63 - 1
+MAX_CURSOR_BYTES = 64 * 1024  # a keyset cursor is one row's key, however wide
+
+
+@dataclass(frozen=True)
+class Offered:
+    """One table of a sender's list-tables answer, as far as a pull uses it."""
+
+    name: str
+    depends_on: list[str]
+    row_count: int | None
+
+
+def offered_tables(answer: dict[str, Any]) -> dict[str, Offered]:
+    """The tables of a list-tables answer by name; PullFailed if it is malformed.
+
+    The answer is the sender's to choose: every field a pull uses is checked
+    for its shape here, so that a wrong one fails the transfer with the
+    reason instead of escaping from the run as a crash.
+    """
+    tables = answer.get("tables")
+    if not isinstance(tables, list):
+        raise PullFailed("list-tables: the sender's answer has no list of tables")
+    offered: dict[str, Offered] = {}
+    for entry in tables:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        name = entry["name"]
+        if not plain_name(name):
+            raise PullFailed(
+                f"list-tables: the sender offers a table named {name[:80]!r},"
+                " which this site does not take"
+            )
+        depends_on = entry.get("depends_on")
+        if depends_on is None:
+            depends_on = []
+        if not isinstance(depends_on, list) or not all(
+            isinstance(d, str) for d in depends_on
+        ):
+            raise PullFailed(
+                f"list-tables: depends_on of {name} is not a list of table names"
+            )
+        rows = entry.get("row_count")
+        if rows is not None and (type(rows) is not int or not 0 <= rows <= MAX_BIGINT):
+            raise PullFailed(
+                f"list-tables: row_count of {name} is not a count"
+                f" ({safe_text(repr(rows), 40)})"
+            )
+        offered[name] = Offered(name, depends_on, rows)
+    return offered
 
 
 # -- creating a transfer (operator side) -----------------------------------------
@@ -267,6 +321,22 @@ def run(site: Site, client: PeerClient, transfer_id: str, owner: str) -> Outcome
             log.warning("%s; this run stops", ex)
             _release(site, tid, owner)
             return Outcome("superseded")
+        except Exception as ex:
+            # Whatever a sender's answer or this site's database did, the run
+            # ends in a recorded outcome: a task that raised left its
+            # transfer running, to be taken up by the sweep again and again.
+            log.exception("transfer %s: unexpected error", tid)
+            try:
+                return _wait(site, tid, owner, describe_error(ex), None, "Pull failed")
+            except LeaseLost as lost:
+                log.warning("%s; this run stops", lost)
+                return Outcome("superseded")
+
+
+def describe_error(ex: BaseException) -> str:
+    """An unexpected error as a transfer shows it: its type and first line."""
+    lines = str(ex).strip().splitlines()
+    return f"{type(ex).__name__}: {lines[0]}" if lines else type(ex).__name__
 
 
 def _release(site: Site, tid: uuid.UUID, owner: str) -> None:
@@ -293,6 +363,16 @@ def _run(site: Site, client: PeerClient, tid: uuid.UUID, lease: Lease) -> Outcom
             return Outcome("failed")
         if conn.status != "active":
             _fail(session, transfer, f"Connection is {conn.status} on this site")
+            return Outcome("failed")
+        if transfer.attempts >= site.settings.pull_max_attempts:
+            # Runs that died without a word (a killed worker, a database that
+            # went away while recording) still spend their attempts.
+            last = transfer.error_message or "no run finished"
+            _fail(
+                session,
+                transfer,
+                f"Gave up after {transfer.attempts} attempts: {last}",
+            )
             return Outcome("failed")
         transfer.status = "running"
         transfer.started_at = transfer.started_at or utcnow()
@@ -349,13 +429,20 @@ def _held(session: Session, tid: uuid.UUID, owner: str) -> Transfer:
 
 
 def _wait(
-    site: Site, tid: uuid.UUID, owner: str, error: str, hint: float | None
+    site: Site,
+    tid: uuid.UUID,
+    owner: str,
+    error: str,
+    hint: float | None,
+    final: str = "Sender unreachable",
 ) -> Outcome:
+    """Schedule the next run, or fail the transfer (``final``: why) after its last."""
     s = site.settings
+    error = safe_text(error, 500)
     with site.db.session() as session:
         transfer = _held(session, tid, owner)
         if transfer.attempts >= s.pull_max_attempts:
-            _fail(session, transfer, f"Sender unreachable: {error}")
+            _fail(session, transfer, f"{final}: {error}")
             return Outcome("failed")
         delay = backoff(
             transfer.attempts, s.retry_base_seconds, s.retry_max_seconds, hint=hint
@@ -369,8 +456,9 @@ def _wait(
 
 
 def _fail(session: Session, transfer: Transfer, message: str) -> None:
+    message = safe_text(message, 2000)
     transfer.status = "failed"
-    transfer.error_message = message[:2000]
+    transfer.error_message = message
     transfer.completed_at = utcnow()
     transfer.lease_owner = transfer.lease_until = None
     session.execute(
@@ -416,6 +504,10 @@ class _Job:
         self.run_started = utcnow()
         self.rows_this_run = 0
         self._schemas: dict[str, Any] = {}
+        # The tables of this transfer: the only ones a created table may
+        # reference (never this site's other tables).
+        self.pull_tables: frozenset[str] = frozenset()
+        self._cursors_seen: set[tuple[str, str]] = set()
 
     def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         # A 429 is the sender pacing us: the sender waits as told and goes on,
@@ -426,6 +518,8 @@ class _Job:
         except PeerRefused as ex:
             raise PullFailed(str(ex)) from None
         if resp.status != 200 or resp.body.get("success") is not True:
+            if resp.status == 200 and not isinstance(resp.body.get("error"), str):
+                raise PullFailed(f"{endpoint}: the sender's answer is not valid")
             raise PullFailed(resp.error)
         return resp.body
 
@@ -443,11 +537,7 @@ class _Job:
             transfer = session.get_one(Transfer, self.transfer_id)
             requested = list(transfer.meta.get("requested_tables") or [])
             all_tables = bool(transfer.meta.get("all_tables"))
-        offered = {
-            t["name"]: t
-            for t in self.call("list-tables", {}).get("tables", [])
-            if isinstance(t, dict) and isinstance(t.get("name"), str)
-        }
+        offered = offered_tables(self.call("list-tables", {}))
         if all_tables:
             names = sorted(n for n in offered if n not in PROTECTED_TABLES)
         else:
@@ -455,15 +545,12 @@ class _Job:
             if missing:
                 raise PullFailed(f"Sender does not offer: {', '.join(missing)}")
             names = requested
-        ordered = dependency_order(
-            names, {n: offered[n].get("depends_on") or [] for n in names}
-        )
+        ordered = dependency_order(names, {n: offered[n].depends_on for n in names})
         with self.site.db.session() as session:
             transfer = session.get_one(Transfer, self.transfer_id)
             expected = 0
             for position, name in enumerate(ordered):
-                rows = offered[name].get("row_count")
-                rows = rows if isinstance(rows, int) else None
+                rows = offered[name].row_count
                 expected += rows or 0
                 session.add(
                     TransferTable(
@@ -473,7 +560,7 @@ class _Job:
                         rows_expected=rows,
                     )
                 )
-            transfer.records_expected = expected
+            transfer.records_expected = min(expected, MAX_BIGINT)
             transfer.meta = {**transfer.meta, "tables": ordered}
 
     def pull_all(self) -> None:
@@ -486,6 +573,7 @@ class _Job:
                     .order_by(TransferTable.position)
                 )
             )
+        self.pull_tables = frozenset(tt.table_name for tt in tables)
         for tt in tables:
             if tt.status != "completed":
                 self.pull_table(tt.table_name)
@@ -515,6 +603,7 @@ class _Job:
                     name,
                     schema,
                     existing_tables=set(self.catalog.offered_tables()),
+                    pull_tables=self.pull_tables,
                 )
             except ddl.UnsafeSchema as ex:
                 raise PullFailed(f"Cannot create {name}: {ex}") from None
@@ -567,6 +656,7 @@ class _Job:
             source.page(cp.cursor) as page,
             self.site.db.data_engine.begin() as conn,
         ):
+            seen = self._check_cursor(page, cp)
             # Fence: the checkpoint must still be the one this run loaded
             # (its row stays locked to the end of the page), and the lease
             # still this run's, or a worker that stalled past its lease would
@@ -583,7 +673,40 @@ class _Job:
                     f"another worker wrote the first page of {cp.table_name}"
                 ) from None
             self.lease.check(conn)
+        if seen is not None:  # committed: a page fetched again may repeat it
+            self._cursors_seen.add(seen)
         return page
+
+    def _check_cursor(
+        self, page: Page, cp: checkpoints.Checkpoint
+    ) -> tuple[str, str] | None:
+        """PullFailed unless a page that says more follows moves the pull on;
+        the cursor's key, to remember once the page is committed.
+
+        The sender's cursor decides what is asked next: one that repeats, or
+        goes back to where the pull was, or a page that says more follows
+        without a row, would have a pull ask for pages forever.
+        """
+        if not page.has_more:
+            return None
+        table = cp.table_name
+        if page.count == 0:
+            raise PullFailed(f"{table}: the sender sent an empty page and more to come")
+        cursor = page.next_cursor
+        if not _plain_cursor(cursor):
+            raise PullFailed(f"{table}: the sender's cursor is not a key")
+        key = wire.canonical_json(cursor)
+        if len(key) > MAX_CURSOR_BYTES:
+            raise PullFailed(f"{table}: the sender's cursor is too long")
+        if cursor == cp.cursor or (table, key) in self._cursors_seen:
+            raise PullFailed(
+                f"{table}: the sender's cursor repeats (page {cp.pages + 1})"
+            )
+        if _goes_back(cp.cursor, cursor):
+            raise PullFailed(
+                f"{table}: the sender's cursor goes back (page {cp.pages + 1})"
+            )
+        return table, key
 
     def _source(self, name: str, info: TableInfo) -> CopySource | JsonSource:
         """Where the table's pages come from: COPY data when this site's data
@@ -691,6 +814,48 @@ def _nothing_in_the_way(conn: Any, info: TableInfo, cp: checkpoints.Checkpoint) 
     return cp.pages > 0 or bulk_in.table_is_empty(conn, info)
 
 
+def _plain_cursor(cursor: Any) -> bool:
+    """Whether a cursor is what a keyset cursor is: a list of key values, each
+    a JSON scalar that a database can hold (finite, text without NUL)."""
+    if not isinstance(cursor, list) or not cursor:
+        return False
+    for value in cursor:
+        if isinstance(value, str):
+            if "\x00" in value or not _utf8(value):
+                return False
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return False
+        elif isinstance(value, int):
+            if not -MAX_BIGINT - 1 <= value <= MAX_BIGINT:
+                return False
+        elif value is not None:
+            return False
+    return True
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate
+        return False
+    return True
+
+
+def _goes_back(before: Any, after: list[Any]) -> bool:
+    """Whether an integer keyset cursor moved backwards (or did not move).
+
+    Only integer keys are compared: text and other keys order by the
+    sender's collation, which this site does not know; a cycle among those
+    is caught as a repeat.
+    """
+    if not isinstance(before, list) or len(before) != len(after):
+        return False
+    if not all(type(v) is int for v in [*before, *after]):
+        return False
+    return tuple(after) <= tuple(before)
+
+
 def _hold(conn: DbConnection, cp: checkpoints.Checkpoint) -> None:
     """Lock the table's checkpoint row as this run loaded it, or raise LeaseLost.
 
@@ -730,10 +895,49 @@ def _advance(
     cp.bytes_done += page.size
     room = checkpoints.MAX_KEPT_ERRORS - len(cp.errors)
     if room > 0:
-        cp.errors.extend(result.errors[:room])
+        cp.errors.extend(_kept_error(e) for e in result.errors[:room])
     cp.cursor = page.next_cursor if page.has_more else cp.cursor
     cp.done = not page.has_more
     checkpoints.save(conn, cp)
+
+
+def _kept_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A failed row's entry as the checkpoint and the transfer keep it.
+
+    Its key is the sender's value: kept as it came when it is small and
+    storable, else as a short text, so that no key a sender makes up (huge,
+    deeply nested, with NUL or an unpaired surrogate) can stop the page or
+    its progress from being saved.
+    """
+    key = error.get("key")
+    if not (_storable(key, 3) and len(wire.canonical_json(key)) <= 1000):
+        key = safe_text(_short_repr(key), 200)
+    return {"key": key, "error": safe_text(str(error.get("error")), 500)}
+
+
+def _storable(value: Any, depth: int) -> bool:
+    """Whether a JSON value a sender sent can be stored as JSON as it is."""
+    if isinstance(value, str):
+        return "\x00" not in value and _utf8(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if value is None or isinstance(value, int):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, list):
+        return len(value) <= 32 and all(_storable(v, depth - 1) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= 32 and all(
+            _storable(k, 0) and _storable(v, depth - 1) for k, v in value.items()
+        )
+    return False
+
+
+def _short_repr(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    return repr(value if not isinstance(value, str) else value[:200])
 
 
 def dependency_order(names: list[str], depends_on: dict[str, list[str]]) -> list[str]:
@@ -746,22 +950,31 @@ def dependency_order(names: list[str], depends_on: dict[str, list[str]]) -> list
     wanted = set(names)
     done: list[str] = []
     seen: set[str] = set()
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in seen or name in visiting:
-            return
-        visiting.add(name)
-        for dep in sorted(depends_on.get(name, [])):
-            if dep in wanted and dep != name:
-                visit(dep)
-        visiting.discard(name)
-        seen.add(name)
-        done.append(name)
-
-    for name in names:
-        visit(name)
+    # Depth first without recursion: a sender's chain of a thousand
+    # references must not exhaust the interpreter's stack.
+    for root in names:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(_references(root, depends_on, wanted)))]
+        while stack:
+            name, pending = stack[-1]
+            dep = next((d for d in pending if d not in seen), None)
+            if dep is None:
+                stack.pop()
+                done.append(name)
+            else:
+                seen.add(dep)
+                stack.append((dep, iter(_references(dep, depends_on, wanted))))
     return done
+
+
+def _references(
+    name: str, depends_on: dict[str, list[str]], wanted: set[str]
+) -> list[str]:
+    return [
+        d for d in sorted(set(depends_on.get(name, []))) if d in wanted and d != name
+    ]
 
 
 def due(site: Site, grace_seconds: float) -> list[str]:
