@@ -15,7 +15,28 @@ from shared.db import utcnow
 from shared.state.models import Counter
 
 
+def ensure(session: Session, key: str) -> None:
+    """Make sure the counter row exists, whoever else is making it right now.
+
+    Two first requests at once would otherwise both insert it and one would
+    fail on the key (a 500 for the first concurrent pages of a connection).
+    """
+    dialect = session.bind.dialect.name if session.bind is not None else ""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # same API
+    else:
+        return
+    session.execute(
+        insert(Counter)
+        .values(key=key, window_start=utcnow(), count=0)
+        .on_conflict_do_nothing(index_elements=[Counter.key])
+    )
+
+
 def _load(session: Session, key: str, window: int) -> Counter:
+    ensure(session, key)
     stmt = select(Counter).where(Counter.key == key)
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
