@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import falcon
+import orjson
 
 from api.middleware import read_json, remote_ip
 from shared.context import Site
-from shared.data.sender import copy_out
+from shared.data.sender import copy_out, delivery
 from shared.data.sender import handlers as data_api
 
 
@@ -26,26 +27,44 @@ class DataCall:
 
 
 class PullData(DataCall):
-    """pull-data: a JSON page, or a COPY page streamed with its metadata in headers."""
+    """pull-data: a JSON page, or a COPY page streamed with its metadata in headers.
+
+    Either is written through a delivery.Delivery: a page that does not reach
+    the client whole is taken off the counts, and its pull-data slot is
+    released once the server is done with it.
+    """
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._site.settings.max_body_bytes)
         ip = remote_ip(req, self._site.settings.trust_forwarded)
-        page = self._handler(req.context.session, self._site, body, ip)
-        if not isinstance(page, copy_out.CopyPage):
-            resp.media = page
-            return
+        served: delivery.Served = self._handler(
+            req.context.session, self._site, body, ip
+        )
         try:
             # Commit the page's counters now, not after the responder: once
-            # the stream is handed over nothing may fail and leave it unclosed.
+            # the body is handed over nothing may fail and leave it unclosed.
             req.context.session.commit()
         except BaseException:
-            page.close()
+            served.abandon()
             raise
-        resp.content_type = page.content_type
-        for name, value in page.headers.items():
-            resp.set_header(name, value)
-        resp.stream = page
+        page = served.answer
+        if isinstance(page, copy_out.CopyPage):
+            resp.content_type = page.content_type
+            for name, value in page.headers.items():
+                resp.set_header(name, value)
+            chunks = iter(page)
+        else:
+            data = orjson.dumps(page)
+            resp.content_type = falcon.MEDIA_JSON
+            resp.content_length = len(data)
+            chunks = delivery.json_chunks(data)
+        sock = req.env.get("gunicorn.socket")
+        resp.stream = delivery.Delivery(
+            served,
+            chunks,
+            self._site.db.engine,
+            lambda: bool(getattr(sock, "write_failed", False)),
+        )
 
 
 def routes(site: Site) -> dict[str, object]:

@@ -1,0 +1,128 @@
+"""Bound the pull-data answers a sender serves at once: per connection and per site.
+
+Each answer being served (a COPY page streamed, or a JSON page written) holds
+a *slot*: a row of the shared counters table (``stream:<connection>:<id>``)
+whose ``window_start`` is renewed while the answer is written. Slots are
+counted across every web process of the site; one held by a process that
+died lapses after ``ttl`` seconds without renewal. Taking a slot is one
+short transaction serialised on a guard row, so two processes never both
+take the last one.
+
+A PhoenixKit receiver asks one page at a time; a dbsync receiver asks at
+most two at once per running pull (a JSON page is asked for while the one
+before it is written). The defaults (4 per connection, 16 per site) leave
+room for that and for a page asked again while the cut one is still being
+closed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from shared.control import counters
+from shared.db import utcnow
+from shared.errors import ErrorKind, SyncError
+from shared.state.models import Counter
+
+log = logging.getLogger("dbsync.streams")
+
+GUARD = "stream-guard"
+PREFIX = "stream:"
+RETRY_AFTER = 5
+
+
+def ttl_for(stall_seconds: int) -> int:
+    """How long a slot lasts without renewal: well past the longest gap
+    between two writes that the stall timeout lets through."""
+    return max(120, 4 * stall_seconds)
+
+
+class StreamSlot:
+    """One pull-data answer being served; renew while writing, release once."""
+
+    def __init__(self, engine: Engine, key: str, ttl: int) -> None:
+        self._engine = engine
+        self.key = key
+        self._ttl = ttl
+        self._renewed = time.monotonic()
+        self._released = False
+
+    def renew(self) -> None:
+        """Keep the slot (cheap to call per chunk: writes at most every ttl/4)."""
+        if self._released or time.monotonic() - self._renewed < self._ttl / 4:
+            return
+        self._renewed = time.monotonic()
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(
+                    update(Counter)
+                    .where(Counter.key == self.key)
+                    .values(window_start=utcnow())
+                )
+        except Exception as ex:  # a missed renewal only lets the slot lapse early
+            log.warning("renewing a stream slot failed: %s", ex)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(delete(Counter).where(Counter.key == self.key))
+        except Exception as ex:  # it lapses after its ttl
+            log.warning("releasing a stream slot failed: %s", ex)
+
+
+def acquire(
+    engine: Engine,
+    connection_id: uuid.UUID,
+    *,
+    per_connection: int,
+    per_site: int,
+    ttl: int,
+) -> StreamSlot:
+    """Take a slot for one answer of ``connection_id``, or refuse with 503."""
+    now = utcnow()
+    lapsed = now - dt.timedelta(seconds=ttl)
+    mine = f"{PREFIX}{connection_id}:"
+    key = f"{mine}{uuid.uuid4()}"
+    with Session(engine) as session, session.begin():
+        # Writing the guard row first serialises takers (a row lock on
+        # PostgreSQL, the write lock on SQLite).
+        counters.ensure(session, GUARD)
+        session.execute(
+            update(Counter).where(Counter.key == GUARD).values(count=Counter.count + 1)
+        )
+        session.execute(
+            delete(Counter).where(
+                Counter.key.startswith(PREFIX, autoescape=True),
+                Counter.window_start < lapsed,
+            )
+        )
+        held = session.execute(
+            select(
+                func.count(),
+                func.count().filter(Counter.key.startswith(mine, autoescape=True)),
+            ).where(Counter.key.startswith(PREFIX, autoescape=True))
+        ).one()
+        site_held, connection_held = int(held[0]), int(held[1])
+        if connection_held >= per_connection:
+            raise SyncError(
+                ErrorKind.BUSY,
+                "Too many concurrent pull-data requests on this connection",
+                retry_after=RETRY_AFTER,
+            )
+        if site_held >= per_site:
+            raise SyncError(
+                ErrorKind.BUSY,
+                "Too many concurrent pull-data requests, retry later",
+                retry_after=RETRY_AFTER,
+            )
+        session.execute(insert(Counter).values(key=key, window_start=now, count=1))
+    return StreamSlot(engine, key, ttl)
