@@ -60,11 +60,12 @@ _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:(.*)$", re.I | re.M)
 _EXPECT = re.compile(rb"^expect[ \t]*:", re.I | re.M)
 
 
-def _canned(status: str, error: str, extra: str = "") -> bytes:
+def _canned(status: str, error: str) -> bytes:
+    """A whole answer the event loop sends itself, in the protocol's error shape."""
     body = json.dumps({"success": False, "error": error}).encode()
     return (
         f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 
 

@@ -226,6 +226,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--half-open", type=int, default=6)
     p.add_argument("--streams", type=int, default=4)
     p.add_argument(
+        "--connections", type=int, default=3, help="sender connections the streams use"
+    )
+    p.add_argument(
         "--read-rate",
         type=int,
         default=0,
@@ -279,23 +282,28 @@ def main(argv: list[str] | None = None) -> int:
         site.cli("settings", "set", "enabled", "true")
         site.cli("settings", "set", "incoming_mode", "auto_accept")
         dead_port = free_port()
-        created = site.cli_json(
-            "connections",
-            "create",
-            "--name",
-            "slow",
-            "--url",
-            f"http://127.0.0.1:{dead_port}/receiver",
-            "--rate-limit",
-            "100000",
-        )
-        # No worker runs: the registration is never sent; the connection is
+        # The streams use --connections sender connections in turn (a
+        # connection serves at most SYNC_PULL_STREAMS_PER_CONNECTION at once).
+        # No worker runs: a registration is never sent; each connection is
         # made active directly, as the receiver's acceptance would.
-        pg.query(
-            site.state_db,
-            f"UPDATE dbsync_connections SET status = 'active' "
-            f"WHERE id = '{created['id']}'",
-        )
+        tokens = []
+        for i in range(a.connections):
+            created = site.cli_json(
+                "connections",
+                "create",
+                "--name",
+                f"slow-{i}",
+                "--url",
+                f"http://127.0.0.1:{dead_port}/receiver/{i}",
+                "--rate-limit",
+                "100000",
+            )
+            pg.query(
+                site.state_db,
+                f"UPDATE dbsync_connections SET status = 'active' "
+                f"WHERE id = '{created['id']}'",
+            )
+            tokens.append(created["token"])
         argv = serve_argv("127.0.0.1", site.port, a.workers) + shlex.split(a.gunicorn)
         with open(site.home / "web.log", "ab") as log:
             web = subprocess.Popen(
@@ -333,25 +341,17 @@ def main(argv: list[str] | None = None) -> int:
             "sender_url": verify_url,
             "auth_token_hash": hashlib.sha256(verify_token.encode()).hexdigest(),
         }
-        pull_body = json.dumps(
-            {
-                "auth_token_hash": hashlib.sha256(
-                    created["token"].encode()
-                ).hexdigest(),
-                "table_name": "big",
-                "format": "pg_copy_text",
-                "limit": 100_000,
-            }
-        ).encode()
-        # One small page first: the connection's rate-limit counter exists
-        # before the concurrent streams ask for it.
-        warm = httpx.post(
-            f"{api}/pull-data",
-            content=pull_body.replace(b"100000", b"1"),
-            headers={"Content-Type": "application/json"},
-            timeout=30,
-        )
-        assert warm.status_code == 200, warm.text
+        pull_bodies = [
+            json.dumps(
+                {
+                    "auth_token_hash": hashlib.sha256(token.encode()).hexdigest(),
+                    "table_name": "big",
+                    "format": "pg_copy_text",
+                    "limit": 100_000,
+                }
+            ).encode()
+            for token in tokens
+        ]
         prober = Prober(api, verify_body, dead_port)
         prober.start()
         time.sleep(a.before)
@@ -361,13 +361,13 @@ def main(argv: list[str] | None = None) -> int:
             idle.append(
                 half_open("127.0.0.1", site.port, "/sync/api/register-connection")
             )
-        for _ in range(a.streams):
+        for i in range(a.streams):
             streams.append(
                 SlowStream(
                     "127.0.0.1",
                     site.port,
                     "/sync/api/pull-data",
-                    pull_body,
+                    pull_bodies[i % len(pull_bodies)],
                     a.read_rate,
                 )
             )
@@ -403,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in streams:
             s.close()
-        for s in idle:
-            s.close()
+        for sock in idle:
+            sock.close()
         if web is not None:
             stop_processes([web])
         pg.drop_all()
