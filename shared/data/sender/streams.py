@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.control import counters
@@ -59,8 +59,8 @@ class StreamSlot:
             return
         self._renewed = time.monotonic()
         try:
-            with Session(self._engine) as session, session.begin():
-                session.execute(
+            with _autocommit(self._engine) as conn:
+                conn.execute(
                     update(Counter)
                     .where(Counter.key == self.key)
                     .values(window_start=utcnow())
@@ -73,8 +73,8 @@ class StreamSlot:
             return
         self._released = True
         try:
-            with Session(self._engine) as session, session.begin():
-                session.execute(delete(Counter).where(Counter.key == self.key))
+            with _autocommit(self._engine) as conn:
+                conn.execute(delete(Counter).where(Counter.key == self.key))
         except Exception as ex:  # it lapses after its ttl
             log.warning("releasing a stream slot failed: %s", ex)
 
@@ -92,26 +92,32 @@ def acquire(
     lapsed = now - dt.timedelta(seconds=ttl)
     mine = f"{PREFIX}{connection_id}:"
     key = f"{mine}{uuid.uuid4()}"
+    live = Counter.window_start >= lapsed
     with Session(engine) as session, session.begin():
         # Writing the guard row first serialises takers (a row lock on
         # PostgreSQL, the write lock on SQLite).
-        counters.ensure(session, GUARD)
-        session.execute(
+        bump = (
             update(Counter).where(Counter.key == GUARD).values(count=Counter.count + 1)
         )
-        session.execute(
-            delete(Counter).where(
-                Counter.key.startswith(PREFIX, autoescape=True),
-                Counter.window_start < lapsed,
-            )
-        )
+        if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult
+            counters.ensure(session, GUARD)
+            session.execute(bump)
         held = session.execute(
             select(
-                func.count(),
-                func.count().filter(Counter.key.startswith(mine, autoescape=True)),
+                func.count().filter(live),
+                func.count().filter(
+                    live, Counter.key.startswith(mine, autoescape=True)
+                ),
+                func.count().filter(~live),
             ).where(Counter.key.startswith(PREFIX, autoescape=True))
         ).one()
-        site_held, connection_held = int(held[0]), int(held[1])
+        site_held, connection_held, stale = int(held[0]), int(held[1]), int(held[2])
+        if stale:
+            session.execute(
+                delete(Counter).where(
+                    Counter.key.startswith(PREFIX, autoescape=True), ~live
+                )
+            )
         if connection_held >= per_connection:
             raise SyncError(
                 ErrorKind.BUSY,
@@ -126,3 +132,8 @@ def acquire(
             )
         session.execute(insert(Counter).values(key=key, window_start=now, count=1))
     return StreamSlot(engine, key, ttl)
+
+
+def _autocommit(engine: Engine) -> Connection:
+    """One statement on its own: no BEGIN/COMMIT round trips around it."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
