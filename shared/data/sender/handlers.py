@@ -221,30 +221,9 @@ def pull_data(
         catalog, name
     ):
         wire_format = None
-    settings = site.settings
-    slot = streams.acquire(
-        site.db.engine,
-        conn.id,
-        per_connection=settings.pull_streams_per_connection,
-        per_site=settings.pull_streams_per_site,
-        ttl=streams.ttl_for(settings.stream_stall_seconds),
+    return _serve_page(
+        session, site, catalog, conn, data, serving, wire_format, new_download, ip
     )
-    try:
-        return _serve_page(
-            session,
-            site,
-            catalog,
-            conn,
-            data,
-            serving,
-            wire_format,
-            new_download,
-            ip,
-            slot,
-        )
-    except BaseException:
-        slot.release()
-        raise
 
 
 def _serve_page(
@@ -257,7 +236,6 @@ def _serve_page(
     wire_format: str | None,
     new_download: bool,
     ip: str,
-    slot: streams.StreamSlot,
 ) -> delivery.Served:
     name = data["table_name"]
     strategy = data["conflict_strategy"] or "skip"
@@ -279,6 +257,7 @@ def _serve_page(
             )
             if copy_page is not None:
                 try:
+                    slot = _slot(session, site, conn)
                     access.count_page(session, conn, copy_page.count, new_download, 0)
                     receipt = _record_send(
                         session,
@@ -310,6 +289,7 @@ def _serve_page(
     except NoPrimaryKey as ex:
         raise SyncError(ErrorKind.CONFLICT, str(ex)) from None
     count = len(page.rows)
+    slot = _slot(session, site, conn)
     access.count_page(session, conn, count, new_download, 0)
     receipt = _record_send(
         session,
@@ -331,6 +311,19 @@ def _serve_page(
         "next_cursor": page.next_cursor,
     }
     return delivery.Served(answer, receipt, slot)
+
+
+def _slot(session: Session, site: Site, conn: Connection) -> streams.StreamSlot:
+    """One of the connection's and the site's pull-data slots, taken in the
+    request's transaction (it commits with the page's counts), or 503."""
+    settings = site.settings
+    return streams.acquire(
+        session,
+        conn.id,
+        per_connection=settings.pull_streams_per_connection,
+        per_site=settings.pull_streams_per_site,
+        ttl=streams.ttl_for(settings.stream_stall_seconds),
+    )
 
 
 def _record_send(

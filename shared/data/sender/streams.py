@@ -4,9 +4,10 @@ Each answer being served (a COPY page streamed, or a JSON page written) holds
 a *slot*: a row of the shared counters table (``stream:<connection>:<id>``)
 whose ``window_start`` is renewed while the answer is written. Slots are
 counted across every web process of the site; one held by a process that
-died lapses after ``ttl`` seconds without renewal. Taking a slot is one
-short transaction serialised on a guard row, so two processes never both
-take the last one.
+died lapses after ``ttl`` seconds without renewal. A slot is taken in the
+request's own transaction, just before it commits the page's counts, behind
+a guard row, so two requests never both take the last one; it is released
+(one statement) once the answer is written or cut.
 
 A PhoenixKit receiver asks one page at a time; a dbsync receiver asks at
 most two at once per running pull (a JSON page is asked for while the one
@@ -80,58 +81,60 @@ class StreamSlot:
 
 
 def acquire(
-    engine: Engine,
+    session: Session,
     connection_id: uuid.UUID,
     *,
     per_connection: int,
     per_site: int,
     ttl: int,
 ) -> StreamSlot:
-    """Take a slot for one answer of ``connection_id``, or refuse with 503."""
+    """Take a slot for one answer of ``connection_id`` in ``session``'s
+    transaction, or refuse with 503.
+
+    The slot counts once the transaction commits (the caller commits it with
+    the page's counts, before the answer is written; a rollback takes it
+    back). Writing the guard row first serialises takers until then (a row
+    lock on PostgreSQL, the write lock on SQLite): take the slot last, just
+    before the commit.
+    """
+    engine = session.get_bind()
     now = utcnow()
     lapsed = now - dt.timedelta(seconds=ttl)
     mine = f"{PREFIX}{connection_id}:"
     key = f"{mine}{uuid.uuid4()}"
     live = Counter.window_start >= lapsed
-    with Session(engine) as session, session.begin():
-        # Writing the guard row first serialises takers (a row lock on
-        # PostgreSQL, the write lock on SQLite).
-        bump = (
-            update(Counter).where(Counter.key == GUARD).values(count=Counter.count + 1)
+    bump = update(Counter).where(Counter.key == GUARD).values(count=Counter.count + 1)
+    if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult
+        counters.ensure(session, GUARD)
+        session.execute(bump)
+    held = session.execute(
+        select(
+            func.count().filter(live),
+            func.count().filter(live, Counter.key.startswith(mine, autoescape=True)),
+            func.count().filter(~live),
+        ).where(Counter.key.startswith(PREFIX, autoescape=True))
+    ).one()
+    site_held, connection_held, stale = int(held[0]), int(held[1]), int(held[2])
+    if stale:
+        session.execute(
+            delete(Counter).where(
+                Counter.key.startswith(PREFIX, autoescape=True), ~live
+            )
         )
-        if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult
-            counters.ensure(session, GUARD)
-            session.execute(bump)
-        held = session.execute(
-            select(
-                func.count().filter(live),
-                func.count().filter(
-                    live, Counter.key.startswith(mine, autoescape=True)
-                ),
-                func.count().filter(~live),
-            ).where(Counter.key.startswith(PREFIX, autoescape=True))
-        ).one()
-        site_held, connection_held, stale = int(held[0]), int(held[1]), int(held[2])
-        if stale:
-            session.execute(
-                delete(Counter).where(
-                    Counter.key.startswith(PREFIX, autoescape=True), ~live
-                )
-            )
-        if connection_held >= per_connection:
-            raise SyncError(
-                ErrorKind.BUSY,
-                "Too many concurrent pull-data requests on this connection",
-                retry_after=RETRY_AFTER,
-            )
-        if site_held >= per_site:
-            raise SyncError(
-                ErrorKind.BUSY,
-                "Too many concurrent pull-data requests, retry later",
-                retry_after=RETRY_AFTER,
-            )
-        session.execute(insert(Counter).values(key=key, window_start=now, count=1))
-    return StreamSlot(engine, key, ttl)
+    if connection_held >= per_connection:
+        raise SyncError(
+            ErrorKind.BUSY,
+            "Too many concurrent pull-data requests on this connection",
+            retry_after=RETRY_AFTER,
+        )
+    if site_held >= per_site:
+        raise SyncError(
+            ErrorKind.BUSY,
+            "Too many concurrent pull-data requests, retry later",
+            retry_after=RETRY_AFTER,
+        )
+    session.execute(insert(Counter).values(key=key, window_start=now, count=1))
+    return StreamSlot(engine, key, ttl)  # type: ignore[arg-type]  # an Engine here
 
 
 def _autocommit(engine: Engine) -> Connection:

@@ -182,9 +182,10 @@ def test_answers_are_bounded_per_connection_and_per_site(
 
     def hold(token_hash: str) -> streams.StreamSlot:
         conn = sender_row(site, token_hash)
-        return streams.acquire(
-            site.db.engine, conn.id, per_connection=2, per_site=3, ttl=120
-        )
+        with Session(site.db.engine) as session, session.begin():
+            return streams.acquire(
+                session, conn.id, per_connection=2, per_site=3, ttl=120
+            )
 
     held = [hold(one), hold(one)]
     r = _pull(client, one)
@@ -224,7 +225,8 @@ def test_a_slot_of_a_process_that_died_lapses(
     token_hash = offering_sender(site)
     conn = sender_row(site, token_hash)
     for _ in range(4):
-        streams.acquire(site.db.engine, conn.id, per_connection=4, per_site=16, ttl=120)
+        with Session(site.db.engine) as session, session.begin():
+            streams.acquire(session, conn.id, per_connection=4, per_site=16, ttl=120)
     assert _pull(client, token_hash).status_code == 503
     with Session(site.db.engine) as session, session.begin():
         for row in session.scalars(
