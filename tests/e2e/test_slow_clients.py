@@ -17,6 +17,7 @@ import select
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ ENV = {
     "SYNC_BODY_TIMEOUT_SECONDS": str(BODY),
     "SYNC_PULL_LEASE_SECONDS": "4",
 }
-ROWS = 200_000
+ROWS = 150_000
 BIG_TABLE = """
 CREATE TABLE big (
     id bigint PRIMARY KEY, n integer, label text, at timestamptz, doc jsonb
@@ -341,9 +342,15 @@ def test_control_calls_answer_while_slow_clients_press_and_a_pull_lands(
         f" during (count, p95 ms) {report}"
     )
     for p in probes:
-        assert {r[2] for r in p.results} == {200}, (p.name, p.results)
+        statuses = Counter(r[2] for r in p.results)
+        assert statuses == {200: len(p.results)}, (p.name, statuses)
         assert len(during[p.name]) >= 20, (p.name, during[p.name])
-        assert p95(during[p.name]) < 0.3, (p.name, sorted(during[p.name]))
+        slowest = sorted(
+            (round(r[1] * 1000), round(r[0] - started, 1))
+            for r in p.results
+            if r[0] >= started
+        )[-8:]
+        assert p95(during[p.name]) < 0.3, (p.name, "slowest (ms, at s):", slowest)
 
     cuts = [c for s in slow for c in s.cuts]
     print(f"slow streams cut after (s from first byte): {sorted(cuts)}")
