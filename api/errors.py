@@ -22,6 +22,7 @@ STATUS_BY_KIND: dict[ErrorKind, str] = {
     ErrorKind.TOO_LARGE: falcon.HTTP_413,
     ErrorKind.THROTTLED: falcon.HTTP_429,
     ErrorKind.DISABLED: falcon.HTTP_503,
+    ErrorKind.BUSY: falcon.HTTP_503,
 }
 
 

@@ -43,7 +43,9 @@ class Site:
 
 
 def site_from_env(
-    dispatcher: Callable[[Settings], Dispatcher], settings: Settings | None = None
+    dispatcher: Callable[[Settings], Dispatcher],
+    settings: Settings | None = None,
+    **engine_options: object,
 ) -> Site:
     """The site a process runs, from ``SYNC_*`` variables unless settings are given.
 
@@ -53,5 +55,5 @@ def site_from_env(
     if settings is None:
         settings = Settings.from_env()
         settings.ensure_home()
-    db = Database(settings.database_url, settings.data_database_url)
+    db = Database(settings.database_url, settings.data_database_url, **engine_options)
     return Site(settings, db, dispatcher(settings))

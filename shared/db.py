@@ -87,10 +87,15 @@ def make_engine(url: str, **kwargs: object) -> Engine:
 class Database:
     """Own the state engine, the data engine and the session factory of one site."""
 
-    def __init__(self, database_url: str, data_database_url: str | None = None) -> None:
-        self.engine = make_engine(database_url)
+    def __init__(
+        self,
+        database_url: str,
+        data_database_url: str | None = None,
+        **engine_options: object,
+    ) -> None:
+        self.engine = make_engine(database_url, **engine_options)
         if data_database_url and data_database_url != database_url:
-            self.data_engine = make_engine(data_database_url)
+            self.data_engine = make_engine(data_database_url, **engine_options)
         else:
             self.data_engine = self.engine
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)

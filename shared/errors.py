@@ -21,6 +21,7 @@ class ErrorKind(StrEnum):
     TOO_LARGE = "too_large"
     THROTTLED = "throttled"
     DISABLED = "disabled"
+    BUSY = "busy"  # too many answers being served at once: retry later
 
 
 class SyncError(Exception):

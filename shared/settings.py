@@ -193,6 +193,23 @@ class Settings:
     # Seconds /readyz and `dbsync status` wait for all their checks together
     # (databases, broker, migrations, beat); one that has not answered fails.
     health_timeout_seconds: int = 2
+    # Serving (api.serving): threads per web process, of which
+    # web_control_threads are never given to data calls, so control calls
+    # never wait behind a pull-data stream.
+    web_threads: int = 32
+    web_control_threads: int = 8
+    # A request's head must arrive whole within header_timeout_seconds, and
+    # its body within body_timeout_seconds after the head; no thread is held
+    # meanwhile. A client must take each 256 KiB of an answer within
+    # stream_stall_seconds, or the answer is cut (a pull-data page is then
+    # counted as not delivered).
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 15
+    stream_stall_seconds: int = 30
+    # Concurrent pull-data answers (streamed COPY or JSON pages): at most this
+    # many per connection and per site; beyond, 503 with Retry-After.
+    pull_streams_per_connection: int = 4
+    pull_streams_per_site: int = 16
     home: str = field(default_factory=lambda: str(_default_home()))
 
     @property
@@ -206,6 +223,11 @@ class Settings:
     @property
     def pull_queue(self) -> str:
         return f"{self.queue_prefix}pull"
+
+    @property
+    def web_data_threads(self) -> int:
+        """Threads of one web process that data calls may hold at once."""
+        return self.web_threads - self.web_control_threads
 
     @property
     def pull_heartbeat_interval(self) -> float:
@@ -271,6 +293,13 @@ class Settings:
             name = "SYNC_" + f.name.upper()
             if env.get(name):
                 values[f.name] = _int(name, env[name], minimum=1)
+        threads = values.get("web_threads", cls.web_threads)
+        control = values.get("web_control_threads", cls.web_control_threads)
+        if control >= threads:  # type: ignore[operator]  # both ints, parsed above
+            raise SettingsError(
+                f"SYNC_WEB_CONTROL_THREADS ({control}) must be below"
+                f" SYNC_WEB_THREADS ({threads}): data calls need threads too"
+            )
         return cls(**values)  # type: ignore[arg-type]  # values parsed above, typed per field
 
     def ensure_home(self) -> None:

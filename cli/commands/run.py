@@ -40,6 +40,8 @@ def private_files() -> None:
 
 
 def serve_argv(host: str, port: int, workers: int) -> list[str]:
+    """gunicorn with dbsync's threaded worker (api.serving): requests are read by
+    each process's event loop, answers written by SYNC_WEB_THREADS threads."""
     return [
         sys.executable,
         "-m",
@@ -49,6 +51,10 @@ def serve_argv(host: str, port: int, workers: int) -> list[str]:
         f"{host}:{port}",
         "--workers",
         str(workers),
+        "--worker-class",
+        "api.serving.GuardedThreadWorker",
+        "--threads",
+        str(settings().web_threads),
         "--config",
         "python:api.gunicorn_conf",
         "--access-logfile",

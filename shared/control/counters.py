@@ -17,12 +17,14 @@ from shared.db import utcnow
 from shared.state.models import Counter
 
 
-def _load(session: Session, key: str, window: int) -> Counter:
-    now = utcnow()
-    # Create the row first if missing, so that callers racing on a new key
-    # all lock the same row instead of all inserting it (one would fail).
+def ensure(session: Session, key: str) -> None:
+    """Make sure the counter row exists, whoever else is making it right now.
+
+    Two first requests at once would otherwise both insert it and one would
+    fail on the key (a 500 for the first concurrent pages of a connection).
+    """
     dialect = session.get_bind().dialect.name
-    fresh = {"key": key, "window_start": now, "count": 0}
+    fresh = {"key": key, "window_start": utcnow(), "count": 0}
     if dialect == "postgresql":
         session.execute(
             pg_insert(Counter)
@@ -35,6 +37,13 @@ def _load(session: Session, key: str, window: int) -> Counter:
             .values(fresh)
             .on_conflict_do_nothing(index_elements=["key"])
         )
+
+
+def _load(session: Session, key: str, window: int) -> Counter:
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    # Callers racing on a new key then all lock the same row.
+    ensure(session, key)
     stmt = select(Counter).where(Counter.key == key)
     if dialect == "postgresql":
         stmt = stmt.with_for_update()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.errors import ErrorKind, SyncError
@@ -12,9 +13,22 @@ from shared.state.models import INCOMING_MODES, ModuleSettings
 def get(session: Session) -> ModuleSettings:
     row = session.get(ModuleSettings, 1)
     if row is None:
-        row = ModuleSettings(id=1, enabled=False, incoming_mode="require_approval")
-        session.add(row)
-        session.flush()
+        # The first requests of a fresh site may come at once (threads of one
+        # web process): whoever inserts first wins, the others read its row.
+        defaults = {"id": 1, "enabled": False, "incoming_mode": "require_approval"}
+        dialect = session.bind.dialect.name if session.bind is not None else ""
+        if dialect in ("postgresql", "sqlite"):
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            session.execute(
+                insert(ModuleSettings)
+                .values(**defaults)
+                .on_conflict_do_nothing(index_elements=[ModuleSettings.id])
+            )
+            row = session.get(ModuleSettings, 1)
+        if row is None:
+            row = ModuleSettings(**defaults)
+            session.add(row)
+            session.flush()
     return row
 
 

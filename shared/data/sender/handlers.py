@@ -22,7 +22,7 @@ from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.data import copy_format, wire
 from shared.data.keyset import BadCursor
 from shared.data.schema import NoPrimaryKey
-from shared.data.sender import copy_out
+from shared.data.sender import copy_out, delivery, streams
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter
 from shared.db import utcnow
@@ -96,7 +96,7 @@ def _next_page(serving: Transfer | None, after: list[Any] | None) -> bool:
     return expected is not None and expected == _cursor_key(after)
 
 
-_NEXT_KEY = "next_cursor_sha256"
+_NEXT_KEY = delivery.NEXT_KEY
 
 
 def _table(site: Site, conn: Connection, name: str) -> Catalog:
@@ -187,9 +187,14 @@ PULL_FIELDS = [
 
 def pull_data(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
-) -> dict[str, Any] | copy_out.CopyPage:
+) -> delivery.Served:
     """One page: a JSON answer, or a copy_out.CopyPage when the receiver asked for a
-    COPY format this site can serve (the caller streams it, then closes it).
+    COPY format this site can serve, with what serving it counted
+    (shared.data.sender.delivery: the caller writes it, then closes it; a page
+    not delivered whole is taken off the counts).
+
+    The answer holds one of the connection's and the site's pull-data slots
+    (shared.data.sender.streams) until it is closed; without one, 503.
 
     A bulk page is at most the connection's max_records_per_request and this
     site's bulk_page_rows; a JSON page at most max_records_per_request and
@@ -216,6 +221,24 @@ def pull_data(
         catalog, name
     ):
         wire_format = None
+    return _serve_page(
+        session, site, catalog, conn, data, serving, wire_format, new_download, ip
+    )
+
+
+def _serve_page(
+    session: Session,
+    site: Site,
+    catalog: Catalog,
+    conn: Connection,
+    data: dict[str, Any],
+    serving: Transfer | None,
+    wire_format: str | None,
+    new_download: bool,
+    ip: str,
+) -> delivery.Served:
+    name = data["table_name"]
+    strategy = data["conflict_strategy"] or "skip"
     cap = site.settings.bulk_page_rows if wire_format else site.settings.json_page_cap
     limit = min(
         data["limit"] or conn.max_records_per_request, conn.max_records_per_request, cap
@@ -234,8 +257,9 @@ def pull_data(
             )
             if copy_page is not None:
                 try:
+                    slot = _slot(session, site, conn)
                     access.count_page(session, conn, copy_page.count, new_download, 0)
-                    _record_send(
+                    receipt = _record_send(
                         session,
                         conn,
                         serving,
@@ -244,11 +268,12 @@ def pull_data(
                         copy_page.count,
                         copy_page.next_cursor,
                         ip,
+                        new_download,
                     )
                 except BaseException:
                     copy_page.close()
                     raise
-                return copy_page
+                return delivery.Served(copy_page, receipt, slot)
         page = catalog.fetch_page(
             name,
             after=data["after"],
@@ -264,9 +289,20 @@ def pull_data(
     except NoPrimaryKey as ex:
         raise SyncError(ErrorKind.CONFLICT, str(ex)) from None
     count = len(page.rows)
+    slot = _slot(session, site, conn)
     access.count_page(session, conn, count, new_download, 0)
-    _record_send(session, conn, serving, name, strategy, count, page.next_cursor, ip)
-    return {
+    receipt = _record_send(
+        session,
+        conn,
+        serving,
+        name,
+        strategy,
+        count,
+        page.next_cursor,
+        ip,
+        new_download,
+    )
+    answer = {
         "success": True,
         "table": name,
         "data": page.rows,
@@ -274,6 +310,20 @@ def pull_data(
         "has_more": page.has_more,
         "next_cursor": page.next_cursor,
     }
+    return delivery.Served(answer, receipt, slot)
+
+
+def _slot(session: Session, site: Site, conn: Connection) -> streams.StreamSlot:
+    """One of the connection's and the site's pull-data slots, taken in the
+    request's transaction (it commits with the page's counts), or 503."""
+    settings = site.settings
+    return streams.acquire(
+        session,
+        conn.id,
+        per_connection=settings.pull_streams_per_connection,
+        per_site=settings.pull_streams_per_site,
+        ttl=streams.ttl_for(settings.stream_stall_seconds),
+    )
 
 
 def _record_send(
@@ -285,11 +335,14 @@ def _record_send(
     count: int,
     next_cursor: list[Any] | None,
     ip: str,
-) -> None:
+    new_download: bool,
+) -> delivery.PageReceipt:
     """Keep one ``send`` transfer per pull with its counts, timestamps and the
-    fingerprint of the cursor its next page will start after."""
+    fingerprint of the cursor its next page will start after; return what
+    this page added, to take it off again if the page is not delivered."""
     now = utcnow()
     transfer = serving
+    created = transfer is None
     if transfer is None:
         transfer = Transfer(
             id=uuid.uuid4(),
@@ -308,10 +361,20 @@ def _record_send(
         session.add(transfer)
     transfer.records_transferred += count
     meta = {**transfer.meta, "pages": int(transfer.meta.get("pages", 0)) + 1}
-    meta.pop(_NEXT_KEY, None)
+    prior_key = meta.pop(_NEXT_KEY, None)
     if (key := _cursor_key(next_cursor)) is not None:
         meta[_NEXT_KEY] = key
     transfer.meta = meta
     if next_cursor is None:  # the last page (has_more false)
         transfer.status = "completed"
         transfer.completed_at = now
+    return delivery.PageReceipt(
+        connection_id=conn.id,
+        transfer_id=transfer.id,
+        records=count,
+        new_download=new_download,
+        transfer_created=created,
+        pages_after=meta["pages"],
+        prior_next_key=prior_key,
+        completed=next_cursor is None,
+    )
