@@ -112,17 +112,20 @@ def pair(
             "--name",
             f"to-{receiver.name}",
             "--url",
-            receiver.url,
+            receiver.env["SYNC_SITE_URL"],  # the URL the receiver calls itself
             *options,
         )
     ids = []
     for sender, receiver, _ in pairs:
         known_as = sender.env["SYNC_SITE_URL"]  # what the receiver calls it
-        eventually(partial(active, sender, "sender", receiver.url), timeout=60)
+        # A receiver's get-connection-status names the URL it calls itself,
+        # which must be the URL the sender stored for it.
+        receiver_url = receiver.env["SYNC_SITE_URL"]
+        eventually(partial(active, sender, "sender", receiver_url), timeout=60)
         eventually(partial(active, receiver, "receiver", known_as), timeout=60)
         ids.append(
             (
-                connection(sender, "sender", receiver.url)["id"],
+                connection(sender, "sender", receiver_url)["id"],
                 connection(receiver, "receiver", known_as)["id"],
             )
         )
@@ -365,7 +368,7 @@ def test_redis_restarted_with_status_changes_and_a_pull_queued(
     f = faulty
     sender, plain = f.sender, f.plain
     forth = connection(sender, "sender", plain.url)["id"]
-    back = connection(plain, "sender", sender.url)["id"]  # plain sends to sender
+    back = connection(plain, "sender", f.proxy.url)["id"]  # plain sends to sender
     fill(sender, "queued", ROWS)
     clock = Clock()
 
@@ -387,7 +390,7 @@ def test_redis_restarted_with_status_changes_and_a_pull_queued(
     assert waiting["plain peer"].count(notice) == 1, waiting
     assert waiting["plain pull"] == [run], waiting
     assert connection(sender, "sender", plain.url)["peer_sync"] == "queued"
-    assert connection(plain, "sender", sender.url)["peer_sync"] == "queued"
+    assert connection(plain, "sender", f.proxy.url)["peer_sync"] == "queued"
     clock.lap("3 notices and a pull queued")
 
     f.redis.restart(down_seconds=1)
@@ -407,7 +410,7 @@ def test_redis_restarted_with_status_changes_and_a_pull_queued(
     assert at_sender["suspended_reason"] == "Suspended by the peer site"
     assert at_sender["remote_status"] == "suspended"
     eventually(
-        lambda: connection(plain, "sender", sender.url)["peer_sync"] == "delivered"
+        lambda: connection(plain, "sender", f.proxy.url)["peer_sync"] == "delivered"
     )
     eventually(
         lambda: connection(sender, "sender", plain.url)["peer_sync"] == "delivered"
