@@ -237,7 +237,7 @@ def connection_status(
         receiver_url = normalise_url(data["receiver_url"])
     except ValueError:
         raise not_found() from None
-    if receiver_url != conn.site_url:
+    if not _names_this_peer(receiver_url, conn.site_url):
         raise not_found()
     # Before any write here: a write would lock the row the delivery we may
     # wait for must update, and each would wait for the other.
@@ -263,6 +263,17 @@ def connection_status(
         if moved:
             audit.record(session, "peer", "connection.activated", conn, reason=reason)
     return {"success": True, "status": conn.status, "name": conn.name}
+
+
+def _names_this_peer(claimed: str, stored: str) -> bool:
+    """Whether the receiver's own URL is the one this connection was made to.
+
+    A connection to a PhoenixKit site may be stored with its API prefix as a
+    path (``http://peer/phoenix_kit``) while the site names itself by its bare
+    URL: the stored URL may add a path to the claimed one, never change the
+    scheme, host or port.
+    """
+    return stored == claimed or stored.startswith(claimed.rstrip("/") + "/")
 
 
 def _accepted(session: Session, conn: Connection) -> bool:
