@@ -382,7 +382,9 @@ def test_a_notice_answered_with_deep_json_counts_its_attempts_to_its_horizon(
     sites: tuple[HostileSender, Receiver],
 ) -> None:
     sender, receiver = sites
-    sender.behaviour = body_for("update-status", DEEP)
+    # Deep, yet under the 64 KiB a control answer may take (a bigger one is
+    # refused at once by its size, tests/security/test_answer_limits.py).
+    sender.behaviour = body_for("update-status", nested(30_000))
     notice_id = owe(receiver, sender.url, "update_status", {"status": "suspended"})
     states = []
     for _ in range(10):
