@@ -296,6 +296,19 @@ class TcpProxy:
     def throttle(self, bytes_per_second: float | None) -> None:
         self.bucket.rate = bytes_per_second
 
+    def reroute(self, upstream_port: int) -> None:
+        """Send new connections to ``upstream_port`` and close the open ones:
+        a client's kept-alive connection would go on to the old upstream."""
+        with self._lock:
+            self.upstream_port = upstream_port
+            for s in self._open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self._open.clear()
+
     def cut_body(self, marker: bytes, after_bytes: int, skip: int = 0) -> None:
         with self._lock:
             self._armed = (marker, after_bytes, skip)

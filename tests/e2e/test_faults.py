@@ -468,7 +468,7 @@ def test_a_slow_link(faulty: Faulty) -> None:
     try:
         fill(sender, "slow", ROWS)
         eventually(partial(answers, port), timeout=30)
-        f.proxy.upstream_port = port
+        f.proxy.reroute(port)
         f.proxy.throttle(rate)
         passed = f.proxy.answer_bytes
         began = time.monotonic()
@@ -477,7 +477,7 @@ def test_a_slow_link(faulty: Faulty) -> None:
         passed = f.proxy.answer_bytes - passed
     finally:
         f.proxy.throttle(None)
-        f.proxy.upstream_port = sender.port
+        f.proxy.reroute(sender.port)
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=30)
     assert_exact(sender, f.plain, done, "slow", ROWS, 100_000)
