@@ -24,7 +24,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -459,3 +459,20 @@ def copy_text_body(rows: Iterable[Iterable[str]]) -> bytes:
     for row in rows:
         out.write("\t".join(row) + "\n")
     return out.getvalue().encode("utf-8", "surrogatepass")
+
+
+def open_pair(
+    factory: Any, **receiver_env: str
+) -> Iterator[tuple[HostileSender, Receiver]]:
+    """A hostile sender on its own source database and a receiver pulling from
+    it, for a module's fixture to ``yield from``; both closed afterwards."""
+    source_url, state_url, data_url = scratch_pair(factory)
+    source = source_engine(source_url)
+    sender = HostileSender(source)
+    receiver = Receiver(state_url, data_url, sender.url, **receiver_env)
+    try:
+        yield sender, receiver
+    finally:
+        receiver.close()
+        sender.close()
+        source.dispose()

@@ -18,8 +18,7 @@ from tests.security.hostile_sender import (
     HostileSender,
     Receiver,
     json_answer,
-    scratch_pair,
-    source_engine,
+    open_pair,
 )
 
 TO_USERS = {
@@ -33,14 +32,7 @@ TO_USERS = {
 def pair(
     module_db_factory: ScratchDatabases,
 ) -> Iterator[tuple[HostileSender, Receiver]]:
-    source_url, state_url, data_url = scratch_pair(module_db_factory)
-    source = source_engine(source_url)
-    sender = HostileSender(source)
-    receiver = Receiver(state_url, data_url, sender.url)
-    yield sender, receiver
-    receiver.close()
-    sender.close()
-    source.dispose()
+    yield from open_pair(module_db_factory)
 
 
 @pytest.fixture

@@ -24,9 +24,8 @@ from tests.security.hostile_sender import (
     HostileSender,
     Receiver,
     json_answer,
-    scratch_pair,
+    open_pair,
     set_conforming_strings,
-    source_engine,
 )
 
 BACKSLASH = "'x\\'"
@@ -155,14 +154,7 @@ def test_a_type_is_a_type_never_sql(data_db: Engine, sql_type: str) -> None:
 def pair(
     module_db_factory: ScratchDatabases,
 ) -> Iterator[tuple[HostileSender, Receiver]]:
-    source_url, state_url, data_url = scratch_pair(module_db_factory)
-    source = source_engine(source_url)
-    sender = HostileSender(source)
-    receiver = Receiver(state_url, data_url, sender.url)
-    yield sender, receiver
-    receiver.close()
-    sender.close()
-    source.dispose()
+    yield from open_pair(module_db_factory)
 
 
 def test_a_pull_from_a_sender_with_injecting_defaults_creates_only_its_table(

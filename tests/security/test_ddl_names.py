@@ -23,8 +23,7 @@ from tests.security.hostile_sender import (
     HostileSender,
     Receiver,
     json_answer,
-    scratch_pair,
-    source_engine,
+    open_pair,
 )
 
 
@@ -99,14 +98,7 @@ def test_a_copy_page_naming_a_column_that_is_no_name_is_refused(name: Any) -> No
 def pair(
     module_db_factory: ScratchDatabases,
 ) -> Iterator[tuple[HostileSender, Receiver]]:
-    source_url, state_url, data_url = scratch_pair(module_db_factory)
-    source = source_engine(source_url)
-    sender = HostileSender(source)
-    receiver = Receiver(state_url, data_url, sender.url)
-    yield sender, receiver
-    receiver.close()
-    sender.close()
-    source.dispose()
+    yield from open_pair(module_db_factory)
 
 
 def test_a_sender_offering_users_newline_gets_no_table_beside_users(

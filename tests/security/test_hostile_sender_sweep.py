@@ -48,9 +48,8 @@ from tests.security.hostile_sender import (
     copy_answer,
     json_answer,
     nested,
+    open_pair,
     raw_answer,
-    scratch_pair,
-    source_engine,
 )
 
 MAX_ATTEMPTS = 2
@@ -406,17 +405,11 @@ def mutate_copy(answer: Answer, mutation: tuple[Any, ...]) -> Answer:
 def pair(
     module_db_factory: ScratchDatabases,
 ) -> Iterator[tuple[HostileSender, Receiver]]:
-    source_url, state_url, data_url = scratch_pair(module_db_factory)
-    source = source_engine(source_url)
-    sender = HostileSender(source)
-    receiver = Receiver(
-        state_url, data_url, sender.url, SYNC_PULL_MAX_ATTEMPTS=str(MAX_ATTEMPTS)
-    )
-    assert receiver.conforming_strings() == "off"
-    yield sender, receiver
-    receiver.close()
-    sender.close()
-    source.dispose()
+    for sender, receiver in open_pair(
+        module_db_factory, SYNC_PULL_MAX_ATTEMPTS=str(MAX_ATTEMPTS)
+    ):
+        assert receiver.conforming_strings() == "off"
+        yield sender, receiver
 
 
 EXISTING_ITEMS = (

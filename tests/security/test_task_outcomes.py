@@ -32,9 +32,8 @@ from tests.security.hostile_sender import (
     Receiver,
     json_answer,
     nested,
+    open_pair,
     raw_answer,
-    scratch_pair,
-    source_engine,
 )
 
 MAX_ATTEMPTS = 3  # the Receiver's SYNC_PULL_MAX_ATTEMPTS
@@ -44,14 +43,7 @@ MAX_ATTEMPTS = 3  # the Receiver's SYNC_PULL_MAX_ATTEMPTS
 def pair(
     module_db_factory: ScratchDatabases,
 ) -> Iterator[tuple[HostileSender, Receiver]]:
-    source_url, state_url, data_url = scratch_pair(module_db_factory)
-    source = source_engine(source_url)
-    sender = HostileSender(source)
-    receiver = Receiver(state_url, data_url, sender.url, SYNC_RETRY_HORIZON_SECONDS="3")
-    yield sender, receiver
-    receiver.close()
-    sender.close()
-    source.dispose()
+    yield from open_pair(module_db_factory, SYNC_RETRY_HORIZON_SECONDS="3")
 
 
 @pytest.fixture
