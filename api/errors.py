@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 import falcon
+import psycopg2
+import sqlalchemy.exc
 
 from shared.errors import ErrorKind, SyncError
 
@@ -26,6 +28,14 @@ STATUS_BY_KIND: dict[ErrorKind, str] = {
 }
 
 
+DATABASE_UNAVAILABLE = (
+    psycopg2.OperationalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.TimeoutError,
+)
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
 def handle_sync_error(
     req: falcon.Request, resp: falcon.Response, ex: SyncError, params: dict[str, Any]
 ) -> None:
@@ -40,6 +50,20 @@ def handle_unexpected(
 ) -> None:
     if isinstance(ex, falcon.HTTPError):
         raise ex
+    if isinstance(ex, DATABASE_UNAVAILABLE):
+        # A database that refuses connections ("too many clients", restarting,
+        # unreachable) or a pool with no free connection: the caller should
+        # come back, the site is not broken. One line, no traceback.
+        log.warning(
+            "database unavailable on %s %s: %s",
+            req.method,
+            req.path,
+            str(getattr(ex, "orig", None) or ex).strip().splitlines()[0][:200],
+        )
+        resp.status = falcon.HTTP_503
+        resp.media = {"success": False, "error": "Database temporarily unavailable"}
+        resp.set_header("Retry-After", str(DATABASE_RETRY_AFTER_SECONDS))
+        return
     log.exception("unhandled error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
     resp.media = {"success": False, "error": "Internal server error"}

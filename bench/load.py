@@ -98,6 +98,7 @@ from bench.harness import (
 )
 from bench.latency import percentile
 from bench.probes import ACCESS_FORMAT, CpuAccount, WebProbe, r1
+from shared.control import signing
 
 ISSUE_DEFAULTS = {"receivers": 8, "rows": 200_000, "rate": 50.0, "baseline": 10.0}
 QUICK = {"receivers": 2, "rows": 20_000, "rate": 10.0, "baseline": 2.0}
@@ -226,7 +227,7 @@ class ControlLoad:
         port: int,
         rate: float,
         mix: dict[str, int],
-        peers: list[tuple[str, str]],  # (receiver url, connection token hash)
+        peers: list[tuple[str, str, str]],  # (receiver url, token hash, signing key)
         seed: int = 9,
         threads: int = 1024,
         timeout: float = 60.0,
@@ -273,7 +274,7 @@ class ControlLoad:
         if call.kind == "status":
             # The call's number in the query string ties it to its access-log line.
             return "GET", f"/sync/api/status?n={call.n}", None
-        url, token_hash = self.peers[call.n % len(self.peers)]
+        url, token_hash, key = self.peers[call.n % len(self.peers)]
         if call.kind == "verify":
             body = {"sender_url": url, "auth_token_hash": token_hash}
             return "POST", f"/sync/api/verify-connection?n={call.n}", _json(body)
@@ -283,13 +284,23 @@ class ControlLoad:
             _json({"auth_token_hash": token_hash}),
         )
 
+    def _headers(self, call: Call, body: bytes | None) -> dict[str, str]:
+        if body is None:
+            return {}
+        headers = {"Content-Type": "application/json"}
+        if call.kind == "verify":
+            # A dbsync receiver signs its control calls; the sender refuses
+            # an unsigned one once the pair signs (shared/control/signing.py).
+            key = self.peers[call.n % len(self.peers)][2]
+            headers.update(signing.sign(key, "verify-connection", body))
+        return headers
+
     def _send(self, call: Call) -> None:
         method, path, body = self._request(call)
         call.lag = time.perf_counter() - call.due
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            headers = {"Content-Type": "application/json"} if body else {}
-            conn.request(method, path, body=body, headers=headers)
+            conn.request(method, path, body=body, headers=self._headers(call, body))
             resp = conn.getresponse()
             resp.read()
             call.status = resp.status
@@ -343,6 +354,7 @@ class Receiver:
     data_db: str
     rid: str = ""
     token_hash: str = ""
+    signing_key: str = ""
     transfer_id: str = ""
 
 
@@ -451,6 +463,7 @@ class LoadBench:
             # No options: the connection a new operator creates.
             r.rid, token = pair(self.sender, r.site)
             r.token_hash = hashlib.sha256(token.encode()).hexdigest()
+            r.signing_key = signing.derive_key(token)
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             list(pool.map(connect, self.receivers))
@@ -693,7 +706,7 @@ class LoadBench:
             sender.port,
             a.rate,
             a.mix_weights,
-            [(r.site.url, r.token_hash) for r in self.receivers],
+            [(r.site.url, r.token_hash, r.signing_key) for r in self.receivers],
         )
         account = CpuAccount(
             self.classify, f"pull commands (dbsync pull x {a.receivers})"
@@ -764,6 +777,9 @@ class LoadBench:
         }
         client_5xx = sum(1 for c in load.calls if c.status >= 500)
         client_errors = sum(1 for c in load.calls if c.status == 0)
+        # Every control call is valid (signed where the pair signs): any other
+        # answer than 200 (a 401, a 429) means the sender refused good work.
+        refused = sum(1 for c in load.calls if 0 < c.status < 500 and c.status != 200)
         log_5xx = sum(
             1 for s in probe.served if s.status >= 500
         )  # every request the sender answered while watched, pull-data included
@@ -774,13 +790,14 @@ class LoadBench:
             "http_5xx_control_calls": client_5xx,
             "http_5xx_sender_access_log": log_5xx,
             "control_calls_without_answer": client_errors,
+            "control_calls_refused": refused,
             "status_p95_ms": status.get("p95_ms"),
             "status_p95_under_500ms": (status.get("p95_ms") or 1e9)
             < STATUS_P95_LIMIT_MS,
         }
         verdict["held"] = (
             verdict["all_pulls_exact"]
-            and client_5xx == log_5xx == client_errors == 0
+            and client_5xx == log_5xx == client_errors == refused == 0
             and verdict["status_p95_under_500ms"]
         )
         result.update(
@@ -1022,7 +1039,8 @@ def render(result: dict[str, Any]) -> None:
         print(f"note: {note}")
     print(
         f"HELD: {v['held']} (exact {v['all_pulls_exact']}, status p95 "
-        f"{v['status_p95_ms']} ms, limit {STATUS_P95_LIMIT_MS:g} ms)"
+        f"{v['status_p95_ms']} ms, limit {STATUS_P95_LIMIT_MS:g} ms; control "
+        f"calls refused {v.get('control_calls_refused', 0)})"
     )
 
 

@@ -10,10 +10,12 @@ import pytest
 from falcon import testing
 from sqlalchemy import text
 
+from api.app import create_app
 from shared import dispatch
 from shared.context import Site
 from shared.control import health
-from shared.db import utcnow
+from shared.db import Database, utcnow
+from shared.dispatch import DeferredDispatcher
 from tests.helpers import REDIS_URL, free_port, make_settings
 
 REDIS = {"SYNC_BROKER_URL": f"{REDIS_URL}/15"}
@@ -178,3 +180,27 @@ def test_beat_config_per_broker() -> None:
     embedded = beat_config(make_settings("sqlite://", SYNC_HOME="/srv/site"))
     assert embedded["beat_scheduler"] == "workers.celery_app:FileScheduler"
     assert embedded["beat_schedule_filename"] == "/srv/site/celerybeat-schedule"
+
+
+def test_a_database_that_refuses_connections_is_503_not_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ "too many clients", a restart, a database that is gone: the caller comes back."""
+    closed = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing"
+    settings = make_settings(closed)
+    db = Database(settings.database_url, settings.data_database_url)
+    client = testing.TestClient(create_app(Site(settings, db, DeferredDispatcher())))
+    try:
+        with caplog.at_level("WARNING", logger="dbsync.api"):
+            resp = client.simulate_get("/sync/api/status")
+    finally:
+        db.dispose()
+    assert resp.status_code == 503
+    assert resp.json == {"success": False, "error": "Database temporarily unavailable"}
+    assert resp.headers["retry-after"] == "5"
+    lines = [r for r in caplog.records if r.name == "dbsync.api"]
+    assert [r.levelname for r in lines] == ["WARNING"]
+    assert (
+        lines[0].getMessage().startswith("database unavailable on GET /sync/api/status")
+    )
+    assert lines[0].exc_info is None
