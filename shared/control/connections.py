@@ -317,6 +317,26 @@ def delete(
     session.delete(conn)
 
 
+UNCONFIRMED_REASON = "the sender does not confirm the token"
+
+
+def confirm(conn: Connection) -> None:
+    """The sender answered for the token: the registration is really its own."""
+    conn.awaiting_confirmation = False
+
+
+def drop_unconfirmed(session: Session, conn: Connection, reason: str) -> None:
+    """Forget a registration its sender never confirmed, freeing its URL.
+
+    Whoever registered a URL first held it; the real sender could not
+    register until this row is gone. Nothing is owed to that URL: it never
+    showed it knew the token.
+    """
+    audit.record(session, "system", "connection.dropped", conn, reason=reason)
+    notices.cancel_for(session, conn.id, keep_kind="")
+    session.delete(conn)
+
+
 def bulk(
     session: Session,
     site: Site,
