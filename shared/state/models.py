@@ -223,8 +223,9 @@ class ModuleSettings(Base):
 class PeerNotice(Base):
     """A call owed to a peer, kept until delivered so no restart or outage loses it.
 
-    ``payload`` carries the raw token and password of a registration only until
-    the registration reaches a final outcome; they are wiped then.
+    ``payload`` carries the raw token and password of a registration, sealed
+    (shared/sealing.py), only until the registration reaches a final outcome;
+    they are wiped then.
     """
 
     __tablename__ = "dbsync_peer_notices"
