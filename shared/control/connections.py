@@ -320,6 +320,14 @@ def delete(
 UNCONFIRMED_REASON = "the sender does not confirm the token"
 
 
+def disowned(status: int, body: dict[str, Any]) -> bool:
+    """Whether a sender's answer to get-connection-status says it never made
+    this token: the protocol's 404 (``success`` false). A 404 of a URL that
+    does not serve the protocol there (a web server's own page) says
+    nothing; such a registration waits for SYNC_REGISTER_CONFIRM_SECONDS."""
+    return status == 404 and body.get("success") is False
+
+
 def confirm(conn: Connection) -> None:
     """The sender answered for the token: the registration is really its own."""
     conn.awaiting_confirmation = False

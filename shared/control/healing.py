@@ -78,7 +78,7 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
                 short_hash(conn.auth_token_hash),
             )
             return "unreachable"
-        if resp.status == 404 and conn.awaiting_confirmation:
+        if conn.awaiting_confirmation and connections.disowned(resp.status, resp.body):
             connections.drop_unconfirmed(session, conn, connections.UNCONFIRMED_REASON)
             return "dropped"
         if resp.status == 404:

@@ -333,7 +333,8 @@ def _apply(
                 connections.confirm(conn)
             return "delivered"
         _finish(notice, None, "failed", resp.error)
-        if resp.status == 404 and conn is not None and conn.awaiting_confirmation:
+        disowned = connections.disowned(resp.status, resp.body)
+        if disowned and conn is not None and conn.awaiting_confirmation:
             connections.drop_unconfirmed(session, conn, connections.UNCONFIRMED_REASON)
         return "failed"
     if ok:

@@ -45,7 +45,7 @@ LIMITS = {
     "SYNC_REGISTER_PER_ADDRESS": "8",
     "SYNC_REGISTER_TOTAL": "30",
     "SYNC_REGISTER_MAX_UNCONFIRMED": "40",
-    "SYNC_REGISTER_CONFIRM_SECONDS": "6",
+    "SYNC_REGISTER_CONFIRM_SECONDS": "10",
     "SYNC_REGISTER_MAX_FAILURES": "5",
 }
 REAL_TOKEN = "the-real-senders-token-" + "r" * 20
@@ -276,15 +276,26 @@ def test_a_stranger_cannot_keep_the_real_senders_url(
     assert sender.endpoints()[:2] == ["get-connection-status"] * 2
 
 
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(503, {"success": False}), (404, {"errors": {"detail": "Not Found"}})],
+    ids=["unavailable", "not-the-protocol"],
+)
 def test_an_unanswered_registration_is_dropped_in_time(
-    receiver: Receiver, senders: Callable[..., HostilePeer]
+    receiver: Receiver,
+    senders: Callable[..., HostilePeer],
+    status: int,
+    body: dict[str, Any],
 ) -> None:
-    """A URL that never confirms (503 to every poll) is dropped after
-    SYNC_REGISTER_CONFIRM_SECONDS (6 here), and its URL is free again."""
+    """A URL that never confirms (503 to every poll, or a web server's own
+    404 page: no answer of the protocol) is dropped after
+    SYNC_REGISTER_CONFIRM_SECONDS (10 here), and its URL is free again."""
     receiver.reset("auto_accept")
-    silent = senders(lambda seen: json_answer({"success": False}, 503))
+    silent = senders(lambda seen: json_answer(body, status))
     answer = receiver.register(silent.url, caller="198.51.100.50")
     assert answer.status_code == 200, answer.text
+    assert receiver.receivers() == [(silent.url, "active", True)]
+    eventually(lambda: silent.requests, timeout=20)
     assert receiver.receivers() == [(silent.url, "active", True)]
     eventually(lambda: receiver.receivers() == [], timeout=40)
     (reason,) = receiver.sql(
@@ -323,7 +334,7 @@ def test_pending_registrations_are_capped(
     assert answers[-1].json()["error"] == (
         "Too many registrations awaiting confirmation"
     )
-    assert int(answers[-1].headers["retry-after"]) == 6
+    assert int(answers[-1].headers["retry-after"]) == 10
     assert stranger.requests == []  # nothing is asked before approval
     with receiver.site.db.session() as session:
         connections.approve(
