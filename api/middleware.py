@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import falcon
@@ -9,6 +10,7 @@ import orjson
 
 from shared.db import Database
 from shared.errors import ErrorKind, SyncError
+from shared.settings import Settings
 
 
 class InvalidBody:
@@ -65,7 +67,26 @@ def parse_json(raw: bytes) -> Any:
     return body if isinstance(body, dict) else InvalidBody()
 
 
-def remote_ip(req: falcon.Request, trust_forwarded: bool) -> str:
-    if trust_forwarded and req.access_route:
-        return req.access_route[0]
-    return req.remote_addr or "unknown"
+def remote_ip(req: falcon.Request, settings: Settings) -> str:
+    """The caller's address: the peer's, or the one the trusted proxies saw.
+
+    Behind ``trusted_proxy_hops`` trusted proxies, each appends the address it saw to
+    ``X-Forwarded-For``: the caller is the ``hops``-th entry from the right.
+    Entries further left (and a ``Forwarded`` header) are the client's own
+    words. A header with fewer entries than hops, or an entry that is no
+    address, is not a proxy's: the peer's address is taken then.
+    """
+    peer = req.remote_addr or "unknown"
+    hops = settings.trusted_proxy_hops
+    if not settings.trust_forwarded:
+        return peer
+    header = req.get_header("X-Forwarded-For")
+    if not header:
+        return peer
+    entries = [entry.strip() for entry in header.split(",")]
+    if len(entries) < hops:
+        return peer
+    try:
+        return str(ipaddress.ip_address(entries[-hops]))
+    except ValueError:
+        return peer

@@ -54,9 +54,12 @@ class UnsafeURL(ValueError):
     """A peer URL that may not be stored or called."""
 
 
-_NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?$", re.I)
+# \Z, not $: $ also matches before a trailing newline.
+_NUMERIC_HOST = re.compile(
+    r"\A(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?\Z", re.I
+)
 _CANONICAL_V4 = re.compile(
-    r"^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$"
+    r"\A(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}\Z"
 )
 
 
@@ -200,7 +203,7 @@ def check_url(
         raise UnsafeURL("URL may not carry credentials")
     if parts.query or parts.fragment:
         raise UnsafeURL("URL may not carry a query or fragment")
-    if _NUMERIC_HOST.match(host) and not _CANONICAL_V4.match(host):
+    if _NUMERIC_HOST.fullmatch(host) and not _CANONICAL_V4.fullmatch(host):
         raise UnsafeURL("IPv4 address in a non-canonical form")
     if own_url and origin(url) == origin(own_url):
         raise UnsafeURL("a site cannot connect to itself")

@@ -72,7 +72,12 @@ def redact_url(url: str) -> str:
 # Settings that hold credentials; each may instead be read from a file named by
 # the same variable plus ``_FILE`` (Docker and compose secrets, systemd
 # credentials), so the value is in no environment listing.
-FILE_VARIABLES = ("SYNC_DATABASE_URL", "SYNC_DATA_DATABASE_URL", "SYNC_BROKER_URL")
+FILE_VARIABLES = (
+    "SYNC_DATABASE_URL",
+    "SYNC_DATA_DATABASE_URL",
+    "SYNC_BROKER_URL",
+    "SYNC_SECRET_KEY",
+)
 
 
 def _with_files(env: Mapping[str, str]) -> Mapping[str, str]:
@@ -146,6 +151,9 @@ class Settings:
     # the operator opts in.
     allow_plain_http: bool = False
     trust_forwarded: bool = False
+    # With trust_forwarded: how many proxies of this site append to
+    # X-Forwarded-For; the caller is that many entries from the right.
+    trusted_proxy_hops: int = 1
     verify_interval_seconds: int = 900
     expire_interval_seconds: int = 60
     outbox_sweep_seconds: int = 30
@@ -171,6 +179,16 @@ class Settings:
     max_body_bytes: int = 1_048_576
     register_max_failures: int = 5
     register_failure_window_seconds: int = 900
+    # register-connection: at most register_per_address registrations from one
+    # caller address and register_total in all per register_window_seconds;
+    # at most register_max_unconfirmed awaiting confirmation at once; one
+    # whose sender has not confirmed the token in register_confirm_seconds
+    # (pending approval aside) is dropped.
+    register_per_address: int = 10
+    register_total: int = 100
+    register_window_seconds: int = 3600
+    register_max_unconfirmed: int = 50
+    register_confirm_seconds: int = 600
     data_schema: str = "public"
     excluded_tables: tuple[str, ...] = ()
     checksum_row_limit: int = 100_000
@@ -211,6 +229,9 @@ class Settings:
     pull_streams_per_connection: int = 4
     pull_streams_per_site: int = 16
     home: str = field(default_factory=lambda: str(_default_home()))
+    # Seals the secrets a pending registration holds (shared/sealing.py);
+    # empty: a key generated once into the state database.
+    secret_key: str = field(default=Secret(""), repr=False)
 
     @property
     def api_prefix(self) -> str:
@@ -271,6 +292,14 @@ class Settings:
             values["trust_forwarded"] = _bool(
                 "SYNC_TRUST_FORWARDED", env["SYNC_TRUST_FORWARDED"]
             )
+        if env.get("SYNC_SECRET_KEY"):
+            key = env["SYNC_SECRET_KEY"].strip()
+            if len(key) < 32:
+                raise SettingsError(
+                    "SYNC_SECRET_KEY must be at least 32 characters (e.g. the"
+                    " output of `openssl rand -base64 32`)"
+                )
+            values["secret_key"] = Secret(key)
         if env.get("SYNC_PULL_FORMAT"):
             pull_format = env["SYNC_PULL_FORMAT"].strip().lower()
             if pull_format not in PULL_FORMATS:

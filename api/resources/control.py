@@ -39,7 +39,7 @@ class RegisterConnection:
             self._site,
             body,
             proof,
-            remote_ip=remote_ip(req, self._site.settings.trust_forwarded),
+            remote_ip=remote_ip(req, self._site.settings),
             user_agent=req.user_agent,
         )
 

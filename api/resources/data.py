@@ -22,7 +22,7 @@ class DataCall:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._site.settings.max_body_bytes)
-        ip = remote_ip(req, self._site.settings.trust_forwarded)
+        ip = remote_ip(req, self._site.settings)
         resp.media = self._handler(req.context.session, self._site, body, ip)
 
 
@@ -36,7 +36,7 @@ class PullData(DataCall):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._site.settings.max_body_bytes)
-        ip = remote_ip(req, self._site.settings.trust_forwarded)
+        ip = remote_ip(req, self._site.settings)
         served: delivery.Served = self._handler(
             req.context.session, self._site, body, ip
         )

@@ -317,6 +317,34 @@ def delete(
     session.delete(conn)
 
 
+UNCONFIRMED_REASON = "the sender does not confirm the token"
+
+
+def disowned(status: int, body: dict[str, Any]) -> bool:
+    """Whether a sender's answer to get-connection-status says it never made
+    this token: the protocol's 404 (``success`` false). A 404 of a URL that
+    does not serve the protocol there (a web server's own page) says
+    nothing; such a registration waits for SYNC_REGISTER_CONFIRM_SECONDS."""
+    return status == 404 and body.get("success") is False
+
+
+def confirm(conn: Connection) -> None:
+    """The sender answered for the token: the registration is really its own."""
+    conn.awaiting_confirmation = False
+
+
+def drop_unconfirmed(session: Session, conn: Connection, reason: str) -> None:
+    """Forget a registration its sender never confirmed, freeing its URL.
+
+    Whoever registered a URL first held it; the real sender could not
+    register until this row is gone. Nothing is owed to that URL: it never
+    showed it knew the token.
+    """
+    audit.record(session, "system", "connection.dropped", conn, reason=reason)
+    notices.cancel_for(session, conn.id, keep_kind="")
+    session.delete(conn)
+
+
 def bulk(
     session: Session,
     site: Site,

@@ -93,3 +93,14 @@ def take(engine: Engine, key: str, limit: int, window: int) -> int | None:
             return max(1, int(left + 0.999))
         row.count += 1
         return None
+
+
+def give_back(engine: Engine, key: str) -> None:
+    """Return one count taken by ``take`` (the event turned out not to count)."""
+    with Session(engine) as session, session.begin():
+        stmt = select(Counter).where(Counter.key == key)
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = session.scalar(stmt)
+        if row is not None and row.count > 0:
+            row.count -= 1

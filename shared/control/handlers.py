@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, select, text
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -94,6 +94,7 @@ def register(
         )
     except UnsafeURL:
         raise SyncError(ErrorKind.BAD_REQUEST, "Invalid sender_url") from None
+    _limit_registrations(session, site, remote_ip)
     if settings.incoming_mode == "require_password":
         _check_password(
             site, settings.incoming_password_hash, data["password"], remote_ip
@@ -120,6 +121,7 @@ def register(
         status="pending" if pending else "active",
         approved_at=None if pending else now,
         last_connected_at=now,
+        awaiting_confirmation=True,
         meta={
             "registered_via": "api",
             "registered_at": now.isoformat(),
@@ -158,9 +160,15 @@ def register(
 def _check_password(
     site: Site, password_hash: str | None, password: str | None, remote_ip: str
 ) -> None:
+    """Check the incoming password, counting failures per caller address.
+
+    Each guess takes its place in the count before it is checked, in one
+    locked step, so guesses sent in parallel cannot all pass the limit; a
+    right password gives its place back.
+    """
     s = site.settings
     key = f"register-fail:{remote_ip}"
-    wait = counters.retry_after(
+    wait = counters.take(
         site.db.engine, key, s.register_max_failures, s.register_failure_window_seconds
     )
     if wait is not None:
@@ -168,11 +176,46 @@ def _check_password(
             ErrorKind.THROTTLED, "Too many failed attempts", retry_after=wait
         )
     if not password_hash or not password:
-        counters.hit(site.db.engine, key, s.register_failure_window_seconds)
         raise SyncError(ErrorKind.UNAUTHORIZED, "Password required")
     if not verify_password(password_hash, password):
-        counters.hit(site.db.engine, key, s.register_failure_window_seconds)
         raise SyncError(ErrorKind.UNAUTHORIZED, "Invalid password")
+    counters.give_back(site.db.engine, key)
+
+
+def _limit_registrations(session: Session, site: Site, remote_ip: str) -> None:
+    """Refuse a registration past this site's limits (429 with Retry-After).
+
+    Each accepted registration makes this site call the URL it names, so a
+    stranger may make only so many: per caller address and in total per
+    window, and no more than a cap of registrations still unconfirmed
+    (pending approval, or awaiting their sender's confirmation).
+    """
+    s = site.settings
+    engine = site.db.engine
+    window = s.register_window_seconds
+    for key, limit in (
+        (f"register-from:{remote_ip}", s.register_per_address),
+        ("register-all", s.register_total),
+    ):
+        wait = counters.take(engine, key, limit, window)
+        if wait is not None:
+            raise SyncError(
+                ErrorKind.THROTTLED, "Too many registrations", retry_after=wait
+            )
+    unconfirmed = session.scalar(
+        select(func.count())
+        .select_from(Connection)
+        .where(
+            Connection.direction == "receiver",
+            Connection.awaiting_confirmation.is_(True),
+        )
+    )
+    if (unconfirmed or 0) >= s.register_max_unconfirmed:
+        raise SyncError(
+            ErrorKind.THROTTLED,
+            "Too many registrations awaiting confirmation",
+            retry_after=s.register_confirm_seconds,
+        )
 
 
 def _by_site_and_hash(session: Session, site_url: str, token_hash: str) -> Connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 
@@ -22,11 +23,16 @@ NOT_FOUND_LIMIT = 2
 
 
 def verifiable(site: Site) -> list[str]:
-    """Connections worth asking the peer about."""
+    """Connections worth asking the peer about.
+
+    Not a registration awaiting its sender's confirmation: its one poll
+    (a notice, retried until SYNC_REGISTER_CONFIRM_SECONDS) asks already.
+    """
     with site.db.session() as session:
         rows = session.scalars(
             select(Connection.id).where(
                 Connection.status.in_(("active", "suspended", "expired", "pending")),
+                Connection.awaiting_confirmation.is_(False),
                 or_(
                     Connection.direction == "receiver",
                     Connection.registration_status.in_(("registered", "pending")),
@@ -72,6 +78,9 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
                 short_hash(conn.auth_token_hash),
             )
             return "unreachable"
+        if conn.awaiting_confirmation and connections.disowned(resp.status, resp.body):
+            connections.drop_unconfirmed(session, conn, connections.UNCONFIRMED_REASON)
+            return "dropped"
         if resp.status == 404:
             conn.verify_not_found_count += 1
             conn.last_verify_error = "Connection not found at the peer"
@@ -87,6 +96,7 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
             conn.last_verify_error = resp.error[:500]
             return "error"
         conn.verify_not_found_count = 0
+        connections.confirm(conn)
         conn.last_verify_error = None
         conn.last_verified_at = utcnow()
         if conn.direction == "receiver":
@@ -148,6 +158,31 @@ def expire(site: Site) -> int:
         )
         for conn in rows:
             mark_expired(session, conn)
+    return len(rows)
+
+
+def drop_unconfirmed(site: Site) -> int:
+    """Drop registrations whose sender has not confirmed the token in time.
+
+    One pending its operator's approval waits for that approval (its sender
+    is asked only then); the cap on unconfirmed registrations bounds those.
+    """
+    cutoff = utcnow() - dt.timedelta(seconds=site.settings.register_confirm_seconds)
+    with site.db.session() as session:
+        rows = list(
+            session.scalars(
+                select(Connection).where(
+                    Connection.direction == "receiver",
+                    Connection.awaiting_confirmation.is_(True),
+                    Connection.status != "pending",
+                    Connection.created_at <= cutoff,
+                )
+            )
+        )
+        for conn in rows:
+            connections.drop_unconfirmed(
+                session, conn, "the sender did not confirm the token in time"
+            )
     return len(rows)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared import sealing
 from shared.backoff import backoff
 from shared.context import Site
 from shared.control.peer import PeerClient, PeerRefused, PeerResponse, PeerUnavailable
@@ -29,6 +30,9 @@ from shared.untrusted import safe_text, short_word
 log = logging.getLogger("dbsync.notices")
 
 OPEN_STATES = ("queued", "retrying")
+# What a notice keeps only sealed (shared/sealing.py): a registration's raw
+# token and the receiver's password.
+SEALED = ("auth_token", "password")
 ENDPOINTS = {
     "register": "register-connection",
     "update_status": "update-status",
@@ -52,6 +56,11 @@ def owe(
             )
             .values(state="superseded", payload={})
         )
+    secrets = {k: payload[k] for k in SEALED if payload.get(k)}
+    if secrets:
+        sealed = sealing.seal(site.db.engine, site.settings.secret_key, secrets)
+        payload = {k: v for k, v in payload.items() if k not in SEALED}
+        payload["sealed"] = sealed
     notice = PeerNotice(
         kind=kind,
         connection_id=conn.id,
@@ -113,7 +122,12 @@ def _deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
         if notice.next_attempt_at > now + dt.timedelta(seconds=1):
             return Outcome("not_due")
         conn = _connection(session, notice)
-        body = _request_body(site, notice)
+        try:
+            body = _request_body(site, notice)
+        except sealing.Unsealable as ex:
+            _finish(notice, conn, "failed", f"cannot open the sealed token: {ex}")
+            log.warning("notice failed id=%s: %s", notice.id, ex)
+            return Outcome("failed")
         endpoint = ENDPOINTS[notice.kind]
         try:
             resp = client.post(notice.site_url, endpoint, body)
@@ -217,14 +231,20 @@ def _retry(
 def _request_body(site: Site, notice: PeerNotice) -> dict[str, Any]:
     own = site.settings.site_url
     if notice.kind == "register":
+        payload = dict(notice.payload)
+        if payload.get("sealed"):
+            payload.update(
+                sealing.open_sealed(
+                    site.db.engine, site.settings.secret_key, payload["sealed"]
+                )
+            )
         body = {
             "sender_url": own,
-            "connection_name": notice.payload.get("connection_name")
-            or notice.connection_name,
-            "auth_token": notice.payload.get("auth_token"),
+            "connection_name": payload.get("connection_name") or notice.connection_name,
+            "auth_token": payload.get("auth_token"),
         }
-        if notice.payload.get("password"):
-            body["password"] = notice.payload["password"]
+        if payload.get("password"):
+            body["password"] = payload["password"]
         return body
     if notice.kind == "poll_status":
         return {"receiver_url": own, "auth_token_hash": notice.auth_token_hash}
@@ -303,13 +323,19 @@ def _apply(
         _finish(notice, conn, "failed", resp.error)
         return "failed"
     if notice.kind == "poll_status":
+        from shared.control import connections
+
         if ok:
             _finish(notice, None, "delivered", None)
             if conn is not None:
                 conn.remote_status = safe_text(str(resp.body.get("status")), 20)
                 conn.last_verified_at = utcnow()
+                connections.confirm(conn)
             return "delivered"
         _finish(notice, None, "failed", resp.error)
+        disowned = connections.disowned(resp.status, resp.body)
+        if disowned and conn is not None and conn.awaiting_confirmation:
+            connections.drop_unconfirmed(session, conn, connections.UNCONFIRMED_REASON)
         return "failed"
     if ok:
         _finish(notice, conn, "delivered", None)

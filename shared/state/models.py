@@ -113,6 +113,10 @@ class Connection(Base):
     # the peer has signed a call; once it has, unsigned calls are refused.
     signing_key: Mapped[str | None] = mapped_column(String(64))
     peer_signs: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A receiver connection a caller registered, until its sender confirms the
+    # token (its get-connection-status answers 200); a 404, or no answer
+    # within SYNC_REGISTER_CONFIRM_SECONDS, drops it (handlers.register).
+    awaiting_confirmation: Mapped[bool] = mapped_column(Boolean, default=False)
 
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -219,8 +223,9 @@ class ModuleSettings(Base):
 class PeerNotice(Base):
     """A call owed to a peer, kept until delivered so no restart or outage loses it.
 
-    ``payload`` carries the raw token and password of a registration only until
-    the registration reaches a final outcome; they are wiped then.
+    ``payload`` carries the raw token and password of a registration, sealed
+    (shared/sealing.py), only until the registration reaches a final outcome;
+    they are wiped then.
     """
 
     __tablename__ = "dbsync_peer_notices"
@@ -250,6 +255,16 @@ class Counter(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     window_start: Mapped[dt.datetime]
     count: Mapped[int] = mapped_column(default=0)
+
+
+class SiteKey(Base):
+    """A key this site generated for itself (shared/sealing.py), kept once."""
+
+    __tablename__ = "dbsync_site_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class ControlNonce(Base):

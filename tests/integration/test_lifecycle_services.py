@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
+from shared import sealing
 from shared.context import Site
 from shared.control import connections, healing, module, notices, signing
 from shared.control.connections import SenderOptions
@@ -157,11 +158,12 @@ def test_create_sender_writes_row_audit_and_register_notice(site: Site) -> None:
     assert notice.state == "queued"
     assert notice.site_url == PEER
     assert notice.auth_token_hash == sha(token)
-    assert notice.payload == {
-        "auth_token": token,
-        "connection_name": "Warehouse",
-        "password": PASSWORD,
-    }
+    # The raw token and the password are kept sealed (shared/sealing.py).
+    assert sorted(notice.payload) == ["connection_name", "sealed"]
+    assert notice.payload["connection_name"] == "Warehouse"
+    assert sealing.open_sealed(
+        site.db.engine, site.settings.secret_key, notice.payload["sealed"]
+    ) == {"auth_token": token, "password": PASSWORD}
     assert site.dispatcher.notices == [notice.id]  # type: ignore[attr-defined]
 
 
@@ -538,7 +540,13 @@ def test_deliver_transient_failure_is_retried_later(
     assert after.attempts == 1
     assert after.next_attempt_at > before
     assert after.last_error
-    assert after.payload["auth_token"] == token  # still needed for the next attempt
+    # Still needed for the next attempt, still sealed.
+    assert (
+        sealing.open_sealed(
+            site.db.engine, site.settings.secret_key, after.payload["sealed"]
+        )["auth_token"]
+        == token
+    )
     assert load_existing(site, conn_id).registration_status == "queued"
     # Not due yet: nothing is sent.
     calls: list[httpx.Request] = []

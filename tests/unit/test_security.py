@@ -91,3 +91,11 @@ def test_private_allowed_for_local_use_but_odd_forms_and_self_still_refused() ->
             allow_private=True,
             own_url="http://127.0.0.1:8000/",
         )
+
+
+@pytest.mark.parametrize("host", ["127.1\n", "0x7f.1\n", "127.0.0.1\n"])
+def test_host_patterns_match_whole_strings_only(host: str) -> None:
+    # `$` also matches before a trailing newline: the patterns must see it all.
+    assert security._NUMERIC_HOST.match(host) is None
+    assert security._CANONICAL_V4.match(host) is None
+    assert security._NUMERIC_HOST.fullmatch(host.rstrip("\n")) is not None

@@ -477,7 +477,7 @@ def _fail(session: Session, transfer: Transfer, message: str) -> None:
         reason=message[:500],
         transfer_id=str(transfer.id),
     )
-    log.warning("transfer failed id=%s error=%s", transfer.id, message[:200])
+    log.warning("transfer failed id=%s error=%s", transfer.id, safe_text(message, 200))
 
 
 class _Job:
@@ -630,7 +630,7 @@ class _Job:
                         page = self._write(source, writer, cp)
                     except copyin.Rejected as ex:
                         # Nothing of the page was kept: ask for it again, staged.
-                        log.info("%s; fetching the page again", ex)
+                        log.info("%s; fetching the page again", safe_text(str(ex), 300))
                         source.restage(as_text=ex.as_text)
                         continue
                     self.rows_this_run += page.count
@@ -744,7 +744,11 @@ class _Job:
                 schema = self.call("table-schema", {"table_name": name}).get("schema")
             except PullFailed as ex:
                 # Without the sender's types only the text format is safe.
-                log.info("no schema for %s (%s): asking for text COPY", name, ex)
+                log.info(
+                    "no schema for %s (%s): asking for text COPY",
+                    name,
+                    safe_text(str(ex), 300),
+                )
         with engine.connect() as conn:
             plan = bulk_in.plan(conn, info, schema, self.strategy)
         if plan is not None and wanted == copy_format.TEXT:
