@@ -1,0 +1,187 @@
+"""A receiver holding one valid token attacks its sender's data endpoints.
+
+Issue 12, findings 4-9, and issue 11, finding 8: what a receiver may read,
+and what it may cost the sender. One real sender (gunicorn, as the Procfile
+runs it) for the module; each test makes the connections it attacks through.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.control import connections
+from shared.data import wire
+from tests.helpers import ScratchDatabases
+from tests.security.hostile_receiver import (
+    Receiver,
+    Sender,
+    receiver_url,
+    run_sender,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def refused(message: str) -> dict[str, Any]:
+    return {"success": False, "error": message}
+
+
+@pytest.fixture(scope="module")
+def sender(
+    tmp_path_factory: pytest.TempPathFactory, module_db_factory: ScratchDatabases
+) -> Iterator[Sender]:
+    workdir: Path = tmp_path_factory.mktemp("receiver_data")
+    for running in run_sender(workdir, module_db_factory.create("rdata_sender"), 10):
+        with running.site.db.data_engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TABLE nums (id numeric(12, 2) PRIMARY KEY, v text);"
+                "INSERT INTO nums SELECT g, 'n' || g FROM generate_series(1, 5) g;"
+                "CREATE TABLE floats (id double precision PRIMARY KEY, v text);"
+                "INSERT INTO floats SELECT g, 'f' || g FROM generate_series(1, 5) g;"
+                "CREATE TABLE items (id bigint PRIMARY KEY, v text);"
+                "INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 245) g;"
+            )
+        yield running
+
+
+class Pairs:
+    """Active sender connections, made as the operator makes them and set as
+    pairing leaves them; each with its hostile receiver."""
+
+    def __init__(self, sender: Sender) -> None:
+        self._sender = sender
+        self._receivers: list[Receiver] = []
+
+    def __call__(self, **options: Any) -> tuple[uuid.UUID, Receiver]:
+        url = receiver_url()
+        with self._sender.site.db.session() as session:
+            conn, token = connections.create_sender(
+                session,
+                self._sender.site,
+                name="data",
+                url=url,
+                options=connections.SenderOptions(**options),
+            )
+            conn.status, conn.registration_status = "active", "registered"
+            conn.approved_at = conn.created_at
+            conn_id = conn.id
+        self._sender.site.dispatcher.notices.clear()  # type: ignore[attr-defined]
+        receiver = Receiver(self._sender, url, token)
+        self._receivers.append(receiver)
+        return conn_id, receiver
+
+    def close(self) -> None:
+        for receiver in self._receivers:
+            receiver.close()
+
+
+@pytest.fixture
+def pair(sender: Sender) -> Iterator[Pairs]:
+    pairs = Pairs(sender)
+    yield pairs
+    pairs.close()
+
+
+def data_call(receiver: Receiver, endpoint: str, **body: Any) -> httpx.Response:
+    return receiver.call(
+        endpoint, {"auth_token_hash": receiver.token_hash, **body}, signed=False
+    )
+
+
+def timed(
+    receiver: Receiver, endpoint: str, **body: Any
+) -> tuple[httpx.Response, float]:
+    began = time.monotonic()
+    r = data_call(receiver, endpoint, **body)
+    return r, time.monotonic() - began
+
+
+# ------------------------------------------------------------ finding 4
+
+
+def test_huge_exponents_in_numeric_keys_are_refused_by_the_column_type(
+    sender: Sender, pair: Pairs
+) -> None:
+    # 138 bytes that expand to 100 MB of digits before they reach PostgreSQL.
+    _, receiver = pair()
+    huge = "1e100000000"
+    r, took = timed(receiver, "table-records", table_name="nums", id_start=huge)
+    assert (r.status_code, r.json()) == (
+        400,
+        refused(
+            "Invalid filter: id: decimal number out of range"
+            " (too many digits before the point)"
+        ),
+    )
+    assert took < 5
+    # Within what any numeric holds, still beyond what this column holds.
+    r, _ = timed(receiver, "table-records", table_name="nums", ids=["1", "1e10"])
+    assert (r.status_code, r.json()) == (
+        400,
+        refused("Invalid filter: id: out of range for numeric(12,2)"),
+    )
+    r, _ = timed(receiver, "table-records", table_name="nums", id_end="1e-100000000")
+    assert (r.status_code, r.json()) == (
+        400,
+        refused(
+            "Invalid filter: id: decimal number out of range"
+            " (too many digits after the point)"
+        ),
+    )
+    r, _ = timed(receiver, "pull-data", table_name="nums", after=["-1E+100"])
+    assert r.status_code == 400
+    assert r.json() == {
+        "success": False,
+        "error": "Invalid cursor: id: out of range for numeric(12,2)",
+        "field": "after",
+    }
+    # A key in range still works.
+    r = data_call(receiver, "table-records", table_name="nums", id_start="4")
+    assert r.status_code == 200
+    assert [row["v"] for row in r.json()["records"]] == ["n4", "n5"]
+
+
+def test_a_senders_numeric_with_a_huge_exponent_is_refused_by_the_receiver() -> None:
+    # The receiver's decoders read a sender's values: the same bound holds.
+    for value in ("1e100000000", "-1E+131072", "1e-16384"):
+        with pytest.raises(ValueError, match="decimal number out of range"):
+            wire.binder_for("numeric", "postgresql")(value)
+    assert wire.binder_for("numeric", "postgresql")("1e3") == "1000"
+    with pytest.raises(wire.WireError, match="too long"):
+        wire.decode_value("1" * (wire.NUMERIC_TEXT_MAX + 1), "numeric", "n")
+
+
+# ------------------------------------------------------------ finding 5
+
+
+def test_a_long_float_key_is_parsed_in_linear_time(sender: Sender, pair: Pairs) -> None:
+    # 60 KB of digits ending in a letter backtracked quadratically (over 30 s).
+    _, receiver = pair()
+    key = "1" * 60_000 + "x"
+    r, took = timed(receiver, "table-records", table_name="floats", ids=[key])
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("Invalid filter: id: expected a number, got ")
+    assert took < 5
+    r, took = timed(receiver, "pull-data", table_name="floats", after=[key])
+    assert r.status_code == 400
+    assert took < 5
+    r = data_call(receiver, "table-records", table_name="floats", ids=["2.0", "3"])
+    assert [row["v"] for row in r.json()["records"]] == ["f2", "f3"]
+
+
+def test_the_receivers_float_decoder_is_linear_too() -> None:
+    began = time.monotonic()
+    for value in ("1" * 60_000 + "x", "1" * 60_000 + ".", "." + "1" * 60_000 + "e"):
+        with pytest.raises(wire.WireError):
+            wire.decode_value(value, "float", "f")
+    assert time.monotonic() - began < 1
+    assert wire.decode_value("1.5e3", "float") == 1500.0
+    assert wire.decode_value("-.5", "float") == -0.5
+    assert wire.decode_value("7.", "float") == 7.0
