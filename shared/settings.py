@@ -175,6 +175,9 @@ class Settings:
     excluded_tables: tuple[str, ...] = ()
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
+    # The furthest table-records (a preview, paged by offset) may skip: each
+    # call scans that many rows.
+    preview_max_offset: int = 10_000
     # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a
     # sender serves and what a receiver asks for. A connection's
     # max_records_per_request (default 100,000) still caps every page.

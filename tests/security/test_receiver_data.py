@@ -7,6 +7,7 @@ runs it) for the module; each test makes the connections it attacks through.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,7 +39,10 @@ def sender(
     tmp_path_factory: pytest.TempPathFactory, module_db_factory: ScratchDatabases
 ) -> Iterator[Sender]:
     workdir: Path = tmp_path_factory.mktemp("receiver_data")
-    for running in run_sender(workdir, module_db_factory.create("rdata_sender"), 10):
+    db_url = module_db_factory.create("rdata_sender")
+    # Enough pull-data streams for the parallel pulls of the race below.
+    streams = {"SYNC_PULL_STREAMS_PER_CONNECTION": "16"}
+    for running in run_sender(workdir, db_url, 10, **streams):
         with running.site.db.data_engine.begin() as conn:
             conn.exec_driver_sql(
                 "CREATE TABLE nums (id numeric(12, 2) PRIMARY KEY, v text);"
@@ -185,3 +189,78 @@ def test_the_receivers_float_decoder_is_linear_too() -> None:
     assert wire.decode_value("1.5e3", "float") == 1500.0
     assert wire.decode_value("-.5", "float") == -0.5
     assert wire.decode_value("7.", "float") == 7.0
+
+
+# ------------------------------------------------------------ finding 8
+
+
+def test_parallel_pulls_never_serve_more_than_the_record_limit(
+    sender: Sender, pair: Pairs
+) -> None:
+    # 800 records left of 1,000; 8 pulls of 200 at once served 1,600.
+    conn_id, receiver = pair(max_records_total=1000)
+    sender.sql(
+        "UPDATE dbsync_connections SET records_downloaded = 200 WHERE id = :id",
+        id=conn_id,
+    )
+    start = threading.Barrier(8)
+    answers: list[httpx.Response] = []
+
+    def pull() -> None:
+        body = {"auth_token_hash": receiver.token_hash, "table_name": "items"}
+        start.wait()
+        answers.append(
+            httpx.post(
+                f"{sender.url}/sync/api/pull-data",
+                json={**body, "limit": 200},
+                timeout=60,
+            )
+        )
+
+    threads = [threading.Thread(target=pull) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    served = [r.json()["count"] for r in answers if r.status_code == 200]
+    refusals = [r.json() for r in answers if r.status_code != 200]
+    assert served == [200] * 4
+    assert refusals == [refused("Record limit reached")] * 4
+    assert sender.row(conn_id, "records_downloaded", "downloads_used") == (1000, 4)
+
+
+# ------------------------------------------------------------ issue 11, finding 8
+
+
+def test_previews_count_against_the_limits_and_their_offset_is_capped(
+    sender: Sender, pair: Pairs
+) -> None:
+    conn_id, receiver = pair(max_records_total=12)
+    r = data_call(receiver, "table-records", table_name="items", limit=10)
+    assert [row["id"] for row in r.json()["records"]] == list(range(1, 11))
+    r = data_call(receiver, "table-records", table_name="items", limit=10, offset=10)
+    assert (r.status_code, r.json()["records"]) == (
+        200,
+        [{"id": 11, "v": "i11"}, {"id": 12, "v": "i12"}],
+    )
+    assert r.json()["limit"] == 2
+    assert sender.row(conn_id, "records_downloaded") == (12,)
+    r = data_call(receiver, "table-records", table_name="items")
+    assert (r.status_code, r.json()) == (403, refused("Record limit reached"))
+
+    # Once the downloads are used up, a preview is refused like a new pull.
+    _, receiver = pair(max_downloads=1)
+    r = data_call(receiver, "pull-data", table_name="items", limit=300)
+    assert (r.status_code, r.json()["count"]) == (200, 245)
+    r = data_call(receiver, "table-records", table_name="items")
+    assert (r.status_code, r.json()) == (403, refused("Download limit reached"))
+
+    # An offset is a scan of that many rows per call: capped.
+    _, receiver = pair()
+    r = data_call(receiver, "table-records", table_name="items", offset=10**12)
+    assert (r.status_code, r.json()) == (
+        400,
+        {"success": False, "error": "Field offset must be <= 10000", "field": "offset"},
+    )
+    r = data_call(receiver, "table-records", table_name="items", offset=240)
+    assert [row["id"] for row in r.json()["records"]] == [241, 242, 243, 244, 245]

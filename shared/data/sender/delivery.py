@@ -137,6 +137,13 @@ def undeliver(engine: Engine, receipt: PageReceipt) -> None:
 
 
 def _undeliver(session: Session, receipt: PageReceipt) -> None:
+    # The transfer's row is locked before the connection's, in the order a
+    # page being served takes them (handlers: the pull's transfer, then the
+    # connection), so the two never wait on each other.
+    stmt = select(Transfer).where(Transfer.id == receipt.transfer_id)
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    transfer = session.scalar(stmt)
     values: dict[str, Any] = {
         "records_downloaded": Connection.records_downloaded - receipt.records,
         "total_records_transferred": Connection.total_records_transferred
@@ -150,10 +157,6 @@ def _undeliver(session: Session, receipt: PageReceipt) -> None:
         .where(Connection.id == receipt.connection_id)
         .values(**values)
     )
-    stmt = select(Transfer).where(Transfer.id == receipt.transfer_id)
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    transfer = session.scalar(stmt)
     if transfer is None:
         return
     transfer.records_transferred -= receipt.records

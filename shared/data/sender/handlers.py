@@ -133,7 +133,7 @@ def table_schema(
 PREVIEW_FIELDS = [
     TABLE,
     Field("limit", int, minimum=1),
-    Field("offset", int, minimum=0, maximum=10**12),
+    Field("offset", int, minimum=0),
     Field("ids", list),
     Field("id_start", (str, int, float)),
     Field("id_end", (str, int, float)),
@@ -143,11 +143,20 @@ PREVIEW_FIELDS = [
 def table_records(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
 ) -> dict[str, Any]:
-    conn, data = _authorise(session, site, body, PREVIEW_FIELDS, ip)
+    require_enabled(session)
+    data = validate(body, [TOKEN_HASH, *PREVIEW_FIELDS])
+    offset = data["offset"] or 0
+    if offset > site.settings.preview_max_offset:
+        raise bad_request(
+            f"Field offset must be <= {site.settings.preview_max_offset}",
+            field="offset",
+        )
+    caller = access.Caller(ip, serves_rows=True, preview=True)
+    conn = access.authorise(session, site, data["auth_token_hash"], caller)
     name = data["table_name"]
     catalog = _table(site, conn, name)
-    limit = min(data["limit"] or 10, PREVIEW_MAX, conn.max_records_per_request)
-    offset = data["offset"] or 0
+    wanted = min(data["limit"] or 10, PREVIEW_MAX, conn.max_records_per_request)
+    limit = max(1, access.records_left(conn, wanted))
     ids = data["ids"]
     if ids is not None and len(ids) > 1000:
         raise bad_request("Field ids may hold at most 1000 values", field="ids")
@@ -166,6 +175,7 @@ def table_records(
         raise bad_request(
             "Invalid filter: a key value is out of range for its column"
         ) from None
+    access.count_page(session, conn, len(rows), False, 0)
     return {
         "success": True,
         "table": name,
@@ -209,7 +219,9 @@ def pull_data(
     data = validate(body, [TOKEN_HASH, *PULL_FIELDS])
     serving = _serving(session, data)
     new_download = serving is None
-    caller = access.Caller(ip, new_download, _next_page(serving, data["after"]))
+    caller = access.Caller(
+        ip, new_download, _next_page(serving, data["after"]), serves_rows=True
+    )
     conn = access.authorise(session, site, data["auth_token_hash"], caller)
     name = data["table_name"]
     catalog = _table(site, conn, name)
@@ -243,8 +255,7 @@ def _serve_page(
     limit = min(
         data["limit"] or conn.max_records_per_request, conn.max_records_per_request, cap
     )
-    if conn.max_records_total is not None:
-        limit = max(1, min(limit, conn.max_records_total - conn.records_downloaded))
+    limit = max(1, access.records_left(conn, limit))
     try:
         if wire_format:
             copy_page = copy_out.open_page(
