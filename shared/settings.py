@@ -178,6 +178,9 @@ class Settings:
     # The furthest table-records (a preview, paged by offset) may skip: each
     # call scans that many rows.
     preview_max_offset: int = 10_000
+    # An unfinished pull a receiver asked no page of for this long is closed
+    # (beat's expire job); its cursors then start a new, counted download.
+    send_transfer_idle_seconds: int = 86_400
     # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a
     # sender serves and what a receiver asks for. A connection's
     # max_records_per_request (default 100,000) still caps every page.

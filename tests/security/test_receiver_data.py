@@ -19,6 +19,7 @@ import pytest
 
 from shared.control import connections
 from shared.data import wire
+from shared.data.sender import handlers
 from tests.helpers import ScratchDatabases
 from tests.security.hostile_receiver import (
     Receiver,
@@ -264,3 +265,55 @@ def test_previews_count_against_the_limits_and_their_offset_is_capped(
     )
     r = data_call(receiver, "table-records", table_name="items", offset=240)
     assert [row["id"] for row in r.json()["records"]] == [241, 242, 243, 244, 245]
+
+
+# ------------------------------------------------------------ finding 6
+
+
+def test_a_forged_cursor_starts_a_counted_download(sender: Sender, pair: Pairs) -> None:
+    # A pull in progress; five pulls "continuing" from the smallest bigint
+    # re-read the table with downloads_used staying at 1.
+    conn_id, receiver = pair(max_downloads=1)
+    r = data_call(receiver, "pull-data", table_name="items", limit=100)
+    assert (r.json()["count"], r.json()["next_cursor"]) == (100, [100])
+    for _ in range(5):
+        r = data_call(
+            receiver, "pull-data", table_name="items", after=[-(2**63)], limit=100
+        )
+        assert (r.status_code, r.json()) == (403, refused("Download limit reached"))
+    assert sender.row(conn_id, "downloads_used", "records_downloaded") == (1, 100)
+    # The cursor this site handed out continues the pull; asking for the same
+    # page again (a retry) does too.
+    for _ in range(2):
+        r = data_call(receiver, "pull-data", table_name="items", after=[100], limit=100)
+        assert (r.status_code, r.json()["next_cursor"]) == (200, [200])
+    r = data_call(receiver, "pull-data", table_name="items", after=[200], limit=100)
+    assert (r.json()["count"], r.json()["has_more"]) == (45, False)
+    # The pull is over: its cursors continue nothing.
+    r = data_call(receiver, "pull-data", table_name="items", after=[200], limit=100)
+    assert (r.status_code, r.json()) == (403, refused("Download limit reached"))
+    assert sender.row(conn_id, "downloads_used") == (1,)
+
+
+def test_stale_send_transfers_are_closed(sender: Sender, pair: Pairs) -> None:
+    conn_id, receiver = pair(max_downloads=1)
+    r = data_call(receiver, "pull-data", table_name="items", limit=100)
+    assert r.json()["next_cursor"] == [100]
+    sender.sql(
+        "UPDATE dbsync_transfers SET updated_at = updated_at - interval '2 days'"
+        " WHERE connection_id = :id",
+        id=conn_id,
+    )
+    with sender.site.db.session() as session:
+        closed = handlers.close_stale_send_transfers(session, 86_400)
+    assert closed >= 1
+    ((status, error),) = sender.sql(
+        "SELECT status, error_message FROM dbsync_transfers WHERE connection_id = :id",
+        id=conn_id,
+    )
+    assert (status, error) == (
+        "failed",
+        "Abandoned: the receiver asked for no page in 86400 s",
+    )
+    r = data_call(receiver, "pull-data", table_name="items", after=[100], limit=100)
+    assert (r.status_code, r.json()) == (403, refused("Download limit reached"))

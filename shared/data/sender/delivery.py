@@ -27,7 +27,10 @@ from shared.state.models import Connection, Transfer
 
 log = logging.getLogger("dbsync.delivery")
 
-NEXT_KEY = "next_cursor_sha256"  # the fingerprint handlers keep on the transfer
+# The fingerprints handlers keep on a pull's transfer: of the cursor its next
+# page starts after, and of where its last page started (a retry of it).
+NEXT_KEY = "next_cursor_sha256"
+AFTER_KEY = "after_cursor_sha256"
 JSON_SLICE = 256 * 1024  # a JSON answer is handed to the server in slices
 
 
@@ -42,6 +45,7 @@ class PageReceipt:
     transfer_created: bool
     pages_after: int  # the transfer's page count once this page was recorded
     prior_next_key: str | None  # the free next cursor before this page
+    prior_after_key: str | None  # where the pull's last page started, before this one
     completed: bool  # this page completed the transfer
 
 
@@ -167,9 +171,13 @@ def _undeliver(session: Session, receipt: PageReceipt) -> None:
         # No page of this pull was served since: its next free cursor is again
         # the one before this page, and a last page that was cut leaves the
         # pull in progress.
-        meta.pop(NEXT_KEY, None)
-        if receipt.prior_next_key is not None:
-            meta[NEXT_KEY] = receipt.prior_next_key
+        for key, prior in (
+            (NEXT_KEY, receipt.prior_next_key),
+            (AFTER_KEY, receipt.prior_after_key),
+        ):
+            meta.pop(key, None)
+            if prior is not None:
+                meta[key] = prior
         if receipt.completed and transfer.status == "completed":
             transfer.status = "in_progress"
             transfer.completed_at = None
