@@ -31,6 +31,9 @@ from tests.security.hostile_receiver import (
 pytestmark = pytest.mark.e2e
 
 
+PAGE_BUDGET = 4 * 1024 * 1024
+
+
 def refused(message: str) -> dict[str, Any]:
     return {"success": False, "error": message}
 
@@ -41,9 +44,13 @@ def sender(
 ) -> Iterator[Sender]:
     workdir: Path = tmp_path_factory.mktemp("receiver_data")
     db_url = module_db_factory.create("rdata_sender")
-    # Enough pull-data streams for the parallel pulls of the race below.
-    streams = {"SYNC_PULL_STREAMS_PER_CONNECTION": "16"}
-    for running in run_sender(workdir, db_url, 10, **streams):
+    # Enough pull-data streams for the parallel pulls of the race below, and
+    # a small page budget for the pages of large values.
+    env = {
+        "SYNC_PULL_STREAMS_PER_CONNECTION": "16",
+        "SYNC_PAGE_MAX_BYTES": str(PAGE_BUDGET),
+    }
+    for running in run_sender(workdir, db_url, 10, **env):
         with running.site.db.data_engine.begin() as conn:
             conn.exec_driver_sql(
                 "CREATE TABLE nums (id numeric(12, 2) PRIMARY KEY, v text);"
@@ -52,6 +59,9 @@ def sender(
                 "INSERT INTO floats SELECT g, 'f' || g FROM generate_series(1, 5) g;"
                 "CREATE TABLE items (id bigint PRIMARY KEY, v text);"
                 "INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 245) g;"
+                "CREATE TABLE blobs (id integer PRIMARY KEY, b bytea);"
+                "INSERT INTO blobs SELECT g, convert_to(repeat(chr(64 + g), 1000000),"
+                " 'UTF8') FROM generate_series(1, 10) g;"
             )
         yield running
 
@@ -317,3 +327,36 @@ def test_stale_send_transfers_are_closed(sender: Sender, pair: Pairs) -> None:
     )
     r = data_call(receiver, "pull-data", table_name="items", after=[100], limit=100)
     assert (r.status_code, r.json()) == (403, refused("Download limit reached"))
+
+
+# ------------------------------------------------------------ finding 7
+
+
+def test_pages_of_large_values_are_cut_by_bytes(sender: Sender, pair: Pairs) -> None:
+    # Ten rows of 1 MB: a JSON page of them all took the worker to 3.3x the
+    # data; each page now ends before the row that would pass the budget.
+    _, receiver = pair()
+    seen: list[int] = []
+    after: list[Any] | None = None
+    while True:
+        body: dict[str, Any] = {"table_name": "blobs", "limit": 100}
+        if after is not None:
+            body["after"] = after
+        r = data_call(receiver, "pull-data", **body)
+        assert r.status_code == 200
+        assert len(r.content) <= PAGE_BUDGET + 4096
+        page = r.json()
+        seen += [row["id"] for row in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["next_cursor"]
+    assert seen == list(range(1, 11))
+    r = data_call(receiver, "pull-data", table_name="blobs", limit=100)
+    assert (r.json()["count"], r.json()["next_cursor"]) == (3, [3])
+    # A COPY page is cut too (its text: two hex digits a byte).
+    r = data_call(
+        receiver, "pull-data", table_name="blobs", limit=100, format="pg_copy_text"
+    )
+    assert r.headers["content-type"].startswith("text/vnd.dbsync.pgcopy")
+    assert (r.headers["x-sync-count"], r.headers["x-sync-next-cursor"]) == ("2", "[2]")
+    assert len(r.content) <= PAGE_BUDGET

@@ -311,6 +311,7 @@ def _serve_page(
                 after=data["after"],
                 limit=limit,
                 wire_format=wire_format,
+                max_bytes=site.settings.page_max_bytes,
             )
             if copy_page is not None:
                 try:
@@ -337,6 +338,7 @@ def _serve_page(
             after=data["after"],
             limit=min(limit, site.settings.json_page_cap),
             for_body=True,
+            max_bytes=site.settings.page_max_bytes,
         )
     except BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
