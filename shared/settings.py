@@ -193,6 +193,16 @@ class Settings:
     excluded_tables: tuple[str, ...] = ()
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
+    # The furthest table-records (a preview, paged by offset) may skip: each
+    # call scans that many rows.
+    preview_max_offset: int = 10_000
+    # The bytes a pull-data page may take, whatever its row count: JSON pages
+    # end before the row that would pass it; COPY pages (streamed) take as
+    # many rows as the table's average row size lets fit.
+    page_max_bytes: int = 32 * 1024 * 1024
+    # An unfinished pull a receiver asked no page of for this long is closed
+    # (beat's expire job); its cursors then start a new, counted download.
+    send_transfer_idle_seconds: int = 86_400
     # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a
     # sender serves and what a receiver asks for. A connection's
     # max_records_per_request (default 100,000) still caps every page.

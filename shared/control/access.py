@@ -37,11 +37,19 @@ class Caller:
     ``new_download``: it starts a download (counted against max_downloads).
     ``next_page``: it asks for the next page of a pull in progress, which the
     rate limit does not count (see the module docstring).
+    ``serves_rows``: it serves rows (pull-data, table-records), counted
+    against the record limit: the connection's row is locked before the
+    limits are read, so concurrent calls take turns at reserving what is
+    left and never serve more than the limits allow.
+    ``preview``: table-records, refused like a new pull once the downloads
+    are used up, though it does not use one.
     """
 
     ip: str
     new_download: bool = False
     next_page: bool = False
+    serves_rows: bool = False
+    preview: bool = False
 
 
 def sender_connection(session: Session, token_hash: str) -> Connection:
@@ -70,8 +78,10 @@ def authorise(
         raise SyncError(ErrorKind.FORBIDDEN, "IP not allowed")
     if not within_hours(now.hour, conn.allowed_hours_start, conn.allowed_hours_end):
         raise SyncError(ErrorKind.FORBIDDEN, "Outside allowed hours")
+    if caller.serves_rows:
+        conn = _locked(session, conn)
     if (
-        caller.new_download
+        (caller.new_download or caller.preview)
         and conn.max_downloads is not None
         and conn.downloads_used >= conn.max_downloads
     ):
@@ -89,6 +99,24 @@ def authorise(
     if wait is not None:
         raise SyncError(ErrorKind.THROTTLED, "Rate limit exceeded", retry_after=wait)
     return conn
+
+
+def _locked(session: Session, conn: Connection) -> Connection:
+    """The connection's row, locked until the request's transaction ends, with
+    its counts as the last call that served rows left them (the check and
+    the count that follows are then one atomic step)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.refresh(conn, with_for_update=True)
+        if conn.status != "active":
+            raise SyncError(ErrorKind.FORBIDDEN, "Connection is not active")
+    return conn
+
+
+def records_left(conn: Connection, wanted: int) -> int:
+    """How many of ``wanted`` rows the record limit still lets this call serve."""
+    if conn.max_records_total is None:
+        return wanted
+    return max(0, min(wanted, conn.max_records_total - conn.records_downloaded))
 
 
 def check_table(conn: Connection, table: str) -> None:

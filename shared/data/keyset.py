@@ -41,9 +41,11 @@ def decode_cursor(after: Any, pk: list[ColumnInfo]) -> list[Any]:
         if value is None:
             raise BadCursor(f"{col.name}: a key value cannot be null")
         try:
-            values.append(wire.decode_value(value, col.kind, col.name))
+            decoded = wire.decode_value(value, col.kind, col.name)
+            wire.check_key_range(decoded, col)
         except wire.WireError as ex:
             raise BadCursor(str(ex)) from None
+        values.append(decoded)
     return values
 
 

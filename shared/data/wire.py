@@ -70,7 +70,16 @@ _ISO_DURATION = re.compile(
     re.ASCII,
 )
 _INT_TEXT = re.compile(r"[+-]?\d+", re.ASCII)
-_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+# No two parts may take the same digits (``\d+\.?\d*`` did, and backtracked
+# quadratically over a long run of digits ending in a letter).
+_FLOAT_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# Longest number texts decoded: a float has 17 significant digits, and the
+# longest plain PostgreSQL numeric is 131,072 digits before the point and
+# 16,383 after it (its limits; a numeric beyond them cannot be stored).
+FLOAT_TEXT_MAX = 1_000
+NUMERIC_DIGITS_BEFORE_POINT = 131_072
+NUMERIC_DIGITS_AFTER_POINT = 16_383
+NUMERIC_TEXT_MAX = NUMERIC_DIGITS_BEFORE_POINT + NUMERIC_DIGITS_AFTER_POINT + 32
 _FLOAT_SPECIALS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 Encoder = Callable[[Any], Any]
@@ -386,14 +395,51 @@ def _dec_numeric(value: Any) -> Decimal:
             else Decimal(encode_float(value))
         )
     if isinstance(value, str):
+        if len(value) > NUMERIC_TEXT_MAX:
+            raise ValueError(f"a decimal number of {len(value)} characters is too long")
         try:
             number = Decimal(value.strip())
         except InvalidOperation:
             raise ValueError(f"expected a decimal number, got {_show(value)}") from None
         if number.is_snan():
             raise ValueError("signalling NaN is not a number PostgreSQL knows")
-        return number
+        return _numeric_in_range(number)
     raise ValueError(f"expected a decimal number, got {_show(value)}")
+
+
+def _numeric_in_range(number: Decimal) -> Decimal:
+    """Refuse a decimal whose plain form PostgreSQL cannot hold, before anything
+    writes it out: ``1e100000000`` is 138 bytes as text and 100 MB in plain
+    digits (what pg_param binds)."""
+    if not number.is_finite():
+        return number
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if not number.is_zero() and number.adjusted() >= NUMERIC_DIGITS_BEFORE_POINT:
+        raise ValueError(
+            "decimal number out of range (too many digits before the point)"
+        )
+    if exponent < -NUMERIC_DIGITS_AFTER_POINT:
+        raise ValueError(
+            "decimal number out of range (too many digits after the point)"
+        )
+    return number
+
+
+def check_key_range(value: Any, column: Any) -> None:
+    """Raise WireError when a decoded key value cannot be a value of ``column``'s
+    type (a ``numeric(p, s)`` holds less than 10^(p - s)), so a caller's key is
+    refused before it is bound, expanded or sent to the database."""
+    precision = getattr(column, "precision", None)
+    if column.kind != "numeric" or precision is None or not isinstance(value, Decimal):
+        return
+    scale = getattr(column, "scale", None) or 0
+    if (
+        value.is_finite()
+        and not value.is_zero()
+        and value.adjusted() >= precision - scale
+    ):
+        raise WireError(column.name, f"out of range for {column.type}")
 
 
 def _dec_float(value: Any) -> float:
@@ -404,7 +450,7 @@ def _dec_float(value: Any) -> float:
     if isinstance(value, str):
         if value in _FLOAT_SPECIALS:
             return _FLOAT_SPECIALS[value]
-        if _FLOAT_TEXT.fullmatch(value):
+        if len(value) <= FLOAT_TEXT_MAX and _FLOAT_TEXT.fullmatch(value):
             return float(value)
     raise ValueError(f"expected a number, got {_show(value)}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from shared import dispatch
 from shared.control import healing, health, notices
 from shared.data.receiver import pulls
+from shared.data.sender import handlers as sender_handlers
 from workers.base import SiteTask
 from workers.celery_app import app
 from workers.tasks.pull import take_up_orphans
@@ -60,5 +61,9 @@ def expire_connections(self: SiteTask) -> int:
     site = self.runtime.site
     expired = healing.expire(site)
     healing.drop_unconfirmed(site)
+    with site.db.session() as session:
+        sender_handlers.close_stale_send_transfers(
+            session, site.settings.send_transfer_idle_seconds
+        )
     health.record(site.db, self.name)
     return expired

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, text
 
 from shared.data.copy_format import COPY_FORMATS, MEDIA_TYPES, utf8
 from shared.data.keyset import Keyset, column_list
-from shared.data.schema import PG_READ_SETTINGS, TableInfo, Tables
+from shared.data.schema import PG_READ_SETTINGS, TableInfo, Tables, quote_text
 from shared.data.sender.pages import PageExtent, page_extent
 
 log = logging.getLogger("dbsync.bulk")
@@ -59,6 +59,7 @@ def open_page(
     after: list[Any] | None,
     limit: int,
     wire_format: str,
+    max_bytes: int | None = None,
 ) -> CopyPage | None:
     """Fix the page after ``after`` and prepare its COPY stream.
 
@@ -74,6 +75,8 @@ def open_page(
             return None
         conn.execution_options(isolation_level="REPEATABLE READ")
         conn.exec_driver_sql(_SENDER_SETTINGS)
+        if max_bytes is not None:
+            limit = _rows_within(conn, tables, info, after, limit, max_bytes)
         extent = page_extent(tables, conn, table, after=after, limit=limit)
         sql = _copy_out_sql(conn, info, extent, COPY_FORMATS[wire_format])
         page = CopyPage(conn, info, wire_format, extent, sql)
@@ -86,6 +89,33 @@ def open_page(
         page.close()
         return None
     return page
+
+
+_SAMPLE_ROWS = 100
+
+
+def _rows_within(
+    conn: Connection,
+    tables: Tables,
+    info: TableInfo,
+    after: list[Any] | None,
+    limit: int,
+    max_bytes: int,
+) -> int:
+    """The rows of a page of at most ``limit`` that fit ``max_bytes``, by the
+    text size of the page's first rows (a sample: a COPY page is streamed,
+    so the sender's memory never depends on it; the budget keeps a page of
+    wide rows within what a receiver takes)."""
+    keyset = Keyset.after_cursor(info, after, pg=True)
+    # The table's name alone in the SELECT list is its whole row.
+    size = f"octet_length({quote_text(info.name)}::text) AS n"
+    sample = keyset.select(size, limit=min(limit, _SAMPLE_ROWS))
+    average = conn.execute(
+        text(f"SELECT avg(n) FROM ({sample}) s"), keyset.params
+    ).scalar()
+    if not average:
+        return limit
+    return max(1, min(limit, int(max_bytes // float(average))))
 
 
 def _copy_out_sql(

@@ -27,7 +27,10 @@ from shared.state.models import Connection, Transfer
 
 log = logging.getLogger("dbsync.delivery")
 
-NEXT_KEY = "next_cursor_sha256"  # the fingerprint handlers keep on the transfer
+# The fingerprints handlers keep on a pull's transfer: of the cursor its next
+# page starts after, and of where its last page started (a retry of it).
+NEXT_KEY = "next_cursor_sha256"
+AFTER_KEY = "after_cursor_sha256"
 JSON_SLICE = 256 * 1024  # a JSON answer is handed to the server in slices
 
 
@@ -42,6 +45,7 @@ class PageReceipt:
     transfer_created: bool
     pages_after: int  # the transfer's page count once this page was recorded
     prior_next_key: str | None  # the free next cursor before this page
+    prior_after_key: str | None  # where the pull's last page started, before this one
     completed: bool  # this page completed the transfer
 
 
@@ -137,6 +141,13 @@ def undeliver(engine: Engine, receipt: PageReceipt) -> None:
 
 
 def _undeliver(session: Session, receipt: PageReceipt) -> None:
+    # The transfer's row is locked before the connection's, in the order a
+    # page being served takes them (handlers: the pull's transfer, then the
+    # connection), so the two never wait on each other.
+    stmt = select(Transfer).where(Transfer.id == receipt.transfer_id)
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    transfer = session.scalar(stmt)
     values: dict[str, Any] = {
         "records_downloaded": Connection.records_downloaded - receipt.records,
         "total_records_transferred": Connection.total_records_transferred
@@ -150,10 +161,6 @@ def _undeliver(session: Session, receipt: PageReceipt) -> None:
         .where(Connection.id == receipt.connection_id)
         .values(**values)
     )
-    stmt = select(Transfer).where(Transfer.id == receipt.transfer_id)
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    transfer = session.scalar(stmt)
     if transfer is None:
         return
     transfer.records_transferred -= receipt.records
@@ -164,9 +171,13 @@ def _undeliver(session: Session, receipt: PageReceipt) -> None:
         # No page of this pull was served since: its next free cursor is again
         # the one before this page, and a last page that was cut leaves the
         # pull in progress.
-        meta.pop(NEXT_KEY, None)
-        if receipt.prior_next_key is not None:
-            meta[NEXT_KEY] = receipt.prior_next_key
+        for key, prior in (
+            (NEXT_KEY, receipt.prior_next_key),
+            (AFTER_KEY, receipt.prior_after_key),
+        ):
+            meta.pop(key, None)
+            if prior is not None:
+                meta[key] = prior
         if receipt.completed and transfer.status == "completed":
             transfer.status = "in_progress"
             transfer.completed_at = None

@@ -7,6 +7,7 @@ Every call passes every connection control first (shared.control.access).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Mapping
@@ -47,12 +48,19 @@ def _authorise(
 def _serving(session: Session, data: dict[str, Any]) -> Transfer | None:
     """The unfinished ``send`` transfer this pull continues, locked; None if it starts one.
 
-    An ``after`` cursor alone proves nothing (a caller can forge one to dodge
-    the download limit); an unfinished ``send`` transfer of that table does.
+    A page continues a pull only when its ``after`` is a cursor this site
+    handed out for that pull: the next page's (the transfer keeps its
+    fingerprint) or the last page's own start (a retried page). Any other
+    ``after`` (forged, or a cursor of a finished or stale pull) starts a new
+    pull there, counted as a download: a caller cannot dodge the download
+    limit by naming a key. The cursor itself stays the plain key PROTOCOL.md
+    describes, so every receiver keeps working as it is.
+
     The row lock makes concurrent pages of one pull take turns, so only one
     of them can claim the pull's next cursor (see ``_next_page``).
     """
-    if data["after"] is None:
+    key = _cursor_key(data["after"])
+    if key is None:
         return None
     stmt = (
         select(Transfer)
@@ -65,11 +73,47 @@ def _serving(session: Session, data: dict[str, Any]) -> Transfer | None:
             Transfer.status == "in_progress",
         )
         .order_by(Transfer.created_at.desc())
-        .limit(1)
     )
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Transfer)
-    return session.scalar(stmt)
+    for transfer in session.scalars(stmt).all():
+        if not _continues(transfer, key):
+            continue
+        if session.get_bind().dialect.name == "postgresql":
+            session.refresh(transfer, with_for_update=True)
+            if transfer.status != "in_progress" or not _continues(transfer, key):
+                return None
+        return transfer
+    return None
+
+
+def _continues(transfer: Transfer, key: str) -> bool:
+    meta = transfer.meta or {}
+    return key in (meta.get(_NEXT_KEY), meta.get(_AFTER_KEY))
+
+
+def close_stale_send_transfers(
+    session: Session, idle_seconds: int, now: dt.datetime | None = None
+) -> int:
+    """Close ``send`` transfers no page was asked of for ``idle_seconds``.
+
+    An unfinished pull is what lets a cursor continue without counting a
+    download; one its receiver abandoned must not stay open for ever. Its
+    receiver's next page then starts a new, counted pull. Returns how many.
+    """
+    horizon = (now or utcnow()) - dt.timedelta(seconds=idle_seconds)
+    stale = session.scalars(
+        select(Transfer).where(
+            Transfer.direction == "send",
+            Transfer.status == "in_progress",
+            Transfer.updated_at < horizon,
+        )
+    ).all()
+    for transfer in stale:
+        transfer.status = "failed"
+        transfer.error_message = (
+            f"Abandoned: the receiver asked for no page in {idle_seconds} s"
+        )
+        transfer.completed_at = now or utcnow()
+    return len(stale)
 
 
 def _cursor_key(cursor: list[Any] | None) -> str | None:
@@ -97,6 +141,7 @@ def _next_page(serving: Transfer | None, after: list[Any] | None) -> bool:
 
 
 _NEXT_KEY = delivery.NEXT_KEY
+_AFTER_KEY = delivery.AFTER_KEY
 
 
 def _table(site: Site, conn: Connection, name: str) -> Catalog:
@@ -133,7 +178,7 @@ def table_schema(
 PREVIEW_FIELDS = [
     TABLE,
     Field("limit", int, minimum=1),
-    Field("offset", int, minimum=0, maximum=10**12),
+    Field("offset", int, minimum=0),
     Field("ids", list),
     Field("id_start", (str, int, float)),
     Field("id_end", (str, int, float)),
@@ -143,11 +188,20 @@ PREVIEW_FIELDS = [
 def table_records(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
 ) -> dict[str, Any]:
-    conn, data = _authorise(session, site, body, PREVIEW_FIELDS, ip)
+    require_enabled(session)
+    data = validate(body, [TOKEN_HASH, *PREVIEW_FIELDS])
+    offset = data["offset"] or 0
+    if offset > site.settings.preview_max_offset:
+        raise bad_request(
+            f"Field offset must be <= {site.settings.preview_max_offset}",
+            field="offset",
+        )
+    caller = access.Caller(ip, serves_rows=True, preview=True)
+    conn = access.authorise(session, site, data["auth_token_hash"], caller)
     name = data["table_name"]
     catalog = _table(site, conn, name)
-    limit = min(data["limit"] or 10, PREVIEW_MAX, conn.max_records_per_request)
-    offset = data["offset"] or 0
+    wanted = min(data["limit"] or 10, PREVIEW_MAX, conn.max_records_per_request)
+    limit = max(1, access.records_left(conn, wanted))
     ids = data["ids"]
     if ids is not None and len(ids) > 1000:
         raise bad_request("Field ids may hold at most 1000 values", field="ids")
@@ -166,6 +220,7 @@ def table_records(
         raise bad_request(
             "Invalid filter: a key value is out of range for its column"
         ) from None
+    access.count_page(session, conn, len(rows), False, 0)
     return {
         "success": True,
         "table": name,
@@ -201,15 +256,18 @@ def pull_data(
     json_page_cap. An unknown format, or a table that cannot go as COPY data
     (SQLite, no primary key), gets the JSON page.
 
-    A pull starts a download when it has no ``after`` or continues no
-    unfinished pull of that table; its next page is free of the rate limit
+    A pull starts a download when it has no ``after`` or its ``after`` is no
+    cursor this site handed out for an unfinished pull of that table
+    (``_serving``); its next page is free of the rate limit
     (shared.control.access).
     """
     require_enabled(session)
     data = validate(body, [TOKEN_HASH, *PULL_FIELDS])
     serving = _serving(session, data)
     new_download = serving is None
-    caller = access.Caller(ip, new_download, _next_page(serving, data["after"]))
+    caller = access.Caller(
+        ip, new_download, _next_page(serving, data["after"]), serves_rows=True
+    )
     conn = access.authorise(session, site, data["auth_token_hash"], caller)
     name = data["table_name"]
     catalog = _table(site, conn, name)
@@ -243,8 +301,7 @@ def _serve_page(
     limit = min(
         data["limit"] or conn.max_records_per_request, conn.max_records_per_request, cap
     )
-    if conn.max_records_total is not None:
-        limit = max(1, min(limit, conn.max_records_total - conn.records_downloaded))
+    limit = max(1, access.records_left(conn, limit))
     try:
         if wire_format:
             copy_page = copy_out.open_page(
@@ -254,6 +311,7 @@ def _serve_page(
                 after=data["after"],
                 limit=limit,
                 wire_format=wire_format,
+                max_bytes=site.settings.page_max_bytes,
             )
             if copy_page is not None:
                 try:
@@ -269,6 +327,7 @@ def _serve_page(
                         copy_page.next_cursor,
                         ip,
                         new_download,
+                        data["after"],
                     )
                 except BaseException:
                     copy_page.close()
@@ -279,6 +338,7 @@ def _serve_page(
             after=data["after"],
             limit=min(limit, site.settings.json_page_cap),
             for_body=True,
+            max_bytes=site.settings.page_max_bytes,
         )
     except BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
@@ -301,6 +361,7 @@ def _serve_page(
         page.next_cursor,
         ip,
         new_download,
+        data["after"],
     )
     answer = {
         "success": True,
@@ -336,6 +397,7 @@ def _record_send(
     next_cursor: list[Any] | None,
     ip: str,
     new_download: bool,
+    after: list[Any] | None,
 ) -> delivery.PageReceipt:
     """Keep one ``send`` transfer per pull with its counts, timestamps and the
     fingerprint of the cursor its next page will start after; return what
@@ -362,8 +424,12 @@ def _record_send(
     transfer.records_transferred += count
     meta = {**transfer.meta, "pages": int(transfer.meta.get("pages", 0)) + 1}
     prior_key = meta.pop(_NEXT_KEY, None)
-    if (key := _cursor_key(next_cursor)) is not None:
-        meta[_NEXT_KEY] = key
+    prior_after_key = meta.pop(_AFTER_KEY, None)
+    if next_cursor is not None:  # the pull goes on: its cursors continue it
+        if (after_key := _cursor_key(after)) is not None:
+            meta[_AFTER_KEY] = after_key
+        if (key := _cursor_key(next_cursor)) is not None:
+            meta[_NEXT_KEY] = key
     transfer.meta = meta
     if next_cursor is None:  # the last page (has_more false)
         transfer.status = "completed"
@@ -376,5 +442,6 @@ def _record_send(
         transfer_created=created,
         pages_after=meta["pages"],
         prior_next_key=prior_key,
+        prior_after_key=prior_after_key,
         completed=next_cursor is None,
     )

@@ -63,8 +63,14 @@ def fetch_page(
     after: list[Any] | None,
     limit: int,
     for_body: bool = False,
+    max_bytes: int | None = None,
 ) -> Page:
     """One page of wire-encoded rows in primary-key order (keyset paging).
+
+    With ``max_bytes`` the page also ends before the row that would take it
+    past that many bytes (``row_bytes``: about their size on the wire), one
+    row at least; rows are read from a server-side cursor as they are
+    encoded, so a page of large values never sits in memory whole.
 
     With ``for_body`` (PostgreSQL), json values are pre-encoded
     ``orjson.Fragment``s, for a response body that orjson writes: it saves
@@ -87,11 +93,20 @@ def fetch_page(
     keyset = Keyset.after_cursor(info, after, pg=tables.pg)
     sql = keyset.select(select_list(tables, info), limit=int(limit) + 1)
     with reader(tables) as conn:
-        rows = encode_all(
-            tables, info, conn.execute(text(sql), keyset.params), for_body
-        )
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+        if max_bytes is None:
+            rows = encode_all(
+                tables, info, conn.execute(text(sql), keyset.params), for_body
+            )
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+        else:
+            streamed = conn.execution_options(stream_results=True, max_row_buffer=100)
+            rows, has_more = _encode_within(
+                tuple_encoder(tables, info, for_body),
+                streamed.execute(text(sql), keyset.params),
+                limit,
+                max_bytes,
+            )
     cursor = [rows[-1][c.name] for c in pk] if has_more else None
     return Page(rows=rows, next_cursor=cursor, has_more=has_more)
 
@@ -132,6 +147,40 @@ def page_extent(
         return PageExtent(values, limit, None, False)
     count: int = conn.execute(text(keyset.count()), keyset.params).scalar_one()
     return PageExtent(values, int(count), None, False)
+
+
+def row_bytes(row: Sequence[Any]) -> int:
+    """About the bytes a row read with ``select_list`` takes on the wire: text
+    as it is, binary as base64, anything else a few bytes."""
+    size = 2
+    for value in row:
+        if isinstance(value, str):
+            size += len(value) + 4
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            size += len(value) * 4 // 3 + 32
+        else:
+            size += 12
+    return size
+
+
+def _encode_within(
+    encode: Callable[[Sequence[Any]], dict[str, Any]],
+    result: Result[Any],
+    limit: int,
+    max_bytes: int,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Encode rows of ``result`` up to ``limit`` rows and ``max_bytes``; and
+    whether rows are left."""
+    rows: list[dict[str, Any]] = []
+    size = 0
+    for row in result:
+        if len(rows) >= limit:
+            return rows, True
+        size += row_bytes(row)
+        if rows and size > max_bytes:
+            return rows, True
+        rows.append(encode(row))
+    return rows, False
 
 
 def _fetch_unkeyed(

@@ -83,6 +83,8 @@ def _decode_filter(value: Any, col: ColumnInfo) -> Any:
     if value is None:
         raise BadFilter(f"{col.name}: null is not a key value")
     try:
-        return wire.decode_value(value, col.kind, col.name)
+        decoded = wire.decode_value(value, col.kind, col.name)
+        wire.check_key_range(decoded, col)
     except wire.WireError as ex:
         raise BadFilter(str(ex)) from None
+    return decoded

@@ -403,9 +403,15 @@ def test_download_limit(
         "has_more": False,
         "next_cursor": None,
     }
-    # other endpoints are not downloads
-    for endpoint in ("list-tables", "table-schema", "table-records"):
+    # other endpoints are not downloads; a preview reads rows, so once the
+    # downloads are used up it is refused like a new pull
+    for endpoint in ("list-tables", "table-schema"):
         assert call(client, endpoint, token_hash).status_code == 200
+    preview = call(client, "table-records", token_hash)
+    assert (preview.status_code, preview.json["error"]) == (
+        403,
+        "Download limit reached",
+    )
     conn = sender_row(site, token_hash)
     assert (conn.downloads_used, conn.records_downloaded, conn.total_transfers) == (
         1,

@@ -124,7 +124,11 @@ def test_a_cut_page_is_not_counted_and_is_asked_again_for_free(
         "in_progress",
         None,
         8,
-        {"pages": 2, "next_cursor_sha256": _fingerprint([8])},
+        {
+            "pages": 2,
+            "next_cursor_sha256": _fingerprint([8]),
+            "after_cursor_sha256": _fingerprint([4]),
+        },
     )
     last = _pull(client, token_hash, after=[8])
     assert last.json["data"] == items(9, 10)
