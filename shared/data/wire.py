@@ -498,6 +498,16 @@ def _dec_interval(value: Any) -> str:
 
 
 def _dec_uuid(value: Any) -> str:
+    # PhoenixKit sends a uuid as its 16 raw bytes: wrapped in base64, or as a
+    # 16-character string when those bytes happen to be valid UTF-8.
+    if isinstance(value, dict) and set(value) == {BINARY_KEY}:
+        raw = _dec_bytes(value)
+        if len(raw) == 16:
+            return str(uuid.UUID(bytes=raw))
+    elif isinstance(value, str) and len(value) == 16:
+        raw = value.encode("utf-8")
+        if len(raw) == 16:
+            return str(uuid.UUID(bytes=raw))
     text = _need_str(value, "a UUID")
     try:
         return str(uuid.UUID(text))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shared.control.peer import PeerClient, PeerResponse, PeerStream, RateLimited
-from shared.data import copy_format
+from shared.data import copy_format, wire
 from shared.data.receiver import bulk_in
 from shared.data.receiver.pages import BulkPage, JsonPage, Page
 
@@ -169,7 +169,7 @@ class JsonSource:
         # turns at the interpreter lock, and that thread's socket reads
         # would wait behind the parse.
         status, content, size = upcoming[1].result()
-        page = json_page(PeerResponse.parse(status, content), size)
+        page = self._parse(PeerResponse.parse(status, content), size, cursor)
         del content, upcoming  # parsed: only one page's body and rows at a time
         if page.has_more:
             self._upcoming = (
@@ -186,6 +186,9 @@ class JsonSource:
         if self._upcoming is not None:
             self._upcoming[1].cancel()
             self._upcoming = None
+
+    def _parse(self, answer: PeerResponse, size: int, cursor: Any) -> JsonPage:
+        return json_page(answer, size)
 
     def _fetch(self, cursor: Any) -> tuple[int, bytes, int]:
         """Ask for the JSON page after ``cursor``: its status, body and size.
@@ -205,6 +208,68 @@ class JsonSource:
             body["after"] = cursor
         with self._sender.open(
             "pull-data", body, rows * settings.pull_json_row_bytes
+        ) as resp:
+            content = resp.read()
+            return resp.status, content, resp.bytes_read
+
+
+RECORDS_PAGE_ROWS = 100  # PhoenixKit's table-records cap
+
+
+class RecordsSource(JsonSource):
+    """Pages of a PhoenixKit sender's table, read exactly with table-records.
+
+    PhoenixKit's pull-data is one unordered shot of at most
+    max_records_per_request rows, with no way to ask for the rest.
+    Its table-records answers at most 100 rows ordered by the table's first
+    key column, from ``id_start`` on, skipping ``offset`` rows: that pages a
+    table exactly. The cursor is ``[start, skip]``: ``start`` the key value
+    (as the sender sent it, in canonical JSON) to start from, ``skip`` the
+    rows at that value already read. An integer key moves on to the next
+    value. A page shorter than asked for is not the end (a sender may lose
+    rows on the way; the count check after the table tells); an empty page is.
+    """
+
+    def __init__(self, sender: Sender, table: str, strategy: str, key: str) -> None:
+        super().__init__(sender, table, strategy, direct=False)
+        self._key = key
+
+    def _parse(self, answer: PeerResponse, size: int, cursor: Any) -> JsonPage:
+        if answer.status != 200 or answer.body.get("success") is not True:
+            raise BadAnswer(answer.error)
+        rows = answer.body.get("records")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise BadAnswer("Invalid response from remote site")
+        if not rows:
+            return JsonPage([], None, False, size)
+        if len(rows) > RECORDS_PAGE_ROWS or any(self._key not in r for r in rows):
+            raise BadAnswer(
+                f"Invalid response from remote site (table-records of {self._table}:"
+                f" more than {RECORDS_PAGE_ROWS} rows, or rows without {self._key})"
+            )
+        last = rows[-1][self._key]
+        if type(last) is int:
+            next_cursor = [wire.canonical_json(last + 1), 0]
+        else:
+            tied = 0
+            for row in reversed(rows):
+                if row[self._key] != last:
+                    break
+                tied += 1
+            start = wire.canonical_json(last)
+            if cursor is not None and cursor[0] == start and tied == len(rows):
+                tied += cursor[1]  # the whole page shares the key it started at
+            next_cursor = [start, tied]
+        return JsonPage(rows, next_cursor, True, size)
+
+    def _fetch(self, cursor: Any) -> tuple[int, bytes, int]:
+        settings = self._sender.client.settings
+        body: dict[str, Any] = {"table_name": self._table, "limit": RECORDS_PAGE_ROWS}
+        if cursor is not None:
+            body["id_start"] = wire.parse_json(cursor[0])
+            body["offset"] = cursor[1]
+        with self._sender.open(
+            "table-records", body, RECORDS_PAGE_ROWS * settings.pull_json_row_bytes
         ) as resp:
             content = resp.read()
             return resp.status, content, resp.bytes_read
