@@ -57,6 +57,7 @@ def owe(
         connection_id=conn.id,
         connection_name=conn.name,
         site_url=conn.site_url,
+        peer_prefix=conn.peer_prefix,
         auth_token_hash=conn.auth_token_hash,
         payload=payload,
         state="queued",
@@ -116,7 +117,9 @@ def _deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
         body = _request_body(site, notice)
         endpoint = ENDPOINTS[notice.kind]
         try:
-            resp = client.post(notice.site_url, endpoint, body)
+            resp = client.post(
+                notice.site_url, endpoint, body, prefix=notice.peer_prefix
+            )
         except PeerRefused as ex:
             _finish(notice, conn, "failed", str(ex))
             return Outcome("failed")

@@ -157,19 +157,12 @@ def test_lifecycle_between_dbsync_sender_and_phoenixkit_receiver(
     delete_dbsync_side(site, pk)
 
 
-@known_gap(
-    "dbsync's connection URL carries the peer's prefix as a path, so its "
-    "site_url ('http://host/phoenix_kit') is not the sender_url PhoenixKit "
-    "sends in update-status and delete-connection (its bare site URL): dbsync "
-    "answers 404 'Connection not found' and never learns of the revoke or the "
-    "delete. Keep the peer prefix apart from the URL that identifies the peer."
-)
 def test_phoenixkit_receiver_s_revoke_and_delete_reach_dbsync(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
     pk_id = connect(site, pk)
     outcome = pk.cli("connections", "revoke", pk_id)["remote"]
-    gap(outcome == "updated", outcome)
+    assert outcome == "updated", outcome
     assert dbsync_field(site, pk.url, "status") == "revoked"
     assert dbsync_field(site, pk.url, "revoked_reason") == "Revoked by the peer site"
     # And severs it: dbsync's row goes too.
@@ -389,17 +382,6 @@ def test_phoenix_s_sensitive_tables_are_not_offered_by_default(
 # ------------------------------------------------------------ PhoenixKit sending
 
 
-@known_gap(
-    (
-        "A dbsync site calls every peer under its own SYNC_URL_PREFIX. A "
-        "PhoenixKit sender registers with its bare site URL and answers under "
-        "/phoenix_kit, so dbsync's verify gets 404 from get-connection-status and "
-        "suspends its new receiver connection ('Remote site reports connection "
-        "not found'); PhoenixKit's sender is never activated and no pull can "
-        "reach it. Needs a per-connection peer prefix (a path in the URL or "
-        "--peer-prefix), used by every later call."
-    ),
-)
 def test_a_phoenixkit_sender_pairs_with_a_site_on_its_default_prefix(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -410,7 +392,7 @@ def test_a_phoenixkit_sender_pairs_with_a_site_on_its_default_prefix(
     created = pk.cli("connections", "create", "--name", "to dbsync", "--url", site.url)
     assert created["notification"]["status"] == "registered"
     assert dbsync_field(site, pk.url, "status") == "active"
-    gap_eventually(lambda: pk_field(pk, "status") == "active", timeout=15)
+    eventually(lambda: pk_field(pk, "status") == "active", timeout=15)
     assert dbsync_field(site, pk.url, "status") == "active"
     site.sql("CREATE TABLE offered (id integer PRIMARY KEY, v text)")
     try:

@@ -405,6 +405,7 @@ def _run(site: Site, client: PeerClient, tid: uuid.UUID, lease: Lease) -> Outcom
             lease,
             transfer.id,
             conn.site_url,
+            conn.peer_prefix,
             conn.auth_token_hash,
             transfer.conflict_strategy or "skip",
             transfer.create_missing,
@@ -512,12 +513,13 @@ class _Job:
         lease: Lease,
         transfer_id: uuid.UUID,
         site_url: str,
+        peer_prefix: str | None,
         token_hash: str,
         strategy: str,
         create_missing: bool,
     ):
         self.site = site
-        self.sender = Sender(client, site_url, token_hash)
+        self.sender = Sender(client, site_url, token_hash, peer_prefix)
         self.lease = lease
         self.transfer_id = transfer_id
         self.strategy = strategy

@@ -81,12 +81,16 @@ class Sender:
     client: PeerClient
     site_url: str
     token_hash: str
+    prefix: str | None = None  # the peer's API prefix; None: this site's own
 
     def post(self, endpoint: str, body: dict[str, Any]) -> PeerResponse:
         """POST for a JSON answer, waiting out the sender's pacing."""
         return paced(
             lambda: self.client.post(
-                self.site_url, endpoint, {"auth_token_hash": self.token_hash, **body}
+                self.site_url,
+                endpoint,
+                {"auth_token_hash": self.token_hash, **body},
+                prefix=self.prefix,
             )
         )
 
@@ -104,6 +108,7 @@ class Sender:
                 copy_format.ACCEPT,
                 max_bytes=max_bytes,
                 seconds=self.client.settings.pull_page_seconds,
+                prefix=self.prefix,
             )
         )
 
