@@ -226,15 +226,6 @@ def test_phoenixkit_pulls_50_tables_with_default_settings(
         site.sql(";".join(f"DROP TABLE IF EXISTS {n}" for n in names))
 
 
-@known_gap(
-    (
-        "dbsync's list-tables 'checksum' is its own SHA-256 over wire rows; "
-        "PhoenixKit compares it with md5(string_agg(t::text, '' ORDER BY "
-        "t::text)) of its own table, so every table shows 'differs' even when "
-        'both hold the same rows. Send PhoenixKit\'s md5 ("empty" for no rows) '
-        "as 'checksum' and keep dbsync's digest under another key."
-    ),
-)
 def test_equal_tables_compare_equal_in_phoenixkit_s_sync_view(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:

@@ -380,7 +380,7 @@ def test_sqlite_catalog_offers_describes_and_encodes(lite: Engine) -> None:
     }  # fmt: skip
     summary = catalog.table_summaries(["books"])[0]
     assert summary["row_count"] == 10 and summary["depends_on"] == ["authors"]
-    assert summary["checksum"] == catalog.checksum("books")
+    assert summary["checksum"] is None  # PhoenixKit's md5 is PostgreSQL's
 
 
 def test_sqlite_pages_composite_keys(lite: Engine) -> None:
