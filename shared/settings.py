@@ -173,6 +173,7 @@ class Settings:
     register_failure_window_seconds: int = 900
     data_schema: str = "public"
     excluded_tables: tuple[str, ...] = ()
+    offer_sensitive_tables: tuple[str, ...] = ()  # see schema.SENSITIVE_TABLES
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
     # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a
@@ -282,6 +283,12 @@ class Settings:
         if env.get("SYNC_EXCLUDED_TABLES"):
             values["excluded_tables"] = tuple(
                 t.strip() for t in env["SYNC_EXCLUDED_TABLES"].split(",") if t.strip()
+            )
+        if env.get("SYNC_OFFER_SENSITIVE_TABLES"):
+            values["offer_sensitive_tables"] = tuple(
+                t.strip()
+                for t in env["SYNC_OFFER_SENSITIVE_TABLES"].split(",")
+                if t.strip()
             )
         if env.get("SYNC_DATA_SCHEMA"):
             values["data_schema"] = env["SYNC_DATA_SCHEMA"]
