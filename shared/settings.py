@@ -174,6 +174,8 @@ class Settings:
     data_schema: str = "public"
     excluded_tables: tuple[str, ...] = ()
     offer_sensitive_tables: tuple[str, ...] = ()  # see schema.SENSITIVE_TABLES
+    # A send transfer no page was asked for in this long is closed (beat).
+    send_idle_seconds: int = 3600
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
     # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a

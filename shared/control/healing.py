@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 
@@ -13,7 +14,7 @@ from shared.control import audit, connections
 from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
 from shared.db import utcnow
 from shared.security import short_hash
-from shared.state.models import Connection
+from shared.state.models import Connection, Transfer
 
 log = logging.getLogger("dbsync.healing")
 
@@ -151,6 +152,39 @@ def expire(site: Site) -> int:
         for conn in rows:
             mark_expired(session, conn)
     return len(rows)
+
+
+def close_abandoned_sends(site: Site) -> int:
+    """Fail ``send`` transfers no page was asked for in SYNC_SEND_IDLE_SECONDS.
+
+    A receiver may stop before the last page: PhoenixKit asks pull-data once
+    per table and never follows has_more. Its transfer would stay
+    ``in_progress`` for ever; a later page of it (an ``after`` cursor) is
+    then a new pull's, counted as such.
+    """
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=site.settings.send_idle_seconds)
+    with site.db.session() as session:
+        stale = list(
+            session.scalars(
+                select(Transfer)
+                .where(
+                    Transfer.direction == "send",
+                    Transfer.status == "in_progress",
+                    Transfer.updated_at < cutoff,
+                )
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for transfer in stale:
+            transfer.status = "failed"
+            transfer.completed_at = now
+            transfer.error_message = (
+                "Abandoned: the receiver asked for no page in"
+                f" {site.settings.send_idle_seconds} s"
+                f" ({transfer.records_transferred} rows sent)"
+            )
+    return len(stale)
 
 
 def mark_expired(session: Session, conn: Connection) -> None:

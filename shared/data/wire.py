@@ -175,6 +175,12 @@ def _enc_uuid(value: Any) -> Any:
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
+def uuid_as_binary(value: str) -> dict[str, str]:
+    """A uuid as PhoenixKit sends one: its 16 bytes, wrapped as binaries are."""
+    raw = uuid.UUID(value).bytes
+    return {BINARY_KEY: base64.b64encode(raw).decode("ascii")}
+
+
 def _enc_bytes(value: Any) -> Any:
     if isinstance(value, str):
         value = value.encode("utf-8")

@@ -23,9 +23,6 @@ from tests.e2e.conftest import SiteProcesses
 from tests.e2e.phoenixkit_peer import (
     dbsync_conn,
     dbsync_field,
-    gap,
-    gap_eventually,
-    known_gap,
     md5_checksum,
     pk_field,
 )
@@ -40,7 +37,13 @@ def sites(
     tmp_path_factory: pytest.TempPathFactory, module_db_factory: ScratchDatabases
 ) -> Iterator[tuple[SiteProcesses, Path, ScratchDatabases]]:
     workdir = tmp_path_factory.mktemp("pk_pairing")
-    site = SiteProcesses("dbsync", workdir, module_db_factory.create("e2e_pk_site"), 13)
+    site = SiteProcesses(
+        "dbsync",
+        workdir,
+        module_db_factory.create("e2e_pk_site"),
+        13,
+        SYNC_SEND_IDLE_SECONDS="5",  # beat closes an abandoned send this soon
+    )
     site.cli("settings", "set", "enabled", "true")
     site.cli("settings", "set", "incoming_mode", "auto_accept")
     site.start()
@@ -241,10 +244,10 @@ def test_equal_tables_compare_equal_in_phoenixkit_s_sync_view(
         pk_id = connect(site, pk)
         view = {t["name"]: t for t in pk.cli("tables", pk_id)["tables"]}
         assert (view["same_a"]["row_count"], view["same_b"]["row_count"]) == (30, 0)
-        gap(
-            (view["same_a"]["differs"], view["same_b"]["differs"]) == (False, False),
-            [view["same_a"]["checksum"], view["same_b"]["checksum"]],
-        )
+        assert (view["same_a"]["differs"], view["same_b"]["differs"]) == (
+            False,
+            False,
+        ), [view["same_a"]["checksum"], view["same_b"]["checksum"]]
         assert view["same_b"]["checksum"] == "empty"
         assert view["same_a"]["checksum"] == md5_checksum(pk.sql, "same_a")
     finally:
@@ -267,16 +270,6 @@ INSERT INTO typed VALUES (
 """
 
 
-@known_gap(
-    (
-        "dbsync sends uuid values as canonical strings (36 bytes); PhoenixKit's "
-        "import binds them to a uuid parameter, which Postgrex accepts only as 16 "
-        "raw bytes ('Postgrex expected a binary of 16 bytes'), so the row fails. "
-        "To a PhoenixKit receiver, send uuids as PhoenixKit does: "
-        "{'__phoenix_kit_binary__': base64 of the 16 bytes}. (Every other column "
-        "of this row lands.)"
-    ),
-)
 def test_every_value_type_from_dbsync_lands_in_phoenixkit(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -286,7 +279,7 @@ def test_every_value_type_from_dbsync_lands_in_phoenixkit(
         pk_id = connect(site, pk)
         result = pk.cli("sync", pk_id, "typed")
         assert result["status"] == "completed"
-        gap(result["tables"][0]["errors"] == 0, result["tables"])
+        assert result["tables"][0]["errors"] == 0, result["tables"]
         got = _typed_text(pk.db_url)
         assert got == _typed_text(site.db_url)
     finally:
@@ -301,15 +294,6 @@ def _typed_text(url: str) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
-@known_gap(
-    (
-        "PhoenixKit asks pull-data once per table and ignores has_more: dbsync's "
-        "send transfer for a table larger than one page is left 'in_progress' "
-        "forever; beat should close a send transfer nobody continues (the test "
-        "waits 20 s with 3 s beat intervals; give the idle limit a setting the "
-        "e2e environment can shorten)."
-    ),
-)
 def test_a_send_transfer_phoenixkit_abandons_is_closed_by_beat(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -331,7 +315,7 @@ def test_a_send_transfer_phoenixkit_abandons_is_closed_by_beat(
             return rows[0][0] if len(rows) == 1 else f"{len(rows)} transfers"
 
         assert send_status() == "in_progress"
-        gap_eventually(lambda: send_status() != "in_progress", timeout=20)
+        eventually(lambda: send_status() != "in_progress", timeout=20)
     finally:
         site.sql("DROP TABLE paged")
 

@@ -59,5 +59,6 @@ def verify_connection(self: SiteTask, connection_id: str) -> str:
 def expire_connections(self: SiteTask) -> int:
     site = self.runtime.site
     expired = healing.expire(site)
+    healing.close_abandoned_sends(site)  # the same beat job: expiry of the idle
     health.record(site.db, self.name)
     return expired

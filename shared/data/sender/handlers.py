@@ -186,7 +186,12 @@ PULL_FIELDS = [
 
 
 def pull_data(
-    session: Session, site: Site, body: Mapping[str, Any], ip: str
+    session: Session,
+    site: Site,
+    body: Mapping[str, Any],
+    ip: str,
+    *,
+    phoenixkit: bool = False,
 ) -> delivery.Served:
     """One page: a JSON answer, or a copy_out.CopyPage when the receiver asked for a
     COPY format this site can serve, with what serving it counted
@@ -204,6 +209,9 @@ def pull_data(
     A pull starts a download when it has no ``after`` or continues no
     unfinished pull of that table; its next page is free of the rate limit
     (shared.control.access).
+
+    To a PhoenixKit receiver (``phoenixkit``) uuid values go as PhoenixKit
+    sends them, their 16 bytes wrapped (its import binds a uuid only so).
     """
     require_enabled(session)
     data = validate(body, [TOKEN_HASH, *PULL_FIELDS])
@@ -221,9 +229,24 @@ def pull_data(
         catalog, name
     ):
         wire_format = None
-    return _serve_page(
+    served = _serve_page(
         session, site, catalog, conn, data, serving, wire_format, new_download, ip
     )
+    if phoenixkit and isinstance(served.answer, dict):
+        _uuids_as_binary(catalog, name, served.answer["data"])
+    return served
+
+
+def _uuids_as_binary(catalog: Catalog, table: str, rows: list[dict[str, Any]]) -> None:
+    """Put the rows' uuid values in PhoenixKit's wire form, in place."""
+    uuids = [c.name for c in catalog.describe(table).columns if c.kind == "uuid"]
+    if not uuids:
+        return
+    for row in rows:
+        for name in uuids:
+            value = row.get(name)
+            if isinstance(value, str):
+                row[name] = wire.uuid_as_binary(value)
 
 
 def _serve_page(
