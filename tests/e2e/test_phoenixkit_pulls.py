@@ -164,6 +164,10 @@ def test_rows_lost_on_the_way_do_not_complete_the_transfer(pair: Pair) -> None:
     assert data["tables"][0]["rows_expected"] == 5000
     assert data["status"] != "completed", counts(data)
     assert data["status"] in ("failed", "incomplete"), data
+    assert data["error"] == (
+        "mid is incomplete: received 4995 of the 5000 rows the sender listed"
+    )
+    assert data["tables"][0]["rows_done"] == 4995
 
 
 def test_create_missing_from_phoenixkit_s_schema(pair: Pair) -> None:
