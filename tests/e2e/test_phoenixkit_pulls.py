@@ -170,6 +170,29 @@ def test_rows_lost_on_the_way_do_not_complete_the_transfer(pair: Pair) -> None:
     assert data["tables"][0]["rows_done"] == 4995
 
 
+KEYED = """
+CREATE TABLE words (w text PRIMARY KEY, n integer);
+CREATE TABLE tokens (u uuid PRIMARY KEY, n integer);
+"""
+KEYED_ROWS = """
+INSERT INTO words SELECT 'w' || lpad((g % 7)::text, 2, '0') || '-' || g, g
+    FROM generate_series(1, 250) g;
+INSERT INTO tokens SELECT md5(g::text)::uuid, g FROM generate_series(1, 250) g;
+"""
+
+
+def test_text_and_uuid_keyed_tables_page_exactly(pair: Pair) -> None:
+    """A text key pages from the last key read (id_start); a uuid key, which
+    PhoenixKit's driver binds only as 16 raw bytes, by offset alone."""
+    pair.pk.sql(KEYED + KEYED_ROWS)
+    pair.site.sql(KEYED)
+    data = pull(pair.site, pair.conn_id, "words", "tokens")
+    assert counts(data) == ("completed", 500, 500, 0), data
+    for table in ("words", "tokens"):
+        assert pair.site.sql(f"SELECT count(*) FROM {table}") == [(250,)]
+        assert md5_checksum(pair.site.sql, table) == md5_checksum(pair.pk.sql, table)
+
+
 def test_create_missing_from_phoenixkit_s_schema(pair: Pair) -> None:
     data = pull(
         pair.site, pair.conn_id, "reviews", "books", "authors", "--create-missing"

@@ -780,7 +780,10 @@ class _Job:
         if self.phoenixkit:
             # PhoenixKit orders by its first key column, falling back to "id".
             key = info.primary_key[0] if info.primary_key else "id"
-            return sources.RecordsSource(self.sender, name, self.strategy, key)
+            kinds = {c.name: c.kind for c in info.columns}
+            return sources.RecordsSource(
+                self.sender, name, self.strategy, key, kinds.get(key, "other")
+            )
         plan = self._bulk_plan(name, info)
         if plan is not None:
             return CopySource(

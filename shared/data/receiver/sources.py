@@ -229,15 +229,21 @@ class RecordsSource(JsonSource):
     Its table-records answers at most 100 rows ordered by the table's first
     key column, from ``id_start`` on, skipping ``offset`` rows: that pages a
     table exactly. The cursor is ``[start, skip]``: ``start`` the key value
-    (as the sender sent it, in canonical JSON) to start from, ``skip`` the
-    rows at that value already read. An integer key moves on to the next
-    value. A page shorter than asked for is not the end (a sender may lose
-    rows on the way; the count check after the table tells); an empty page is.
+    to start from (canonical JSON; null: the beginning), ``skip`` the rows
+    from there already read. An integer key moves on to the next value; a
+    text key starts at the last value, past the rows read at it. Other keys
+    (uuid, numeric...) are bound by PhoenixKit's driver only in forms JSON
+    cannot carry: those tables page by ``offset`` alone. A page shorter than
+    asked for is not the end (a sender may lose rows on the way; the count
+    check after the table tells); an empty page is.
     """
 
-    def __init__(self, sender: Sender, table: str, strategy: str, key: str) -> None:
+    def __init__(
+        self, sender: Sender, table: str, strategy: str, key: str, key_kind: str
+    ) -> None:
         super().__init__(sender, table, strategy, direct=False)
         self._key = key
+        self._key_kind = key_kind
 
     def _parse(self, answer: PeerResponse, size: int, cursor: Any) -> JsonPage:
         if answer.status != 200 or answer.body.get("success") is not True:
@@ -252,26 +258,33 @@ class RecordsSource(JsonSource):
                 f"Invalid response from remote site (table-records of {self._table}:"
                 f" more than {RECORDS_PAGE_ROWS} rows, or rows without {self._key})"
             )
+        return JsonPage(rows, self._next(rows, cursor), True, size)
+
+    def _next(self, rows: list[dict[str, Any]], cursor: Any) -> list[Any]:
+        start: str = cursor[0] if cursor is not None else "null"
+        skip: int = cursor[1] if cursor is not None else 0
         last = rows[-1][self._key]
-        if type(last) is int:
-            next_cursor = [wire.canonical_json(last + 1), 0]
-        else:
+        if self._key_kind == "int" and type(last) is int:
+            return [wire.canonical_json(last + 1), 0]
+        if self._key_kind == "text" and isinstance(last, str):
             tied = 0
             for row in reversed(rows):
                 if row[self._key] != last:
                     break
                 tied += 1
-            start = wire.canonical_json(last)
-            if cursor is not None and cursor[0] == start and tied == len(rows):
-                tied += cursor[1]  # the whole page shares the key it started at
-            next_cursor = [start, tied]
-        return JsonPage(rows, next_cursor, True, size)
+            here = wire.canonical_json(last)
+            if here == start and tied == len(rows):
+                tied += skip  # the whole page shares the key it started at
+            return [here, tied]
+        return [start, skip + len(rows)]
 
     def _fetch(self, cursor: Any) -> tuple[int, bytes, int]:
         settings = self._sender.client.settings
         body: dict[str, Any] = {"table_name": self._table, "limit": RECORDS_PAGE_ROWS}
         if cursor is not None:
-            body["id_start"] = wire.parse_json(cursor[0])
+            start = wire.parse_json(cursor[0])
+            if start is not None:
+                body["id_start"] = start
             body["offset"] = cursor[1]
         with self._sender.open(
             "table-records", body, RECORDS_PAGE_ROWS * settings.pull_json_row_bytes
