@@ -38,6 +38,7 @@ class Site:
             excluded=set(OWN_TABLES)
             | {CHECKPOINT_TABLE}
             | set(self.settings.excluded_tables),
+            sensitive_offered=self.settings.offer_sensitive_tables,
             checksum_row_limit=self.settings.checksum_row_limit,
         )
 

@@ -191,6 +191,10 @@ class Settings:
     register_confirm_seconds: int = 600
     data_schema: str = "public"
     excluded_tables: tuple[str, ...] = ()
+    offer_sensitive_tables: tuple[str, ...] = ()  # see schema.SENSITIVE_TABLES
+    # A send transfer no page was asked for in this long is closed (beat's
+    # expire job); its cursors then start a new, counted download.
+    send_idle_seconds: int = 3600
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
     # The furthest table-records (a preview, paged by offset) may skip: each
@@ -200,9 +204,6 @@ class Settings:
     # end before the row that would pass it; COPY pages (streamed) take as
     # many rows as the table's average row size lets fit.
     page_max_bytes: int = 32 * 1024 * 1024
-    # An unfinished pull a receiver asked no page of for this long is closed
-    # (beat's expire job); its cursors then start a new, counted download.
-    send_transfer_idle_seconds: int = 86_400
     # Rows per pull-data page in a bulk (PostgreSQL COPY) format: the most a
     # sender serves and what a receiver asks for. A connection's
     # max_records_per_request (default 100,000) still caps every page.
@@ -321,6 +322,12 @@ class Settings:
         if env.get("SYNC_EXCLUDED_TABLES"):
             values["excluded_tables"] = tuple(
                 t.strip() for t in env["SYNC_EXCLUDED_TABLES"].split(",") if t.strip()
+            )
+        if env.get("SYNC_OFFER_SENSITIVE_TABLES"):
+            values["offer_sensitive_tables"] = tuple(
+                t.strip()
+                for t in env["SYNC_OFFER_SENSITIVE_TABLES"].split(",")
+                if t.strip()
             )
         if env.get("SYNC_DATA_SCHEMA"):
             values["data_schema"] = env["SYNC_DATA_SCHEMA"]

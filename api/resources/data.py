@@ -37,8 +37,10 @@ class PullData(DataCall):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._site.settings.max_body_bytes)
         ip = remote_ip(req, self._site.settings)
+        # PhoenixKit's client names itself; its import reads uuids its own way.
+        phoenixkit = (req.user_agent or "").startswith("PhoenixKit-Sync/")
         served: delivery.Served = self._handler(
-            req.context.session, self._site, body, ip
+            req.context.session, self._site, body, ip, phoenixkit=phoenixkit
         )
         try:
             # Commit the page's counters now, not after the responder: once

@@ -34,9 +34,11 @@ def _ask(connection_id: str, endpoint: str, body: dict[str, Any]) -> dict[str, A
 
     with site().db.session() as session:
         conn = _receiver(session, connection_id)
-        url, token_hash = conn.site_url, conn.auth_token_hash
+        url, token_hash, prefix = conn.site_url, conn.auth_token_hash, conn.peer_prefix
     try:
-        resp = peer().post(url, endpoint, {"auth_token_hash": token_hash, **body})
+        resp = peer().post(
+            url, endpoint, {"auth_token_hash": token_hash, **body}, prefix=prefix
+        )
     except (PeerUnavailable, PeerRefused) as ex:
         raise click.ClickException(clean(f"sender unreachable: {ex}")) from None
     if (

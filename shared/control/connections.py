@@ -11,6 +11,7 @@ import ipaddress
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -92,6 +93,20 @@ def list_all(session: Session) -> list[Connection]:
     )
 
 
+def split_prefix(url: str) -> tuple[str, str | None]:
+    """A peer URL's site (scheme, host, port) and the API prefix its path gives.
+
+    ``http://peer/phoenix_kit`` is the site ``http://peer`` whose API lives
+    under ``/phoenix_kit`` (a PhoenixKit site's default); a URL without a
+    path leaves the prefix to this site's own (None).
+    """
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path:
+        return url.rstrip("/"), None
+    return urlunsplit((parts.scheme, parts.netloc, "", "", "")), path
+
+
 def create_sender(
     session: Session,
     site: Site,
@@ -119,6 +134,7 @@ def create_sender(
         )
     except UnsafeURL as ex:
         raise SyncError(ErrorKind.BAD_REQUEST, f"Invalid URL: {ex}") from None
+    site_url, peer_prefix = split_prefix(site_url)
     clash = session.scalar(
         select(Connection).where(
             Connection.site_url == site_url, Connection.direction == "sender"
@@ -134,6 +150,7 @@ def create_sender(
         name=name.strip(),
         direction="sender",
         site_url=site_url,
+        peer_prefix=peer_prefix,
         auth_token_hash=hash_token(token),
         signing_key=signing.derive_key(token),
         status="pending",
@@ -420,6 +437,7 @@ def describe(conn: Connection) -> dict[str, Any]:
         "name": conn.name,
         "direction": conn.direction,
         "site_url": conn.site_url,
+        "peer_prefix": conn.peer_prefix,
         "status": conn.status,
         "registration": registration,
         "remote_status": conn.remote_status,

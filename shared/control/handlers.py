@@ -115,6 +115,7 @@ def register(
         name=data["connection_name"],
         direction="receiver",
         site_url=sender_url,
+        peer_prefix=PHOENIXKIT_PREFIX if _phoenixkit(user_agent) else None,
         auth_token_hash=hash_token(data["auth_token"]),
         signing_key=key,
         peer_signs=proof.signed,
@@ -258,9 +259,17 @@ def authenticate(site: Site, conn: Connection, proof: Proof) -> None:
         raise SyncError(ErrorKind.THROTTLED, "Rate limit exceeded", retry_after=wait)
 
 
+def _phoenixkit(user_agent: str | None) -> bool:
+    """Whether a registering sender is a PhoenixKit site: its client names
+    itself so. Its API answers under PhoenixKit's default prefix, whatever
+    this site's own (an operator may change a connection's peer_prefix)."""
+    return (user_agent or "").startswith("PhoenixKit-Sync/")
+
+
 # A registration the receiver accepted: it answered register-connection with
 # success (the connection is active there, or pending its operator's approval).
 ACCEPTED_REGISTRATIONS = ("registered", "pending")
+PHOENIXKIT_PREFIX = "/phoenix_kit"  # PhoenixKit's default URL prefix
 
 
 def connection_status(
@@ -280,7 +289,7 @@ def connection_status(
         receiver_url = normalise_url(data["receiver_url"])
     except ValueError:
         raise not_found() from None
-    if not _names_this_peer(receiver_url, conn.site_url):
+    if receiver_url != conn.site_url:
         raise not_found()
     # Before any write here: a write would lock the row the delivery we may
     # wait for must update, and each would wait for the other.
@@ -306,17 +315,6 @@ def connection_status(
         if moved:
             audit.record(session, "peer", "connection.activated", conn, reason=reason)
     return {"success": True, "status": conn.status, "name": conn.name}
-
-
-def _names_this_peer(claimed: str, stored: str) -> bool:
-    """Whether the receiver's own URL is the one this connection was made to.
-
-    A connection to a PhoenixKit site may be stored with its API prefix as a
-    path (``http://peer/phoenix_kit``) while the site names itself by its bare
-    URL: the stored URL may add a path to the claimed one, never change the
-    scheme, host or port.
-    """
-    return stored == claimed or stored.startswith(claimed.rstrip("/") + "/")
 
 
 def _accepted(session: Session, conn: Connection) -> bool:

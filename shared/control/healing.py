@@ -63,12 +63,14 @@ def verify(site: Site, client: PeerClient, connection_id: str) -> str:
                     conn.site_url,
                     "verify-connection",
                     {"sender_url": own, "auth_token_hash": conn.auth_token_hash},
+                    prefix=conn.peer_prefix,
                 )
             else:
                 resp = client.post(
                     conn.site_url,
                     "get-connection-status",
                     {"receiver_url": own, "auth_token_hash": conn.auth_token_hash},
+                    prefix=conn.peer_prefix,
                 )
         except (PeerUnavailable, PeerRefused) as ex:
             conn.last_verify_error = str(ex)[:500]

@@ -110,8 +110,13 @@ class PeerClient:
     def close(self) -> None:
         self._client.close()
 
-    def endpoint_url(self, site_url: str, endpoint: str) -> str:
-        return f"{site_url.rstrip('/')}{self._prefix}/sync/api/{endpoint}"
+    def endpoint_url(
+        self, site_url: str, endpoint: str, prefix: str | None = None
+    ) -> str:
+        """The endpoint's URL at the peer: under the connection's peer prefix,
+        or (None) under this site's own."""
+        prefix = self._prefix if prefix is None else prefix
+        return f"{site_url.rstrip('/')}{prefix}/sync/api/{endpoint}"
 
     def guard(self, site_url: str) -> None:
         """Refuse a URL whose form the guard refuses; its addresses are
@@ -133,9 +138,16 @@ class PeerClient:
             return self._settings.peer_answer_max_bytes
         return CONTROL_ANSWER_MAX_BYTES
 
-    def post(self, site_url: str, endpoint: str, body: dict[str, Any]) -> PeerResponse:
+    def post(
+        self,
+        site_url: str,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        prefix: str | None = None,
+    ) -> PeerResponse:
         """POST and read the JSON answer, within answer_limit and
-        SYNC_PEER_CALL_SECONDS."""
+        SYNC_PEER_CALL_SECONDS; ``prefix``: the peer's (see endpoint_url)."""
         with self._open(
             site_url,
             endpoint,
@@ -143,6 +155,7 @@ class PeerClient:
             "application/json",
             self.answer_limit(endpoint),
             self._settings.peer_call_seconds,
+            prefix,
         ) as stream:
             answer = stream.response()
         log.info("peer call endpoint=%s status=%s", endpoint, answer.status)
@@ -157,6 +170,7 @@ class PeerClient:
         *,
         max_bytes: int | None = None,
         seconds: float | None = None,
+        prefix: str | None = None,
     ) -> PeerStream:
         """POST like ``post``, but hand back the answer unread, to stream its body.
 
@@ -173,6 +187,7 @@ class PeerClient:
             accept,
             max_bytes or self.answer_limit(endpoint),
             seconds or self._settings.peer_call_seconds,
+            prefix,
         )
         log.info("peer call endpoint=%s status=%s (streamed)", endpoint, stream.status)
         return stream
@@ -185,9 +200,10 @@ class PeerClient:
         accept: str,
         max_bytes: int,
         seconds: float,
+        prefix: str | None = None,
     ) -> PeerStream:
         self.guard(site_url)
-        url = self.endpoint_url(site_url, endpoint)
+        url = self.endpoint_url(site_url, endpoint, prefix)
         # Control calls are signed when the connection has a key; data calls
         # go out as they are (signing.request decides).
         content, headers = signing.request(site_url, endpoint, body, self._signing_keys)

@@ -128,6 +128,7 @@ def create_table(
         raise UnsafeSchema(f"Table {table_name} already exists")
     if not isinstance(schema_payload, Mapping):
         raise UnsafeSchema("Schema is not an object")
+    schema_payload = from_information_schema(schema_payload)
     pg = conn.dialect.name == "postgresql"
     warnings: list[str] = []
     columns = schema_payload.get("columns")
@@ -212,6 +213,38 @@ def create_table(
                 savepoint.commit()
                 statements.append(sql)
     return TableCreation(statements, warnings)
+
+
+def from_information_schema(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A PhoenixKit table-schema in dbsync's shape; any other payload as it is.
+
+    PhoenixKit sends information_schema's own columns (``column_name``,
+    ``data_type``, ``is_nullable`` "YES"/"NO", ``column_default``,
+    ``character_maximum_length``) and no key. PhoenixKit itself takes a
+    table's first key column, falling back to ``id``: with no key sent, the
+    created table is keyed on its ``id`` column when it has one (no foreign
+    keys, unique constraints or numeric precision either: none are sent).
+    """
+    columns = payload.get("columns")
+    if not (
+        isinstance(columns, list)
+        and columns
+        and all(isinstance(c, Mapping) and "column_name" in c for c in columns)
+        and "primary_key" not in payload
+    ):
+        return payload
+    converted = [
+        {
+            "name": c.get("column_name"),
+            "type": c.get("data_type"),
+            "nullable": c.get("is_nullable") != "NO",
+            "default": c.get("column_default"),
+            "max_length": c.get("character_maximum_length"),
+        }
+        for c in columns
+    ]
+    has_id = any(c["name"] == "id" for c in converted)
+    return {"columns": converted, "primary_key": ["id"] if has_id else []}
 
 
 def _checked_name(name: Any) -> str:

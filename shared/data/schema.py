@@ -20,6 +20,14 @@ from shared.errors import ErrorKind, SyncError
 
 ALWAYS_EXCLUDED = frozenset({"alembic_version"})
 EXCLUDED_PREFIXES = ("pg_", "sqlite_", "celery_", "kombu_")
+# A Phoenix application's tables that hold credentials or machinery: session
+# tokens, PhoenixKit's settings (its plaintext incoming password), its sync
+# connections (bearer token hashes), Oban's jobs, Ecto's migrations. Not
+# offered unless the operator names one in SYNC_OFFER_SENSITIVE_TABLES.
+SENSITIVE_TABLES = frozenset(
+    {"phoenix_kit_user_tokens", "phoenix_kit_settings", "schema_migrations"}
+)
+SENSITIVE_PREFIXES = ("phoenix_kit_sync_", "oban_")
 
 # Session settings the wire encoding relies on (and that COPY text output
 # shares): ISO dates and intervals, instants in UTC. Both sides set them: the
@@ -160,11 +168,13 @@ class Tables:
         *,
         schema: str | None = None,
         excluded: Iterable[str] = (),
+        sensitive_offered: Iterable[str] = (),
     ) -> None:
         self.engine = engine
         self.pg = engine.dialect.name == "postgresql"
         self._schema = (schema or "public") if self.pg else None
         self._excluded = frozenset(excluded) | ALWAYS_EXCLUDED
+        self._sensitive_offered = frozenset(sensitive_offered)
         self._described: dict[str, TableInfo] = {}
 
     @property
@@ -196,7 +206,10 @@ class Tables:
 
     def is_offerable(self, name: str) -> bool:
         """Whether a table of this name may be offered (or written) at all."""
-        return name not in self._excluded and not name.startswith(EXCLUDED_PREFIXES)
+        if name in self._excluded or name.startswith(EXCLUDED_PREFIXES):
+            return False
+        sensitive = name in SENSITIVE_TABLES or name.startswith(SENSITIVE_PREFIXES)
+        return not sensitive or name in self._sensitive_offered
 
     def describe(self, table: str) -> TableInfo:
         """Describe an offered table; anything else raises TableNotFound."""

@@ -184,6 +184,12 @@ def _enc_uuid(value: Any) -> Any:
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
+def uuid_as_binary(value: str) -> dict[str, str]:
+    """A uuid as PhoenixKit sends one: its 16 bytes, wrapped as binaries are."""
+    raw = uuid.UUID(value).bytes
+    return {BINARY_KEY: base64.b64encode(raw).decode("ascii")}
+
+
 def _enc_bytes(value: Any) -> Any:
     if isinstance(value, str):
         value = value.encode("utf-8")
@@ -544,6 +550,16 @@ def _dec_interval(value: Any) -> str:
 
 
 def _dec_uuid(value: Any) -> str:
+    # PhoenixKit sends a uuid as its 16 raw bytes: wrapped in base64, or as a
+    # 16-character string when those bytes happen to be valid UTF-8.
+    if isinstance(value, dict) and set(value) == {BINARY_KEY}:
+        raw = _dec_bytes(value)
+        if len(raw) == 16:
+            return str(uuid.UUID(bytes=raw))
+    elif isinstance(value, str) and len(value) == 16:
+        raw = value.encode("utf-8")
+        if len(raw) == 16:
+            return str(uuid.UUID(bytes=raw))
     text = _need_str(value, "a UUID")
     try:
         return str(uuid.UUID(text))

@@ -61,6 +61,8 @@ class Connection(Base):
     name: Mapped[str] = mapped_column(String(255))
     direction: Mapped[str] = mapped_column(String(10), index=True)
     site_url: Mapped[str] = mapped_column(String(2048))
+    # The peer's API prefix ("/phoenix_kit"; "" for none); None: this site's own.
+    peer_prefix: Mapped[str | None] = mapped_column(String(255))
     auth_token_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
 
@@ -236,6 +238,7 @@ class PeerNotice(Base):
     connection_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
     connection_name: Mapped[str | None] = mapped_column(String(255))
     site_url: Mapped[str] = mapped_column(String(2048))
+    peer_prefix: Mapped[str | None] = mapped_column(String(255))
     auth_token_hash: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(20), default="queued")

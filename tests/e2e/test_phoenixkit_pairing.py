@@ -23,9 +23,6 @@ from tests.e2e.conftest import SiteProcesses
 from tests.e2e.phoenixkit_peer import (
     dbsync_conn,
     dbsync_field,
-    gap,
-    gap_eventually,
-    known_gap,
     md5_checksum,
     pk_field,
 )
@@ -40,7 +37,13 @@ def sites(
     tmp_path_factory: pytest.TempPathFactory, module_db_factory: ScratchDatabases
 ) -> Iterator[tuple[SiteProcesses, Path, ScratchDatabases]]:
     workdir = tmp_path_factory.mktemp("pk_pairing")
-    site = SiteProcesses("dbsync", workdir, module_db_factory.create("e2e_pk_site"), 13)
+    site = SiteProcesses(
+        "dbsync",
+        workdir,
+        module_db_factory.create("e2e_pk_site"),
+        13,
+        SYNC_SEND_IDLE_SECONDS="5",  # beat closes an abandoned send this soon
+    )
     site.cli("settings", "set", "enabled", "true")
     site.cli("settings", "set", "incoming_mode", "auto_accept")
     site.start()
@@ -157,19 +160,12 @@ def test_lifecycle_between_dbsync_sender_and_phoenixkit_receiver(
     delete_dbsync_side(site, pk)
 
 
-@known_gap(
-    "dbsync's connection URL carries the peer's prefix as a path, so its "
-    "site_url ('http://host/phoenix_kit') is not the sender_url PhoenixKit "
-    "sends in update-status and delete-connection (its bare site URL): dbsync "
-    "answers 404 'Connection not found' and never learns of the revoke or the "
-    "delete. Keep the peer prefix apart from the URL that identifies the peer."
-)
 def test_phoenixkit_receiver_s_revoke_and_delete_reach_dbsync(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
     pk_id = connect(site, pk)
     outcome = pk.cli("connections", "revoke", pk_id)["remote"]
-    gap(outcome == "updated", outcome)
+    assert outcome == "updated", outcome
     assert dbsync_field(site, pk.url, "status") == "revoked"
     assert dbsync_field(site, pk.url, "revoked_reason") == "Revoked by the peer site"
     # And severs it: dbsync's row goes too.
@@ -233,15 +229,6 @@ def test_phoenixkit_pulls_50_tables_with_default_settings(
         site.sql(";".join(f"DROP TABLE IF EXISTS {n}" for n in names))
 
 
-@known_gap(
-    (
-        "dbsync's list-tables 'checksum' is its own SHA-256 over wire rows; "
-        "PhoenixKit compares it with md5(string_agg(t::text, '' ORDER BY "
-        "t::text)) of its own table, so every table shows 'differs' even when "
-        'both hold the same rows. Send PhoenixKit\'s md5 ("empty" for no rows) '
-        "as 'checksum' and keep dbsync's digest under another key."
-    ),
-)
 def test_equal_tables_compare_equal_in_phoenixkit_s_sync_view(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -257,10 +244,10 @@ def test_equal_tables_compare_equal_in_phoenixkit_s_sync_view(
         pk_id = connect(site, pk)
         view = {t["name"]: t for t in pk.cli("tables", pk_id)["tables"]}
         assert (view["same_a"]["row_count"], view["same_b"]["row_count"]) == (30, 0)
-        gap(
-            (view["same_a"]["differs"], view["same_b"]["differs"]) == (False, False),
-            [view["same_a"]["checksum"], view["same_b"]["checksum"]],
-        )
+        assert (view["same_a"]["differs"], view["same_b"]["differs"]) == (
+            False,
+            False,
+        ), [view["same_a"]["checksum"], view["same_b"]["checksum"]]
         assert view["same_b"]["checksum"] == "empty"
         assert view["same_a"]["checksum"] == md5_checksum(pk.sql, "same_a")
     finally:
@@ -283,16 +270,6 @@ INSERT INTO typed VALUES (
 """
 
 
-@known_gap(
-    (
-        "dbsync sends uuid values as canonical strings (36 bytes); PhoenixKit's "
-        "import binds them to a uuid parameter, which Postgrex accepts only as 16 "
-        "raw bytes ('Postgrex expected a binary of 16 bytes'), so the row fails. "
-        "To a PhoenixKit receiver, send uuids as PhoenixKit does: "
-        "{'__phoenix_kit_binary__': base64 of the 16 bytes}. (Every other column "
-        "of this row lands.)"
-    ),
-)
 def test_every_value_type_from_dbsync_lands_in_phoenixkit(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -302,7 +279,7 @@ def test_every_value_type_from_dbsync_lands_in_phoenixkit(
         pk_id = connect(site, pk)
         result = pk.cli("sync", pk_id, "typed")
         assert result["status"] == "completed"
-        gap(result["tables"][0]["errors"] == 0, result["tables"])
+        assert result["tables"][0]["errors"] == 0, result["tables"]
         got = _typed_text(pk.db_url)
         assert got == _typed_text(site.db_url)
     finally:
@@ -317,15 +294,6 @@ def _typed_text(url: str) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
-@known_gap(
-    (
-        "PhoenixKit asks pull-data once per table and ignores has_more: dbsync's "
-        "send transfer for a table larger than one page is left 'in_progress' "
-        "forever; beat should close a send transfer nobody continues (the test "
-        "waits 20 s with 3 s beat intervals; give the idle limit a setting the "
-        "e2e environment can shorten)."
-    ),
-)
 def test_a_send_transfer_phoenixkit_abandons_is_closed_by_beat(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -347,20 +315,11 @@ def test_a_send_transfer_phoenixkit_abandons_is_closed_by_beat(
             return rows[0][0] if len(rows) == 1 else f"{len(rows)} transfers"
 
         assert send_status() == "in_progress"
-        gap_eventually(lambda: send_status() != "in_progress", timeout=20)
+        eventually(lambda: send_status() != "in_progress", timeout=20)
     finally:
         site.sql("DROP TABLE paged")
 
 
-@known_gap(
-    (
-        "dbsync offers every table of its data database; when it fronts a "
-        "Phoenix database that includes phoenix_kit_user_tokens, "
-        "phoenix_kit_settings (the plaintext incoming password), "
-        "phoenix_kit_sync_* (bearer token hashes), oban_* and schema_migrations. "
-        "Leave them out unless an operator offers one explicitly."
-    ),
-)
 def test_phoenix_s_sensitive_tables_are_not_offered_by_default(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -381,7 +340,7 @@ def test_phoenix_s_sensitive_tables_are_not_offered_by_default(
         pk_id = connect(site, pk)
         offered = {t["name"] for t in pk.cli("tables", pk_id)["tables"]}
         assert "plain_one" in offered
-        gap(offered.isdisjoint(sensitive), sorted(offered & set(sensitive)))
+        assert offered.isdisjoint(sensitive), sorted(offered & set(sensitive))
     finally:
         site.sql(";".join(f"DROP TABLE {n}" for n in [*sensitive, "plain_one"]))
 
@@ -389,17 +348,6 @@ def test_phoenix_s_sensitive_tables_are_not_offered_by_default(
 # ------------------------------------------------------------ PhoenixKit sending
 
 
-@known_gap(
-    (
-        "A dbsync site calls every peer under its own SYNC_URL_PREFIX. A "
-        "PhoenixKit sender registers with its bare site URL and answers under "
-        "/phoenix_kit, so dbsync's verify gets 404 from get-connection-status and "
-        "suspends its new receiver connection ('Remote site reports connection "
-        "not found'); PhoenixKit's sender is never activated and no pull can "
-        "reach it. Needs a per-connection peer prefix (a path in the URL or "
-        "--peer-prefix), used by every later call."
-    ),
-)
 def test_a_phoenixkit_sender_pairs_with_a_site_on_its_default_prefix(
     site: SiteProcesses, pk: PhoenixKitProcess
 ) -> None:
@@ -410,7 +358,7 @@ def test_a_phoenixkit_sender_pairs_with_a_site_on_its_default_prefix(
     created = pk.cli("connections", "create", "--name", "to dbsync", "--url", site.url)
     assert created["notification"]["status"] == "registered"
     assert dbsync_field(site, pk.url, "status") == "active"
-    gap_eventually(lambda: pk_field(pk, "status") == "active", timeout=15)
+    eventually(lambda: pk_field(pk, "status") == "active", timeout=15)
     assert dbsync_field(site, pk.url, "status") == "active"
     site.sql("CREATE TABLE offered (id integer PRIMARY KEY, v text)")
     try:

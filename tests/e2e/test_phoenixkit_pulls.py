@@ -21,8 +21,6 @@ from tests.e2e.phoenixkit_peer import (
     PrefixedSite,
     dbsync_conn,
     dbsync_field,
-    gap,
-    known_gap,
     md5_checksum,
     pk_field,
     pull,
@@ -146,31 +144,15 @@ def counts(data: dict[str, Any]) -> tuple[Any, ...]:
 # ------------------------------------------------------------ data
 
 
-@known_gap(
-    (
-        "PhoenixKit's pull-data is one unordered page of at most "
-        "max_records_per_request (10,000) rows with no has_more; dbsync reads the "
-        "missing has_more as the end and reports 'completed' with 10,000 of 25,000 "
-        "rows (records_expected 25000 in the same transfer). Page a PhoenixKit "
-        "sender with table-records ordered by key (id_start) or fail the table."
-    ),
-)
 def test_a_25000_row_table_arrives_whole(pair: Pair) -> None:
     pair.site.sql(BIG)
     data = pull(pair.site, pair.conn_id, "big")
-    gap(data["records_transferred"] == 25000, counts(data))
+    assert data["records_transferred"] == 25000, counts(data)
     assert counts(data) == ("completed", 25000, 25000, 0), data
     assert pair.site.sql("SELECT count(*) FROM big") == [(25000,)]
     assert md5_checksum(pair.site.sql, "big") == md5_checksum(pair.pk.sql, "big")
 
 
-@known_gap(
-    (
-        "dbsync never compares the rows it received with list-tables' row_count "
-        "or PhoenixKit's md5 checksum: a sender that loses rows on the way gives "
-        "a 'completed' transfer with rows_done 4995 of rows_expected 5000."
-    ),
-)
 def test_rows_lost_on_the_way_do_not_complete_the_transfer(pair: Pair) -> None:
     pair.site.sql(MID)
     pair.pk.cli("settings", "set", "drop_every", "1000")
@@ -180,24 +162,42 @@ def test_rows_lost_on_the_way_do_not_complete_the_transfer(pair: Pair) -> None:
         pair.pk.cli("settings", "set", "drop_every", "0")
     assert pair.site.sql("SELECT count(*) FROM mid") == [(4995,)]
     assert data["tables"][0]["rows_expected"] == 5000
-    gap(data["status"] != "completed", counts(data))
+    assert data["status"] != "completed", counts(data)
     assert data["status"] in ("failed", "incomplete"), data
+    assert data["error"] == (
+        "mid is incomplete: received 4995 of the 5000 rows the sender listed"
+    )
+    assert data["tables"][0]["rows_done"] == 4995
 
 
-@known_gap(
-    (
-        "PhoenixKit's table-schema is {table_name, columns: [{column_name, "
-        "data_type, is_nullable, column_default, character_maximum_length}]} with "
-        "no primary key; dbsync's --create-missing reads name/type/primary_key and "
-        "fails the transfer: 'Cannot create authors: Invalid identifier None'. "
-        "Read PhoenixKit's shape; key the table on 'id' (PhoenixKit's fallback)."
-    ),
-)
+KEYED = """
+CREATE TABLE words (w text PRIMARY KEY, n integer);
+CREATE TABLE tokens (u uuid PRIMARY KEY, n integer);
+"""
+KEYED_ROWS = """
+INSERT INTO words SELECT 'w' || lpad((g % 7)::text, 2, '0') || '-' || g, g
+    FROM generate_series(1, 250) g;
+INSERT INTO tokens SELECT md5(g::text)::uuid, g FROM generate_series(1, 250) g;
+"""
+
+
+def test_text_and_uuid_keyed_tables_page_exactly(pair: Pair) -> None:
+    """A text key pages from the last key read (id_start); a uuid key, which
+    PhoenixKit's driver binds only as 16 raw bytes, by offset alone."""
+    pair.pk.sql(KEYED + KEYED_ROWS)
+    pair.site.sql(KEYED)
+    data = pull(pair.site, pair.conn_id, "words", "tokens")
+    assert counts(data) == ("completed", 500, 500, 0), data
+    for table in ("words", "tokens"):
+        assert pair.site.sql(f"SELECT count(*) FROM {table}") == [(250,)]
+        assert md5_checksum(pair.site.sql, table) == md5_checksum(pair.pk.sql, table)
+
+
 def test_create_missing_from_phoenixkit_s_schema(pair: Pair) -> None:
     data = pull(
         pair.site, pair.conn_id, "reviews", "books", "authors", "--create-missing"
     )
-    gap(data["status"] == "completed", data["error"])
+    assert data["status"] == "completed", data["error"]
     assert [(t["table"], t["rows_done"], t["failed"]) for t in data["tables"]] == [
         ("authors", 20, 0),
         ("books", 100, 0),
@@ -214,18 +214,10 @@ def test_create_missing_from_phoenixkit_s_schema(pair: Pair) -> None:
     assert keys == [("authors", "id"), ("books", "id"), ("reviews", "id")]
 
 
-@known_gap(
-    (
-        "PhoenixKit sends uuid values as {'__phoenix_kit_binary__': base64 of the "
-        "16 bytes}, or as a plain 16-character string when those bytes are valid "
-        "UTF-8; dbsync's uuid decoder refuses both ('u: expected a UUID, got "
-        "{...}'), so the row fails. Every other column of the row decodes."
-    ),
-)
 def test_one_row_of_every_value_type_lands_exactly(pair: Pair) -> None:
     pair.site.sql(EVERY_TYPE)
     data = pull(pair.site, pair.conn_id, "every_type")
-    gap(data["records_failed"] == 0, data["tables"][0]["errors"])
+    assert data["records_failed"] == 0, data["tables"][0]["errors"]
     assert counts(data) == ("completed", 1, 1, 0), data
     pair.site.sql("CREATE TABLE expected (LIKE every_type)")
     pair.site.sql(EVERY_TYPE_ROW.replace("every_type", "expected"))

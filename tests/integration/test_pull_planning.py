@@ -88,6 +88,7 @@ def test_a_sender_offering_own_table_names_cannot_make_us_write_them(
         "test",
         uuid.UUID(tid),
         "http://127.0.0.1:9002",
+        None,
         "f" * 64,
         "skip",
         True,

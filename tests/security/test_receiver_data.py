@@ -323,7 +323,7 @@ def test_stale_send_transfers_are_closed(sender: Sender, pair: Pairs) -> None:
     )
     assert (status, error) == (
         "failed",
-        "Abandoned: the receiver asked for no page in 86400 s",
+        "Abandoned: the receiver asked for no page in 86400 s (100 rows sent)",
     )
     r = data_call(receiver, "pull-data", table_name="items", after=[100], limit=100)
     assert (r.status_code, r.json()) == (403, refused("Download limit reached"))

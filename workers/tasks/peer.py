@@ -63,7 +63,7 @@ def expire_connections(self: SiteTask) -> int:
     healing.drop_unconfirmed(site)
     with site.db.session() as session:
         sender_handlers.close_stale_send_transfers(
-            session, site.settings.send_transfer_idle_seconds
+            session, site.settings.send_idle_seconds
         )
     health.record(site.db, self.name)
     return expired

@@ -44,7 +44,7 @@ from shared.data.receiver import copy_in as copyin
 from shared.data.receiver.pages import ImportRefused, Page, PageResult, check_append
 from shared.data.receiver.sources import CopySource, JsonSource, Sender
 from shared.data.receiver.writer import Writer
-from shared.data.schema import TableInfo, TableNotFound, plain_name
+from shared.data.schema import TableInfo, TableNotFound, plain_name, quote_driver
 from shared.db import after_commit, utcnow
 from shared.errors import ErrorKind, SyncError
 from shared.state.models import (
@@ -89,6 +89,23 @@ class Offered:
     name: str
     depends_on: list[str]
     row_count: int | None
+    checksum: str | None = None  # PhoenixKit's md5 of the rows' text, or "empty"
+
+
+def from_phoenixkit(answer: dict[str, Any]) -> bool:
+    """Whether a list-tables answer is PhoenixKit's: its entries carry no
+    ``primary_key`` (dbsync's always do), and its pull-data pages never say
+    whether more follows."""
+    tables = answer.get("tables")
+    return (
+        isinstance(tables, list)
+        and bool(tables)
+        and all(isinstance(t, dict) and "primary_key" not in t for t in tables)
+    )
+
+
+def _is_md5(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def offered_tables(answer: dict[str, Any]) -> dict[str, Offered]:
@@ -126,7 +143,12 @@ def offered_tables(answer: dict[str, Any]) -> dict[str, Offered]:
                 f"list-tables: row_count of {name} is not a count"
                 f" ({safe_text(repr(rows), 40)})"
             )
-        offered[name] = Offered(name, depends_on, rows)
+        checksum = entry.get("checksum")
+        if not (
+            isinstance(checksum, str) and (checksum == "empty" or _is_md5(checksum))
+        ):
+            checksum = None
+        offered[name] = Offered(name, depends_on, rows, checksum)
     return offered
 
 
@@ -383,6 +405,7 @@ def _run(site: Site, client: PeerClient, tid: uuid.UUID, lease: Lease) -> Outcom
             lease,
             transfer.id,
             conn.site_url,
+            conn.peer_prefix,
             conn.auth_token_hash,
             transfer.conflict_strategy or "skip",
             transfer.create_missing,
@@ -490,12 +513,13 @@ class _Job:
         lease: Lease,
         transfer_id: uuid.UUID,
         site_url: str,
+        peer_prefix: str | None,
         token_hash: str,
         strategy: str,
         create_missing: bool,
     ):
         self.site = site
-        self.sender = Sender(client, site_url, token_hash)
+        self.sender = Sender(client, site_url, token_hash, peer_prefix)
         self.lease = lease
         self.transfer_id = transfer_id
         self.strategy = strategy
@@ -537,7 +561,9 @@ class _Job:
             transfer = session.get_one(Transfer, self.transfer_id)
             requested = list(transfer.meta.get("requested_tables") or [])
             all_tables = bool(transfer.meta.get("all_tables"))
-        offered = offered_tables(self.call("list-tables", {}))
+        answer = self.call("list-tables", {})
+        offered = offered_tables(answer)
+        phoenixkit = from_phoenixkit(answer)
         if all_tables:
             names = sorted(n for n in offered if n not in PROTECTED_TABLES)
         else:
@@ -562,6 +588,12 @@ class _Job:
                 )
             transfer.records_expected = min(expected, MAX_BIGINT)
             transfer.meta = {**transfer.meta, "tables": ordered}
+            if phoenixkit:
+                transfer.meta = {
+                    **transfer.meta,
+                    "phoenixkit": True,
+                    "checksums": {n: offered[n].checksum for n in ordered},
+                }
 
     def pull_all(self) -> None:
         checkpoints.ensure_table(self.site.db.data_engine)
@@ -574,6 +606,11 @@ class _Job:
                 )
             )
         self.pull_tables = frozenset(tt.table_name for tt in tables)
+        with self.site.db.session() as session:
+            meta = session.get_one(Transfer, self.transfer_id).meta
+        self.phoenixkit = bool(meta.get("phoenixkit"))
+        self.checksums: dict[str, str | None] = meta.get("checksums") or {}
+        self.expected = {tt.table_name: tt.rows_expected for tt in tables}
         for tt in tables:
             if tt.status != "completed":
                 self.pull_table(tt.table_name)
@@ -642,6 +679,34 @@ class _Job:
             raise PullFailed(str(ex)) from None
         except ImportRefused as ex:
             raise PullFailed(f"{name}: {ex}") from None
+        if self.phoenixkit:
+            self._check_whole(name, info, cp)
+
+    def _check_whole(
+        self, name: str, info: TableInfo, cp: checkpoints.Checkpoint
+    ) -> None:
+        """PullFailed, with the numbers, unless every row PhoenixKit listed came.
+
+        A PhoenixKit sender's pages say nothing of the rows still to come:
+        the rows received are held to list-tables' row_count, and the table,
+        when it holds exactly that many rows, to its md5 checksum computed
+        here as PhoenixKit computes it.
+        """
+        expected = self.expected.get(name)
+        problem = None
+        if expected is not None and cp.rows_done < expected:
+            problem = (
+                f"received {cp.rows_done} of the {expected} rows the sender listed"
+            )
+        else:
+            want = self.checksums.get(name)
+            got = _md5_if_count(self.site.db.data_engine, info, expected)
+            if want is not None and got is not None and got != want:
+                problem = f"the table's md5 checksum {got} is not the sender's {want}"
+        if problem is None:
+            return
+        self._progress(name, cp, status="failed")
+        raise PullFailed(f"{name} is incomplete: {problem}")
 
     def _write(
         self,
@@ -709,8 +774,16 @@ class _Job:
         return table, key
 
     def _source(self, name: str, info: TableInfo) -> CopySource | JsonSource:
-        """Where the table's pages come from: COPY data when this site's data
-        database takes it, JSON rows otherwise."""
+        """Where the table's pages come from: table-records from a PhoenixKit
+        sender, COPY data when this site's data database takes it, JSON rows
+        otherwise."""
+        if self.phoenixkit:
+            # PhoenixKit orders by its first key column, falling back to "id".
+            key = info.primary_key[0] if info.primary_key else "id"
+            kinds = {c.name: c.kind for c in info.columns}
+            return sources.RecordsSource(
+                self.sender, name, self.strategy, key, kinds.get(key, "other")
+            )
         plan = self._bulk_plan(name, info)
         if plan is not None:
             return CopySource(
@@ -803,6 +876,22 @@ class _Job:
                 transfer.eta_seconds = round(left / rate, 1) if rate else None
             transfer.error_message = None
             transfer.status = "running"
+
+
+def _md5_if_count(engine: Any, info: TableInfo, count: int | None) -> str | None:
+    """PhoenixKit's checksum of the table (in a UTC session), when it holds
+    ``count`` rows; None otherwise or off PostgreSQL."""
+    if engine.dialect.name != "postgresql" or count is None:
+        return None
+    table = quote_driver(info.name)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+        if conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() != count:
+            return None
+        digest = conn.exec_driver_sql(
+            f"SELECT md5(string_agg(t::text, '' ORDER BY t::text)) FROM {table} t"
+        ).scalar()
+    return "empty" if digest is None else str(digest)
 
 
 def _nothing_in_the_way(conn: Any, info: TableInfo, cp: checkpoints.Checkpoint) -> bool:

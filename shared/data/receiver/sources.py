@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shared.control.peer import PeerClient, PeerResponse, PeerStream, RateLimited
-from shared.data import copy_format
+from shared.data import copy_format, wire
 from shared.data.receiver import bulk_in
 from shared.data.receiver.pages import BulkPage, JsonPage, Page
 
@@ -81,12 +81,16 @@ class Sender:
     client: PeerClient
     site_url: str
     token_hash: str
+    prefix: str | None = None  # the peer's API prefix; None: this site's own
 
     def post(self, endpoint: str, body: dict[str, Any]) -> PeerResponse:
         """POST for a JSON answer, waiting out the sender's pacing."""
         return paced(
             lambda: self.client.post(
-                self.site_url, endpoint, {"auth_token_hash": self.token_hash, **body}
+                self.site_url,
+                endpoint,
+                {"auth_token_hash": self.token_hash, **body},
+                prefix=self.prefix,
             )
         )
 
@@ -104,6 +108,7 @@ class Sender:
                 copy_format.ACCEPT,
                 max_bytes=max_bytes,
                 seconds=self.client.settings.pull_page_seconds,
+                prefix=self.prefix,
             )
         )
 
@@ -169,7 +174,7 @@ class JsonSource:
         # turns at the interpreter lock, and that thread's socket reads
         # would wait behind the parse.
         status, content, size = upcoming[1].result()
-        page = json_page(PeerResponse.parse(status, content), size)
+        page = self._parse(PeerResponse.parse(status, content), size, cursor)
         del content, upcoming  # parsed: only one page's body and rows at a time
         if page.has_more:
             self._upcoming = (
@@ -186,6 +191,9 @@ class JsonSource:
         if self._upcoming is not None:
             self._upcoming[1].cancel()
             self._upcoming = None
+
+    def _parse(self, answer: PeerResponse, size: int, cursor: Any) -> JsonPage:
+        return json_page(answer, size)
 
     def _fetch(self, cursor: Any) -> tuple[int, bytes, int]:
         """Ask for the JSON page after ``cursor``: its status, body and size.
@@ -205,6 +213,81 @@ class JsonSource:
             body["after"] = cursor
         with self._sender.open(
             "pull-data", body, rows * settings.pull_json_row_bytes
+        ) as resp:
+            content = resp.read()
+            return resp.status, content, resp.bytes_read
+
+
+RECORDS_PAGE_ROWS = 100  # PhoenixKit's table-records cap
+
+
+class RecordsSource(JsonSource):
+    """Pages of a PhoenixKit sender's table, read exactly with table-records.
+
+    PhoenixKit's pull-data is one unordered shot of at most
+    max_records_per_request rows, with no way to ask for the rest.
+    Its table-records answers at most 100 rows ordered by the table's first
+    key column, from ``id_start`` on, skipping ``offset`` rows: that pages a
+    table exactly. The cursor is ``[start, skip]``: ``start`` the key value
+    to start from (canonical JSON; null: the beginning), ``skip`` the rows
+    from there already read. An integer key moves on to the next value; a
+    text key starts at the last value, past the rows read at it. Other keys
+    (uuid, numeric...) are bound by PhoenixKit's driver only in forms JSON
+    cannot carry: those tables page by ``offset`` alone. A page shorter than
+    asked for is not the end (a sender may lose rows on the way; the count
+    check after the table tells); an empty page is.
+    """
+
+    def __init__(
+        self, sender: Sender, table: str, strategy: str, key: str, key_kind: str
+    ) -> None:
+        super().__init__(sender, table, strategy, direct=False)
+        self._key = key
+        self._key_kind = key_kind
+
+    def _parse(self, answer: PeerResponse, size: int, cursor: Any) -> JsonPage:
+        if answer.status != 200 or answer.body.get("success") is not True:
+            raise BadAnswer(answer.error)
+        rows = answer.body.get("records")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise BadAnswer("Invalid response from remote site")
+        if not rows:
+            return JsonPage([], None, False, size)
+        if len(rows) > RECORDS_PAGE_ROWS or any(self._key not in r for r in rows):
+            raise BadAnswer(
+                f"Invalid response from remote site (table-records of {self._table}:"
+                f" more than {RECORDS_PAGE_ROWS} rows, or rows without {self._key})"
+            )
+        return JsonPage(rows, self._next(rows, cursor), True, size)
+
+    def _next(self, rows: list[dict[str, Any]], cursor: Any) -> list[Any]:
+        start: str = cursor[0] if cursor is not None else "null"
+        skip: int = cursor[1] if cursor is not None else 0
+        last = rows[-1][self._key]
+        if self._key_kind == "int" and type(last) is int:
+            return [wire.canonical_json(last + 1), 0]
+        if self._key_kind == "text" and isinstance(last, str):
+            tied = 0
+            for row in reversed(rows):
+                if row[self._key] != last:
+                    break
+                tied += 1
+            here = wire.canonical_json(last)
+            if here == start and tied == len(rows):
+                tied += skip  # the whole page shares the key it started at
+            return [here, tied]
+        return [start, skip + len(rows)]
+
+    def _fetch(self, cursor: Any) -> tuple[int, bytes, int]:
+        settings = self._sender.client.settings
+        body: dict[str, Any] = {"table_name": self._table, "limit": RECORDS_PAGE_ROWS}
+        if cursor is not None:
+            start = wire.parse_json(cursor[0])
+            if start is not None:
+                body["id_start"] = start
+            body["offset"] = cursor[1]
+        with self._sender.open(
+            "table-records", body, RECORDS_PAGE_ROWS * settings.pull_json_row_bytes
         ) as resp:
             content = resp.read()
             return resp.status, content, resp.bytes_read

@@ -1,13 +1,18 @@
 """Checksum offered tables and summarise them for list-tables.
 
-A checksum is what two sites compare to know a copy is exact, so it is
-defined on wire values (canonical JSON lines in key order), not on how
-either database stores them.
+Two checksums. ``checksum`` (dbsync's own) is defined on wire values
+(canonical JSON lines in key order), not on how either database stores
+them: it compares a PostgreSQL copy with a SQLite one. list-tables sends
+PhoenixKit's instead, ``md5(string_agg(t::text, '' ORDER BY t::text))``
+("empty" for no rows), so that a PhoenixKit receiver's "differs" marker
+compares like with like; it is computed in the database and kept until the
+table changes (``pg_md5``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -76,11 +81,68 @@ def table_summaries(
                     {fk["references_table"] for fk in info.foreign_keys} - {name}
                 ),
                 "checksum": (
-                    checksum(tables, name) if rows <= checksum_row_limit else None
+                    pg_md5(tables, info, rows) if rows <= checksum_row_limit else None
                 ),
             }
         )
     return out
+
+
+# (database, table) -> (what the table looked like, its md5); one per process.
+_md5_cache: dict[tuple[str, str], tuple[tuple[Any, ...], str]] = {}
+_md5_lock = threading.Lock()
+MD5_CACHE_ENTRIES = 10_000
+
+# What changes when a table's rows change: its file (TRUNCATE, VACUUM FULL,
+# ALTER ... TYPE), its statistics counters, which each backend reports at
+# the latest when it has been idle for a few seconds.
+_TABLE_STATE = """
+SELECT c.relfilenode, s.n_tup_ins, s.n_tup_upd, s.n_tup_del
+FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+WHERE c.oid = CAST(:t AS regclass)
+"""
+
+
+def pg_md5(tables: Tables, info: TableInfo, rows: int) -> str | None:
+    """PhoenixKit's checksum of a table of ``rows`` rows (None off PostgreSQL).
+
+    ``md5(string_agg(t::text, '' ORDER BY t::text))`` in a UTC session,
+    "empty" for no rows. Kept per process until the table's file, its
+    insert/update/delete counters or its row count change: a listing
+    re-reads only the tables that changed. PostgreSQL reports another
+    session's counters when that session commits and has not reported in
+    the last second, or once it has been idle 10 s: an update that changes
+    no row count may show that much later.
+    """
+    if not tables.pg:
+        return None
+    if rows == 0:
+        return "empty"
+    cache_key = (str(tables.engine.url), info.qualified)
+    with tables.engine.begin() as conn:
+        state = (
+            *conn.execute(text(_TABLE_STATE), {"t": info.qualified}).one(),
+            rows,
+        )
+        with _md5_lock:
+            cached = _md5_cache.get(cache_key)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+        conn.exec_driver_sql("SET LOCAL DateStyle = 'ISO, MDY'")
+        conn.exec_driver_sql("SET LOCAL IntervalStyle = 'postgres'")
+        digest: str | None = conn.execute(
+            text(
+                "SELECT md5(string_agg(t::text, '' ORDER BY t::text))"
+                f" FROM {info.qualified_text} AS t"
+            )
+        ).scalar_one()
+    found = "empty" if digest is None else str(digest)
+    with _md5_lock:
+        if len(_md5_cache) >= MD5_CACHE_ENTRIES:
+            _md5_cache.clear()
+        _md5_cache[cache_key] = (state, found)
+    return found
 
 
 def _size_bytes(tables: Tables, conn: Connection, info: TableInfo) -> int | None:

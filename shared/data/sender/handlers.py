@@ -96,23 +96,28 @@ def close_stale_send_transfers(
     """Close ``send`` transfers no page was asked of for ``idle_seconds``.
 
     An unfinished pull is what lets a cursor continue without counting a
-    download; one its receiver abandoned must not stay open for ever. Its
-    receiver's next page then starts a new, counted pull. Returns how many.
+    download; one its receiver abandoned (PhoenixKit asks pull-data once per
+    table and never follows has_more) must not stay ``in_progress`` for ever.
+    Its receiver's next page then starts a new, counted pull. Returns how many.
     """
-    horizon = (now or utcnow()) - dt.timedelta(seconds=idle_seconds)
+    now = now or utcnow()
+    horizon = now - dt.timedelta(seconds=idle_seconds)
     stale = session.scalars(
-        select(Transfer).where(
+        select(Transfer)
+        .where(
             Transfer.direction == "send",
             Transfer.status == "in_progress",
             Transfer.updated_at < horizon,
         )
+        .with_for_update(skip_locked=True)
     ).all()
     for transfer in stale:
         transfer.status = "failed"
         transfer.error_message = (
             f"Abandoned: the receiver asked for no page in {idle_seconds} s"
+            f" ({transfer.records_transferred} rows sent)"
         )
-        transfer.completed_at = now or utcnow()
+        transfer.completed_at = now
     return len(stale)
 
 
@@ -241,7 +246,12 @@ PULL_FIELDS = [
 
 
 def pull_data(
-    session: Session, site: Site, body: Mapping[str, Any], ip: str
+    session: Session,
+    site: Site,
+    body: Mapping[str, Any],
+    ip: str,
+    *,
+    phoenixkit: bool = False,
 ) -> delivery.Served:
     """One page: a JSON answer, or a copy_out.CopyPage when the receiver asked for a
     COPY format this site can serve, with what serving it counted
@@ -260,6 +270,9 @@ def pull_data(
     cursor this site handed out for an unfinished pull of that table
     (``_serving``); its next page is free of the rate limit
     (shared.control.access).
+
+    To a PhoenixKit receiver (``phoenixkit``) uuid values go as PhoenixKit
+    sends them, their 16 bytes wrapped (its import binds a uuid only so).
     """
     require_enabled(session)
     data = validate(body, [TOKEN_HASH, *PULL_FIELDS])
@@ -279,9 +292,24 @@ def pull_data(
         catalog, name
     ):
         wire_format = None
-    return _serve_page(
+    served = _serve_page(
         session, site, catalog, conn, data, serving, wire_format, new_download, ip
     )
+    if phoenixkit and isinstance(served.answer, dict):
+        _uuids_as_binary(catalog, name, served.answer["data"])
+    return served
+
+
+def _uuids_as_binary(catalog: Catalog, table: str, rows: list[dict[str, Any]]) -> None:
+    """Put the rows' uuid values in PhoenixKit's wire form, in place."""
+    uuids = [c.name for c in catalog.describe(table).columns if c.kind == "uuid"]
+    if not uuids:
+        return
+    for row in rows:
+        for name in uuids:
+            value = row.get(name)
+            if isinstance(value, str):
+                row[name] = wire.uuid_as_binary(value)
 
 
 def _serve_page(

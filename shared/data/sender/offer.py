@@ -31,9 +31,15 @@ class Catalog(Tables):
         *,
         schema: str | None = None,
         excluded: Iterable[str] = (),
+        sensitive_offered: Iterable[str] = (),
         checksum_row_limit: int = 100_000,
     ) -> None:
-        super().__init__(engine, schema=schema, excluded=excluded)
+        super().__init__(
+            engine,
+            schema=schema,
+            excluded=excluded,
+            sensitive_offered=sensitive_offered,
+        )
         self._checksum_row_limit = checksum_row_limit
 
     def fetch_page(

@@ -23,6 +23,20 @@ from tests.helpers import (
 # ================================================================== list-tables
 
 
+def _md5_text(lines: list[str]) -> str:
+    return hashlib.md5("".join(sorted(lines)).encode()).hexdigest()
+
+
+def _md5(site: Site, name: str) -> str:
+    """PhoenixKit's checksum of the table, computed here in a UTC session."""
+    with site.db.data_engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+        digest = conn.exec_driver_sql(
+            f"SELECT md5(string_agg(t::text, '' ORDER BY t::text)) FROM {name} t"
+        ).scalar_one()
+    return "empty" if digest is None else str(digest)
+
+
 def _checksum(rows: list[dict[str, Any]]) -> str:
     digest = hashlib.sha256()
     for r in rows:
@@ -63,13 +77,13 @@ def test_list_tables(
     ]
     for t in expected:
         t["size_bytes"] = _size(site, t["name"])
-        t["checksum"] = catalog.checksum(t["name"])
+        t["checksum"] = _md5(site, t["name"])
     assert r.json == {"success": True, "tables": expected}
-    # the protocol's checksum: SHA-256 over sorted-key compact JSON lines, key order
-    assert r.json["tables"][1]["checksum"] == _checksum(items(1, 10))
-    assert r.json["tables"][4]["checksum"] == _checksum(
-        [{"w": "alpha"}, {"w": "beta"}, {"w": "gamma"}]
+    # the protocol's checksum is PhoenixKit's: md5 of the rows' text, in text order
+    assert r.json["tables"][4]["checksum"] == _md5_text(
+        ["(alpha)", "(beta)", "(gamma)"]
     )
+    assert catalog.checksum("dt_items") == _checksum(items(1, 10))  # dbsync's own
     assert sender_row(site, token_hash).last_connected_at is not None
     # filtered by the connection's rules; own tables never appear, even when allowed
     ruled = offering_sender(
@@ -132,11 +146,11 @@ def test_list_tables_checksum_is_null_above_the_row_limit(
                 "size_bytes": _size(site, "dt_parents"),
                 "primary_key": ["id"],
                 "depends_on": [],
-                "checksum": _checksum(
+                "checksum": _md5_text(
                     [
-                        {"id": 1, "name": "one"},
-                        {"id": 2, "name": "two"},
-                        {"id": 3, "name": "three"},
+                        "(1,one)",
+                        "(2,two)",
+                        "(3,three)",
                     ]
                 ),
             },

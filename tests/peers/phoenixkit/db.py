@@ -142,8 +142,8 @@ CONFIG_DEFAULTS: dict[str, str] = {
     # §5: config :phoenix_kit_sync, allow_internal_urls.
     "allow_internal_urls": "false",
     # Test switch, not PhoenixKit: leave out every Nth row of each pull-data
-    # and table-records answer ("0" = off), so a receiver's checks can be
-    # shown to notice rows lost on the way.
+    # and table-records answer (by integer id where there is one; "0" = off),
+    # so a receiver's checks can be shown to notice rows lost on the way.
     "drop_every": "0",
 }
 

@@ -350,11 +350,20 @@ class SyncApi:
         )
 
     def _dropped(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The stand-in's test switch (not PhoenixKit): lose every Nth row."""
+        """The stand-in's test switch (not PhoenixKit): lose every Nth row.
+
+        A row with an integer ``id`` is lost when ``id`` is a multiple of N,
+        whichever call serves it (so paging cannot refetch it); other rows
+        when they are the Nth of their answer.
+        """
         every = self._db.drop_every()
         if every <= 0:
             return rows
-        return [r for i, r in enumerate(rows, 1) if i % every != 0]
+        return [
+            r
+            for i, r in enumerate(rows, 1)
+            if (r["id"] if type(r.get("id")) is int else i) % every != 0
+        ]
 
     def table_schema(self, params: Params, req: dict[str, str]) -> Answer:
         if not self._db.enabled():
