@@ -59,6 +59,8 @@ def configure_logging(level: str | None = None) -> None:
     """
     handler = logging.StreamHandler()
     handler.setFormatter(formatter())
+    # Python's warnings reach stderr through logging, so they are JSON lines too.
+    logging.captureWarnings(log_format() == "json")
     logging.basicConfig(
         level=(level or os.environ.get("SYNC_LOG_LEVEL", "INFO")).upper(),
         handlers=[handler],

@@ -167,11 +167,14 @@ def _quick_thread_switches(**_kwargs: Any) -> None:
 
 
 if site_logging.log_format() == "json":
-    # Connected only for JSON: a receiver of setup_logging replaces Celery's
+    # Configured now, before the worker warns of anything on its way up, and
+    # connected only for JSON: a receiver of setup_logging replaces Celery's
     # own configuration of its loggers (the plain format keeps Celery's).
     @setup_logging.connect
     def _json_logging(loglevel: Any = None, **_kwargs: Any) -> None:
         site_logging.configure_logging()
+
+    site_logging.configure_logging()
 
 
 @task_prerun.connect

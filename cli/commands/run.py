@@ -85,6 +85,11 @@ def serve_argv(host: str, port: int, workers: int) -> list[str]:
     ]
 
 
+def _quiet() -> list[str]:
+    # Celery prints its start banner on stdout: not one JSON line.
+    return ["--quiet"] if log_format() == "json" else []
+
+
 def worker_argv(queues: str | None, concurrency: int | None) -> list[str]:
     loaded = settings()
     queues = queues or f"{loaded.peer_queue},{loaded.pull_queue}"
@@ -92,6 +97,7 @@ def worker_argv(queues: str | None, concurrency: int | None) -> list[str]:
         sys.executable,
         "-m",
         "celery",
+        *_quiet(),
         "-A",
         "workers.celery_app",
         "worker",
@@ -112,6 +118,7 @@ def beat_argv() -> list[str]:
         sys.executable,
         "-m",
         "celery",
+        *_quiet(),
         "-A",
         "workers.celery_app",
         "beat",

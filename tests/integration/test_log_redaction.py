@@ -283,6 +283,7 @@ def test_a_request_id_is_taken_or_made_and_returned(site: Site) -> None:
     assert given.headers["X-Request-ID"] == "abc-123.x"
     made = client.simulate_get("/livez", headers={"X-Request-ID": "bad id\u00e9"})
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
-    assert client.simulate_get("/livez").headers["X-Request-ID"] != (
-        made.headers["X-Request-ID"]
+    assert (
+        client.simulate_get("/livez").headers["X-Request-ID"]
+        != (made.headers["X-Request-ID"])
     )
