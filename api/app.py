@@ -8,7 +8,7 @@ import falcon
 import falcon.media
 import orjson
 
-from api import errors, observe
+from api import errors, observe, openapi
 from api.middleware import DBSession
 from api.resources import control, data, health
 from shared.context import Site
@@ -31,6 +31,7 @@ def create_app(site: Site) -> falcon.App:
     prefix = site.settings.api_prefix
     for name, resource in {**control.routes(site), **data.routes(site)}.items():
         app.add_route(f"{prefix}/{name}", resource)
+    app.add_route(f"{prefix}/openapi.json", openapi.OpenAPI(site.settings.url_prefix))
     # Outside the prefix: a probe asks the container's port, not the public URL.
     for path, resource in {
         **health.routes(site),
