@@ -8,7 +8,7 @@ import falcon
 import falcon.media
 import orjson
 
-from api import errors, observe, openapi
+from api import console, errors, observe, openapi
 from api.middleware import DBSession
 from api.resources import control, data, health
 from shared.context import Site
@@ -36,6 +36,7 @@ def create_app(site: Site) -> falcon.App:
     for path, resource in {
         **health.routes(site),
         "/metrics": observe.Metrics(site),
+        **console.routes(site),
     }.items():
         app.add_route(path, resource)
     return app
