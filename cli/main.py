@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import click
 
-from cli.commands import audit, connections, data, run, settings, status, transfers
+from cli.commands import (
+    admin,
+    audit,
+    connections,
+    data,
+    run,
+    settings,
+    status,
+    transfers,
+)
 
 
 @click.group()
@@ -31,6 +40,7 @@ for command in (
     data.pull,
     transfers.transfers,
     audit.audit,
+    admin.admin,
 ):
     main.add_command(command)
 

@@ -239,6 +239,9 @@ class Settings:
     # many per connection and per site; beyond, 503 with Retry-After.
     pull_streams_per_connection: int = 4
     pull_streams_per_site: int = 16
+    # A bearer token that lets a scraper read /metrics from anywhere; without
+    # one only loopback callers may (api.observe.Metrics).
+    metrics_token: str = ""
     home: str = field(default_factory=lambda: str(_default_home()))
     # Seals the secrets a pending registration holds (shared/sealing.py);
     # empty: a key generated once into the state database.
@@ -331,6 +334,8 @@ class Settings:
             )
         if env.get("SYNC_DATA_SCHEMA"):
             values["data_schema"] = env["SYNC_DATA_SCHEMA"]
+        if env.get("SYNC_METRICS_TOKEN"):
+            values["metrics_token"] = Secret(env["SYNC_METRICS_TOKEN"].strip())
         if env.get("SYNC_QUEUE_PREFIX"):
             values["queue_prefix"] = env["SYNC_QUEUE_PREFIX"]
         for f in fields(cls):

@@ -14,10 +14,17 @@ from typing import Any
 
 from celery import Celery
 from celery.beat import PersistentScheduler
-from celery.signals import beat_init, worker_process_init
+from celery.signals import (
+    beat_init,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+)
 from kombu import Exchange, Queue
 
 from shared import dispatch
+from shared import logging as site_logging
 from shared.control import health
 from shared.data.receiver import sources
 from shared.db import Database
@@ -157,3 +164,24 @@ def _quick_thread_switches(**_kwargs: Any) -> None:
     # socket reads (measured in tune_for_pulls' docstring). Tasks of the peer
     # queue are short HTTP calls and do not mind.
     sources.tune_for_pulls()
+
+
+if site_logging.log_format() == "json":
+    # Configured now, before the worker warns of anything on its way up, and
+    # connected only for JSON: a receiver of setup_logging replaces Celery's
+    # own configuration of its loggers (the plain format keeps Celery's).
+    @setup_logging.connect
+    def _json_logging(loglevel: Any = None, **_kwargs: Any) -> None:
+        site_logging.configure_logging()
+
+    site_logging.configure_logging()
+
+
+@task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, **_kwargs: Any) -> None:
+    site_logging.bind(task_id=task_id, task=getattr(task, "name", None))
+
+
+@task_postrun.connect
+def _unbind_task(**_kwargs: Any) -> None:
+    site_logging.unbind()

@@ -8,6 +8,7 @@ import falcon
 import orjson
 
 from api.middleware import read_json, remote_ip
+from api.observe import counted
 from shared.context import Site
 from shared.data.sender import copy_out, delivery
 from shared.data.sender import handlers as data_api
@@ -54,12 +55,12 @@ class PullData(DataCall):
             resp.content_type = page.content_type
             for name, value in page.headers.items():
                 resp.set_header(name, value)
-            chunks = iter(page)
+            chunks = counted(iter(page), "copy", served.receipt.records)
         else:
             data = orjson.dumps(page)
             resp.content_type = falcon.MEDIA_JSON
             resp.content_length = len(data)
-            chunks = delivery.json_chunks(data)
+            chunks = counted(delivery.json_chunks(data), "json", served.receipt.records)
         sock = req.env.get("gunicorn.socket")
         resp.stream = delivery.Delivery(
             served,

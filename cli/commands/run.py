@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 import click
 
 from cli.common import friendly, settings
+from shared.logging import log_format
 
 
 @click.group()
@@ -39,9 +41,28 @@ def private_files() -> None:
     os.umask(0o077)
 
 
+def metrics_folder() -> None:
+    """Give the web processes a fresh private folder for their metrics files.
+
+    prometheus-client adds up the gunicorn workers' figures from files there;
+    a folder of its own per start (under the system's temporary folder, so an
+    empty working directory and no HOME will do) holds no figure of an
+    earlier run. An operator's own PROMETHEUS_MULTIPROC_DIR is kept.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="dbsync-metrics-"
+        )
+
+
 def serve_argv(host: str, port: int, workers: int) -> list[str]:
     """gunicorn with dbsync's threaded worker (api.serving): requests are read by
-    each process's event loop, answers written by SYNC_WEB_THREADS threads."""
+    each process's event loop, answers written by SYNC_WEB_THREADS threads.
+
+    With SYNC_LOG_FORMAT=json the app logs one JSON line per request itself
+    (with its request id) in place of gunicorn's access log.
+    """
+    access = [] if log_format() == "json" else ["--access-logfile", "-"]
     return [
         sys.executable,
         "-m",
@@ -57,12 +78,16 @@ def serve_argv(host: str, port: int, workers: int) -> list[str]:
         str(settings().web_threads),
         "--config",
         "python:api.gunicorn_conf",
-        "--access-logfile",
-        "-",
+        *access,
         "--graceful-timeout",
         "10",
         "--no-control-socket",
     ]
+
+
+def _quiet() -> list[str]:
+    # Celery prints its start banner on stdout: not one JSON line.
+    return ["--quiet"] if log_format() == "json" else []
 
 
 def worker_argv(queues: str | None, concurrency: int | None) -> list[str]:
@@ -72,6 +97,7 @@ def worker_argv(queues: str | None, concurrency: int | None) -> list[str]:
         sys.executable,
         "-m",
         "celery",
+        *_quiet(),
         "-A",
         "workers.celery_app",
         "worker",
@@ -92,6 +118,7 @@ def beat_argv() -> list[str]:
         sys.executable,
         "-m",
         "celery",
+        *_quiet(),
         "-A",
         "workers.celery_app",
         "beat",
@@ -119,6 +146,7 @@ def serve(host: str, port: int, workers: int) -> None:
     """Run the API under gunicorn."""
     settings()
     private_files()
+    metrics_folder()
     os.execv(sys.executable, serve_argv(host, port, workers))
 
 
@@ -169,6 +197,7 @@ def up(host: str, port: int) -> None:
     loaded = settings()
     private_files()
     upgrade(loaded.database_url)
+    metrics_folder()
     procs = {
         "api": subprocess.Popen(serve_argv(host, port, 1)),
         "worker": subprocess.Popen(worker_argv(None, 2)),

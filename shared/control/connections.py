@@ -476,3 +476,17 @@ def describe(conn: Connection) -> dict[str, Any]:
         "revoked_at": iso(conn.revoked_at),
         "metadata": conn.meta,
     }
+
+
+def update_limits(
+    session: Session, conn: Connection, options: SenderOptions, actor: str = "operator"
+) -> None:
+    """Replace a sender connection's limits and table rules (the console's edit)."""
+    if conn.direction != "sender":
+        raise SyncError(
+            ErrorKind.BAD_REQUEST, "Only a sender connection has limits to edit"
+        )
+    options.check()
+    for name, value in vars(options).items():
+        setattr(conn, name, value)
+    audit.record(session, actor, "connection.limits_changed", conn)

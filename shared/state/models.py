@@ -222,6 +222,21 @@ class ModuleSettings(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class AdminSettings(Base):
+    """The admin console's password (argon2) and its session key; one row.
+
+    No row, or no password, means the console is off. Setting a password
+    makes a new session key, which ends every session signed with the old one.
+    """
+
+    __tablename__ = "dbsync_admin"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    session_key: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class PeerNotice(Base):
     """A call owed to a peer, kept until delivered so no restart or outage loses it.
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import json
 import logging
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -20,6 +23,7 @@ from shared.context import Site
 from shared.control import connections, healing, module, notices
 from shared.control.peer import PeerClient
 from shared.dispatch import DeferredDispatcher
+from shared.logging import json_formatter
 from shared.state.models import Connection, PeerNotice
 from tests.helpers import API, OTHER_PEER, PEER, SITE_URL
 
@@ -241,3 +245,45 @@ def test_no_secret_in_logs_even_with_sql_logging_on(
     lines = rendered(caplog.records)
     assert any(line.startswith("sqlalchemy.engine") for line in lines)
     assert_no_secret(lines, token, token_hash)
+
+
+def test_json_logs_parse_line_by_line_carry_request_ids_and_hold_no_secret(
+    pair: tuple[Site, Site, PeerClient, PeerClient],
+) -> None:
+    """SYNC_LOG_FORMAT=json: the same lifecycle, rendered by the JSON formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        token, token_hash = run_lifecycle(*pair)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    lines = stream.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one object
+    assert records and all(isinstance(r, dict) for r in records)
+    assert all({"event", "level", "logger", "ts"} <= r.keys() for r in records)
+    in_requests = [r for r in records if "request_id" in r]
+    # B's side of the registration logged its audit line inside the request.
+    audits = [r for r in in_requests if r["event"].startswith("audit action=")]
+    assert audits, [r["event"] for r in records][:40]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r["request_id"]) for r in in_requests)
+    assert len({r["request_id"] for r in in_requests}) > 3
+    assert_no_secret(lines, token, token_hash)
+
+
+def test_a_request_id_is_taken_or_made_and_returned(site: Site) -> None:
+    client = testing.TestClient(create_app(site))
+    given = client.simulate_get("/livez", headers={"X-Request-ID": "abc-123.x"})
+    assert given.headers["X-Request-ID"] == "abc-123.x"
+    made = client.simulate_get("/livez", headers={"X-Request-ID": "bad id\u00e9"})
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+    assert (
+        client.simulate_get("/livez").headers["X-Request-ID"]
+        != (made.headers["X-Request-ID"])
+    )
