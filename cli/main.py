@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import click
 
-from cli.commands import audit, connections, data, run, settings, status, transfers
+from cli.commands import (
+    audit,
+    connections,
+    data,
+    run,
+    settings,
+    status,
+    syncs,
+    transfers,
+)
 
 
 @click.group()
@@ -30,6 +39,7 @@ for command in (
     data.preview,
     data.pull,
     transfers.transfers,
+    syncs.syncs,
     audit.audit,
 ):
     main.add_command(command)

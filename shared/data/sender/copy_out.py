@@ -59,6 +59,7 @@ def open_page(
     after: list[Any] | None,
     limit: int,
     wire_format: str,
+    until: list[Any] | None = None,
 ) -> CopyPage | None:
     """Fix the page after ``after`` and prepare its COPY stream.
 
@@ -74,7 +75,7 @@ def open_page(
             return None
         conn.execution_options(isolation_level="REPEATABLE READ")
         conn.exec_driver_sql(_SENDER_SETTINGS)
-        extent = page_extent(tables, conn, table, after=after, limit=limit)
+        extent = page_extent(tables, conn, table, after=after, limit=limit, until=until)
         sql = _copy_out_sql(conn, info, extent, COPY_FORMATS[wire_format])
         page = CopyPage(conn, info, wire_format, extent, sql)
     except BaseException:

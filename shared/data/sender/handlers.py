@@ -20,9 +20,9 @@ from shared.context import Site
 from shared.control import access
 from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.data import copy_format, wire
-from shared.data.keyset import BadCursor
+from shared.data.keyset import BadCursor, decode_cursor
 from shared.data.schema import NoPrimaryKey
-from shared.data.sender import copy_out, delivery, streams
+from shared.data.sender import copy_out, delivery, fingerprints, streams
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter
 from shared.db import utcnow
@@ -180,6 +180,7 @@ PULL_FIELDS = [
     TABLE,
     Field("conflict_strategy", str, max_length=32),
     Field("after", list),
+    Field("until", list),
     Field("limit", int, minimum=1),
     Field("format", str, max_length=32),
 ]
@@ -254,6 +255,7 @@ def _serve_page(
                 after=data["after"],
                 limit=limit,
                 wire_format=wire_format,
+                until=data["until"],
             )
             if copy_page is not None:
                 try:
@@ -279,6 +281,7 @@ def _serve_page(
             after=data["after"],
             limit=min(limit, site.settings.json_page_cap),
             for_body=True,
+            until=data["until"],
         )
     except BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
@@ -378,3 +381,70 @@ def _record_send(
         prior_next_key=prior_key,
         completed=next_cursor is None,
     )
+
+
+FINGERPRINT_FIELDS = [
+    TABLE,
+    Field("ranges", list, required=True),
+    Field("split", int, minimum=1, maximum=fingerprints.MAX_SPLIT),
+    Field("columns", list),
+]
+
+
+def table_fingerprints(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any]:
+    """The ``table-fingerprints`` extension: count and fingerprint of each key
+    range the receiver names, in one snapshot (shared.data.sender.fingerprints).
+
+    Same controls as a pull-data call that continues no pull (rate limit
+    included); it moves no rows, so it counts no records or downloads.
+    """
+    conn, data = _authorise(session, site, body, FINGERPRINT_FIELDS, ip)
+    name = data["table_name"]
+    catalog = _table(site, conn, name)
+    if not catalog.pg:
+        raise SyncError(ErrorKind.NOT_FOUND, "table-fingerprints is not offered here")
+    ranges, split = data["ranges"], data["split"] or 1
+    if not 1 <= len(ranges) <= fingerprints.MAX_RANGES:
+        raise bad_request(
+            f"Field ranges must hold 1 to {fingerprints.MAX_RANGES} ranges",
+            field="ranges",
+        )
+    if len(ranges) * split > 16 * fingerprints.MAX_RANGES:
+        raise bad_request("Too many parts asked for (ranges x split)", field="split")
+    columns = data["columns"]
+    if columns is not None and not all(isinstance(c, str) for c in columns):
+        raise bad_request("Field columns must be a list of names", field="columns")
+    info = catalog.describe(name)
+    decoded = []
+    try:
+        for r in ranges:
+            if not isinstance(r, dict):
+                raise BadCursor("each range is an object with after and until")
+            after, until = (
+                None if b is None else decode_cursor(b, info.pk_columns)
+                for b in (r.get("after"), r.get("until"))
+            )
+            decoded.append((after, until))
+        with site.db.data_engine.connect() as db:
+            db = db.execution_options(isolation_level="REPEATABLE READ")
+            with db.begin():
+                answer = fingerprints.fingerprint_ranges(
+                    db, info, decoded, columns=columns, split=split
+                )
+    except BadCursor as ex:
+        raise bad_request(f"Invalid range: {ex}", field="ranges") from None
+    except DataError:
+        raise bad_request(
+            "Invalid range: a key value is out of range for its column", field="ranges"
+        ) from None
+    except fingerprints.Unsupported as ex:
+        raise bad_request(str(ex)) from None
+    conn.last_connected_at = utcnow()
+    return {
+        "success": True,
+        "table": name,
+        "algorithm": fingerprints.ALGORITHM,
+        "ranges": [r.as_wire() for r in answer],
+    }

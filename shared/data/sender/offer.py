@@ -37,11 +37,17 @@ class Catalog(Tables):
         self._checksum_row_limit = checksum_row_limit
 
     def fetch_page(
-        self, table: str, *, after: list[Any] | None, limit: int, for_body: bool = False
+        self,
+        table: str,
+        *,
+        after: list[Any] | None,
+        limit: int,
+        for_body: bool = False,
+        until: list[Any] | None = None,
     ) -> Page:
         """See ``pages.fetch_page``."""
         return pages.fetch_page(
-            self, table, after=after, limit=limit, for_body=for_body
+            self, table, after=after, limit=limit, for_body=for_body, until=until
         )
 
     def preview(

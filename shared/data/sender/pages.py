@@ -63,6 +63,7 @@ def fetch_page(
     after: list[Any] | None,
     limit: int,
     for_body: bool = False,
+    until: list[Any] | None = None,
 ) -> Page:
     """One page of wire-encoded rows in primary-key order (keyset paging).
 
@@ -82,9 +83,9 @@ def fetch_page(
         raise ValueError("limit must be positive")
     info = tables.describe(table)
     if not info.primary_key:
-        return _fetch_unkeyed(tables, info, after, limit)
+        return _fetch_unkeyed(tables, info, after, limit, until)
     pk = info.pk_columns
-    keyset = Keyset.after_cursor(info, after, pg=tables.pg)
+    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until)
     sql = keyset.select(select_list(tables, info), limit=int(limit) + 1)
     with reader(tables) as conn:
         rows = encode_all(
@@ -103,6 +104,7 @@ def page_extent(
     *,
     after: list[Any] | None,
     limit: int,
+    until: list[Any] | None = None,
 ) -> PageExtent:
     """Count the keyset page after ``after`` and find its next cursor.
 
@@ -117,7 +119,7 @@ def page_extent(
     if not info.primary_key:
         raise NoPrimaryKey(info.name, f"Table {info.name} has no primary key")
     pk = info.pk_columns
-    keyset = Keyset.after_cursor(info, after, pg=tables.pg)
+    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until)
     keys = ", ".join(_pg_select_expr(c) for c in pk) if tables.pg else column_list(pk)
     values = keyset.after
     # The page's last key and, if there is one, the key after it.
@@ -135,9 +137,13 @@ def page_extent(
 
 
 def _fetch_unkeyed(
-    tables: Tables, info: TableInfo, after: list[Any] | None, limit: int
+    tables: Tables,
+    info: TableInfo,
+    after: list[Any] | None,
+    limit: int,
+    until: list[Any] | None = None,
 ) -> Page:
-    if after is not None:
+    if after is not None or until is not None:
         raise BadCursor("a table without a primary key has a single page")
     with reader(tables) as conn:
         count: int = conn.execute(

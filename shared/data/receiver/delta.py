@@ -1,0 +1,339 @@
+"""Bring a table level with its sender by moving only the key ranges that differ.
+
+The receiver asks the sender (``table-fingerprints``) for the count and
+fingerprint of the whole table and computes the same over its own rows
+(shared.data.sender.fingerprints). Where they differ it asks for the range
+cut into SPLIT parts by the sender's rows, fingerprints its own rows on the
+same boundaries, and descends into the parts that differ, until a differing
+part holds at most LEAF_ROWS of the sender's rows (about one page). Adjacent
+leaves are pulled together, page by page, with pull-data's ``after`` and
+``until``, and applied with the transfer's strategy; with mirror-deletes the
+local rows of a pulled range that the sender did not send are deleted in
+the same transaction as the range's last page.
+
+A sender without the extension (PhoenixKit answers 404), a table without a
+single-column key, or a receiver that is not PostgreSQL gets the full pull
+(``NotAvailable``).
+
+What one run guarantees: every range the run compared and found equal was
+equal in the sender's snapshot of that comparison; every pulled range holds
+what the sender served for it. Rows the sender changes while the run works
+may be missed; the next run finds them, so once writes stop one more run
+leaves the two tables identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from shared.control.peer import PeerRefused, PeerResponse
+from shared.data import wire
+from shared.data.keyset import Keyset, decode_cursor
+from shared.data.receiver import sources
+from shared.data.receiver.pages import ImportRefused, PageResult
+from shared.data.receiver.writer import Writer
+from shared.data.schema import TableInfo, quote_text
+from shared.data.sender import fingerprints
+from shared.data.sender.fingerprints import RangePrint
+
+log = logging.getLogger("dbsync.delta")
+
+SPLIT = 16
+LEAF_ROWS = 1000
+Range = tuple[Any, Any]  # (after, until): wire-encoded keys, None for open ends
+
+
+class NotAvailable(Exception):
+    """Delta mode cannot run for this table; the message says why."""
+
+
+class Failed(Exception):
+    """The sender's answer or this site refused the work (the run fails)."""
+
+
+@dataclass
+class Outcome:
+    """What a delta pass did to one table."""
+
+    compared: bool = False
+    equal_before: bool = False
+    ranges_pulled: int = 0
+    rows_pulled: int = 0
+    deleted: int = 0
+    result: PageResult = field(default_factory=PageResult)
+    requests: int = 0
+
+
+class Remote:
+    """The sender's ``table-fingerprints`` for one table."""
+
+    def __init__(self, sender: sources.Sender, table: str, columns: list[str]):
+        self.sender = sender
+        self.table = table
+        self.columns = columns
+        self.requests = 0
+
+    def prints(self, ranges: Sequence[Range], split: int = 1) -> list[RangePrint]:
+        out: list[RangePrint] = []
+        step = fingerprints.MAX_RANGES if split == 1 else 1000 // max(1, split // 16)
+        for start in range(0, len(ranges), max(1, step)):
+            chunk = ranges[start : start + step]
+            body = {
+                "table_name": self.table,
+                "ranges": [{"after": a, "until": u} for a, u in chunk],
+                "columns": self.columns,
+                "split": split,
+            }
+            try:
+                resp = self.sender.post("table-fingerprints", body)
+            except PeerRefused as ex:
+                raise Failed(str(ex)) from None
+            self.requests += 1
+            if resp.status in (404, 405):
+                raise NotAvailable("the sender does not offer table-fingerprints")
+            if resp.status != 200 or resp.body.get("success") is not True:
+                raise Failed(f"table-fingerprints: {resp.error}")
+            if resp.body.get("algorithm") != fingerprints.ALGORITHM:
+                raise NotAvailable("the sender fingerprints rows another way")
+            got = resp.body.get("ranges")
+            if not isinstance(got, list) or len(got) != len(chunk):
+                raise Failed("table-fingerprints: the answer does not match the ask")
+            out.extend(_range_print(r) for r in got)
+        return out
+
+
+def _range_print(data: Any) -> RangePrint:
+    try:
+        parts = [
+            fingerprints.Part(p["until"], int(p["count"]), str(p["fingerprint"]))
+            for p in data.get("parts") or []
+        ]
+        return RangePrint(int(data["count"]), str(data["fingerprint"]), parts)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise Failed("table-fingerprints: a range in the answer is malformed") from None
+
+
+def check_local(engine: Engine, info: TableInfo) -> None:
+    """NotAvailable unless this site can fingerprint ``info``'s rows."""
+    if engine.dialect.name != "postgresql":
+        raise NotAvailable("this site's data database is not PostgreSQL")
+    if len(info.primary_key) != 1:
+        raise NotAvailable(f"{info.name} has no single-column primary key")
+
+
+def local_prints(
+    engine: Engine, info: TableInfo, ranges: Sequence[Range], columns: list[str]
+) -> list[RangePrint]:
+    """This site's fingerprints of wire-encoded ranges, in one snapshot."""
+    pk = info.pk_columns
+    decoded = [
+        tuple(None if b is None else decode_cursor(b, pk) for b in r) for r in ranges
+    ]
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            return fingerprints.fingerprint_ranges(
+                conn,
+                info,
+                decoded,  # type: ignore[arg-type]
+                columns=columns,
+            )
+
+
+def shared_columns(info: TableInfo, schema: Any) -> list[str]:
+    """The columns both sides have (by name), which the fingerprints cover."""
+    theirs = set()
+    if isinstance(schema, dict) and isinstance(schema.get("columns"), list):
+        theirs = {c.get("name") for c in schema["columns"] if isinstance(c, dict)}
+    return sorted(c.name for c in info.columns if c.name in theirs)
+
+
+def differing(
+    remote: Remote, engine: Engine, info: TableInfo, *, first_only: bool = False
+) -> tuple[bool, list[Range]]:
+    """Whether the whole table was equal, and the leaf ranges that differ.
+
+    ``first_only`` stops at the first differing leaf (verification).
+    """
+    whole: list[Range] = [(None, None)]
+    if _same(
+        remote.prints(whole)[0], local_prints(engine, info, whole, remote.columns)[0]
+    ):
+        return True, []
+    leaves: list[Range] = []
+    frontier = whole
+    while frontier:
+        answers = remote.prints(frontier, split=SPLIT)
+        children: list[tuple[Range, RangePrint]] = []
+        for (after, until), theirs in zip(frontier, answers):
+            if theirs.count <= LEAF_ROWS or not theirs.parts:
+                leaves.append((after, until))
+                continue
+            lower = after
+            for i, part in enumerate(theirs.parts):
+                upper = until if i == len(theirs.parts) - 1 else part.until
+                children.append(
+                    ((lower, upper), RangePrint(part.count, part.fingerprint))
+                )
+                lower = part.until
+        mine = local_prints(engine, info, [c[0] for c in children], remote.columns)
+        frontier = []
+        for (rng, theirs), ours in zip(children, mine):
+            if _same(theirs, ours):
+                continue
+            if theirs.count <= LEAF_ROWS:
+                leaves.append(rng)
+            else:
+                frontier.append(rng)
+        if first_only and leaves:
+            break
+    return False, _in_key_order(leaves, info)
+
+
+def _same(a: RangePrint, b: RangePrint) -> bool:
+    return a.count == b.count and int(a.fingerprint) == int(b.fingerprint)
+
+
+def _in_key_order(leaves: list[Range], info: TableInfo) -> list[Range]:
+    """Leaves sorted by their lower bound (the open one first)."""
+    pk = info.pk_columns
+
+    def key(rng: Range) -> tuple[int, Any]:
+        after = rng[0]
+        return (0, None) if after is None else (1, decode_cursor(after, pk)[0])
+
+    return sorted(leaves, key=key)
+
+
+def merge(leaves: list[Range]) -> list[Range]:
+    """Adjacent leaves (one's upper bound the next one's lower) as one range."""
+    merged: list[Range] = []
+    for after, until in leaves:
+        if merged and merged[-1][1] is not None and merged[-1][1] == after:
+            merged[-1] = (merged[-1][0], until)
+        else:
+            merged.append((after, until))
+    return merged
+
+
+def pull_range(
+    sender: sources.Sender,
+    engine: Engine,
+    info: TableInfo,
+    name: str,
+    strategy: str,
+    rng: Range,
+    mirror_deletes: bool,
+    outcome: Outcome,
+) -> None:
+    """Pull the sender's rows of one range page by page and apply them; with
+    ``mirror_deletes`` delete the range's local rows the sender did not send."""
+    settings = sender.client.settings
+    rows_cap = settings.json_page_cap
+    writer = Writer(info, strategy)
+    pk = info.pk_columns[0]
+    keys: list[Any] = []
+    cursor = rng[0]
+    while True:
+        body: dict[str, Any] = {
+            "table_name": name,
+            "conflict_strategy": strategy,
+            "limit": rows_cap,
+        }
+        if cursor is not None:
+            body["after"] = cursor
+        if rng[1] is not None:
+            body["until"] = rng[1]
+        try:
+            with sender.open(
+                "pull-data", body, rows_cap * settings.pull_json_row_bytes
+            ) as resp:
+                content = resp.read()
+                page = sources.json_page(
+                    PeerResponse.parse(resp.status, content), resp.bytes_read
+                )
+        except (PeerRefused, sources.BadAnswer) as ex:
+            raise Failed(f"{name}: {ex}") from None
+        outcome.requests += 1
+        for row in page.rows:
+            if pk.name in row and row[pk.name] is not None:
+                keys.append(
+                    wire.pg_param(wire.decode_value(row[pk.name], pk.kind), pk.kind)
+                )
+        with engine.begin() as conn:
+            try:
+                result = writer.apply(conn, page)
+            except ImportRefused as ex:
+                raise Failed(f"{name}: {ex}") from None
+            last = not page.has_more
+            if last and mirror_deletes:
+                outcome.deleted += _delete_missing(conn, info, rng, keys)
+        for attr in ("created", "updated", "skipped", "failed"):
+            setattr(
+                outcome.result,
+                attr,
+                getattr(outcome.result, attr) + getattr(result, attr),
+            )
+        outcome.result.errors.extend(result.errors[: 20 - len(outcome.result.errors)])
+        outcome.rows_pulled += page.count
+        if last:
+            return
+        cursor = page.next_cursor
+
+
+def _delete_missing(conn: Any, info: TableInfo, rng: Range, keys: list[Any]) -> int:
+    pk = info.pk_columns
+    after = None if rng[0] is None else decode_cursor(rng[0], pk)
+    until = None if rng[1] is None else decode_cursor(rng[1], pk)
+    keyset = Keyset.after_key(info, after, pg=True, until=until)
+    col = pk[0]
+    keep = f"{quote_text(col.name)} = ANY(CAST(:keep AS {col.type}[]))"
+    where = (
+        f"{keyset.where} AND NOT ({keep})" if keyset.where else f" WHERE NOT ({keep})"
+    )
+    result = conn.execute(
+        text(f"DELETE FROM {info.qualified_text}{where}"),
+        {**keyset.params, "keep": keys},
+    )
+    return int(result.rowcount or 0)
+
+
+def sync_table(
+    sender: sources.Sender,
+    engine: Engine,
+    info: TableInfo,
+    name: str,
+    schema: Any,
+    strategy: str,
+    mirror_deletes: bool,
+) -> Outcome:
+    """Compare ``name`` with its sender and pull (and delete) what differs."""
+    check_local(engine, info)
+    remote = Remote(sender, name, shared_columns(info, schema))
+    outcome = Outcome()
+    with engine.connect() as conn:
+        if (
+            conn.execute(text(f"SELECT 1 FROM {info.qualified_text} LIMIT 1")).first()
+            is None
+        ):
+            raise NotAvailable(f"{name} is empty here")
+    equal, leaves = differing(remote, engine, info)
+    outcome.compared, outcome.equal_before = True, equal
+    for rng in merge(leaves):
+        pull_range(sender, engine, info, name, strategy, rng, mirror_deletes, outcome)
+        outcome.ranges_pulled += 1
+    outcome.requests += remote.requests
+    log.info(
+        "delta %s: %s, %d range(s), %d row(s) pulled, %d deleted",
+        name,
+        "equal" if equal else "differed",
+        outcome.ranges_pulled,
+        outcome.rows_pulled,
+        outcome.deleted,
+    )
+    return outcome

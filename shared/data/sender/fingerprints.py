@@ -1,0 +1,141 @@
+"""Count and fingerprint key ranges of a table in SQL, in one snapshot.
+
+Both sides of a sync run the same statements: the sender for the
+``table-fingerprints`` call, the receiver over its own rows. A range is the
+rows whose key is after ``after`` (exclusive) and up to ``until``
+(inclusive), either bound open when None, exactly as pull-data pages.
+
+A row's hash is the first 64 bits of the MD5 of its ``ROW(...)::text`` over
+the named columns in name order, read as a signed bigint; a range's
+fingerprint is the exact (numeric) sum of its rows' hashes with its count.
+The sum does not depend on the order rows are read in, so a range is one
+index range scan, and a split range's parts add up to it. Values are
+rendered by PostgreSQL's output functions under fixed settings (UTC, ISO
+dates, shortest exact floats), so equal values in equal column types give
+equal fingerprints on any two PostgreSQL databases.
+
+``split`` asks for a range cut into up to that many parts of about equal
+row counts (by row number in key order), each with its last key: the
+receiver recomputes its own rows on the same boundaries and only descends
+into parts that differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from shared.data.keyset import Keyset, column_list
+from shared.data.schema import PG_READ_SETTINGS, TableInfo, quote_text
+from shared.data.sender.pages import _pg_select_expr, _pg_tuple_encoder
+
+ALGORITHM = "md5-sum-v1"
+MAX_RANGES = 1000
+MAX_SPLIT = 256
+FINGERPRINT_SETTINGS = f"{PG_READ_SETTINGS}; SET LOCAL extra_float_digits = 1"
+
+
+class Unsupported(Exception):
+    """The table or the request cannot be fingerprinted (the message says why)."""
+
+
+@dataclass
+class Part:
+    """One part of a split range: its rows up to and including ``until``."""
+
+    until: list[Any] | None
+    count: int
+    fingerprint: str
+
+
+@dataclass
+class RangePrint:
+    count: int
+    fingerprint: str
+    parts: list[Part] = field(default_factory=list)
+
+    def as_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"count": self.count, "fingerprint": self.fingerprint}
+        if self.parts:
+            out["parts"] = [
+                {"until": p.until, "count": p.count, "fingerprint": p.fingerprint}
+                for p in self.parts
+            ]
+        return out
+
+
+def row_hash(info: TableInfo, columns: Sequence[str]) -> str:
+    """The SQL expression of one row's 64-bit hash over ``columns``."""
+    names = sorted(columns)
+    row = ", ".join(quote_text(n) for n in names)
+    return f"('x' || substr(md5(ROW({row})::text), 1, 16))::bit(64)::bigint"
+
+
+def check_columns(info: TableInfo, columns: Sequence[str] | None) -> list[str]:
+    """The columns to hash: those named (each must exist), or every column."""
+    have = [c.name for c in info.columns]
+    if not columns:
+        return have
+    unknown = [c for c in columns if c not in have]
+    if unknown:
+        raise Unsupported(f"unknown column(s): {', '.join(sorted(unknown))[:200]}")
+    return sorted(set(columns))
+
+
+def fingerprint_ranges(
+    conn: Connection,
+    info: TableInfo,
+    ranges: Sequence[tuple[list[Any] | None, list[Any] | None]],
+    *,
+    columns: Sequence[str] | None = None,
+    split: int = 1,
+) -> list[RangePrint]:
+    """Count and fingerprint each (after, until) range of decoded key values.
+
+    Runs on ``conn`` as it is: the caller opens the REPEATABLE READ
+    transaction that makes every range one snapshot.
+    """
+    if len(info.primary_key) != 1:
+        raise Unsupported(f"table {info.name} has no single-column primary key")
+    names = check_columns(info, columns)
+    conn.exec_driver_sql(FINGERPRINT_SETTINGS)
+    pk = info.pk_columns
+    keys = column_list(pk)
+    digest = row_hash(info, names)
+    encode = _pg_tuple_encoder(TableInfo(info.name, pk, info.primary_key))
+    out = []
+    for after, until in ranges:
+        keyset = Keyset.after_key(info, after, pg=True, until=until)
+        if split <= 1:
+            row = conn.execute(
+                text(
+                    f"SELECT count(*), coalesce(sum({digest}), 0)::text"
+                    f" FROM {info.qualified_text}{keyset.where}"
+                ),
+                keyset.params,
+            ).one()
+            out.append(RangePrint(int(row[0]), str(row[1])))
+            continue
+        params = {**keyset.params, "split": int(split)}
+        last = _pg_select_expr(pk[0]).replace(quote_text(pk[0].name), "max(k)", 1)
+        rows = conn.execute(
+            text(
+                f"SELECT b, count(*), coalesce(sum(h), 0)::text, {last}"
+                f" FROM (SELECT {keys} AS k, {digest} AS h,"
+                f" ((row_number() OVER (ORDER BY {keys}) - 1) * :split)"
+                f" / count(*) OVER () AS b"
+                f" FROM {info.qualified_text}{keyset.where}) s"
+                " GROUP BY b ORDER BY b"
+            ),
+            params,
+        ).all()
+        parts = [
+            Part(list(encode((r[3],)).values()), int(r[1]), str(r[2])) for r in rows
+        ]
+        count = sum(p.count for p in parts)
+        whole = str(sum(int(p.fingerprint) for p in parts))
+        out.append(RangePrint(count, whole, parts))
+    return out
