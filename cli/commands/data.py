@@ -205,6 +205,7 @@ def preview(
 )
 @click.option("--mode", type=click.Choice(["full", "delta"]), default="full")
 @click.option("--mirror-deletes", is_flag=True, help="delete rows the sender lacks")
+@click.option("--evolve", is_flag=True, help="add columns the sender added")
 @click.option("--wait", is_flag=True, help="show progress until the transfer ends")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
@@ -216,6 +217,7 @@ def pull(
     create_missing: bool | None,
     mode: str,
     mirror_deletes: bool,
+    evolve: bool,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -233,7 +235,7 @@ def pull(
             all_tables=all_tables,
             strategy=strategy,
             create_missing=create_missing,
-            sync={"mode": mode, "mirror_deletes": mirror_deletes},
+            sync={"mode": mode, "mirror_deletes": mirror_deletes, "evolve": evolve},
         )
         transfer_id = str(transfer.id)
     if not wait:

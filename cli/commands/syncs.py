@@ -30,6 +30,7 @@ def syncs() -> None:
 @click.option("--mirror-deletes", is_flag=True, help="delete rows the sender deleted")
 @click.option("--mode", type=click.Choice(["delta", "full", "cursor"]), default="delta")
 @click.option("--cursor-column", default=None, help="for --mode cursor")
+@click.option("--evolve", is_flag=True, help="add columns the sender added")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def create(
@@ -41,6 +42,7 @@ def create(
     mirror_deletes: bool,
     mode: str,
     cursor_column: str | None,
+    evolve: bool,
     as_json: bool,
 ) -> None:
     """Create a sync of a receiver connection's tables."""
@@ -59,6 +61,7 @@ def create(
             mode=mode,
             mirror_deletes=mirror_deletes,
             cursor_column=cursor_column,
+            evolve=evolve,
         )
         data = svc.describe(session, sync)
     emit(data, as_json, lambda d: click.echo(f"sync {d['id']} created"))

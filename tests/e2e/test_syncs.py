@@ -292,3 +292,53 @@ def test_syncs_converge_with_a_concurrent_writer(
         assert checksum(receiver, "items") == checksum(sender, "items")
     finally:
         sync_json(receiver, "delete", sid)
+
+
+def test_schema_drift_is_reported_and_evolve_adds_new_columns(
+    sites: tuple[SiteProcesses, SiteProcesses],
+) -> None:
+    sender, receiver = sites
+    sender.sql(
+        "CREATE TABLE gadgets (id integer PRIMARY KEY, name text);"
+        " INSERT INTO gadgets SELECT g, 'g' || g FROM generate_series(1, 300) g"
+    )
+    pull(receiver, "gadgets", "--create-missing")
+    sender.sql("ALTER TABLE gadgets ADD COLUMN color text")
+    sender.sql("UPDATE gadgets SET color = 'red' WHERE id % 3 = 0")
+    args = ("gadgets", "--mode", "delta", "--mirror-deletes", "--strategy", "overwrite")
+
+    reported = pull(receiver, *args)
+    assert reported["drift"] == {"gadgets": {"added": ["color"]}}
+    # Without --evolve the table keeps its columns; the shared ones are equal.
+    assert reported["verification"] == {"gadgets": {"status": "verified"}}
+    assert receiver.sql(
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = 'gadgets' AND column_name = 'color'"
+    ) == [(0,)]
+
+    evolved = pull(receiver, *args, "--evolve")
+    assert evolved["drift"] == {"gadgets": {"added": ["color"]}}
+    assert evolved["verification"] == {"gadgets": {"status": "verified"}}
+    assert receiver.sql("SELECT count(*) FROM gadgets WHERE color = 'red'") == [(100,)]
+    assert checksum(receiver, "gadgets") == checksum(sender, "gadgets")
+
+    sender.sql("ALTER TABLE gadgets ALTER COLUMN name TYPE varchar(40)")
+    result = receiver.cli(
+        "pull",
+        field(receiver, "id"),
+        *args,
+        "--evolve",
+        "--wait",
+        "--json",
+        check=False,
+    )
+    failed = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert failed["status"] == "failed"
+    assert failed["error"] == (
+        "gadgets: columns dropped [] or retyped ['name'] at the sender;"
+        " only added columns evolve"
+    )
+    assert failed["drift"]["gadgets"]["retyped"] == [
+        {"column": "name", "sender": "character varying(40)", "here": "text"}
+    ]

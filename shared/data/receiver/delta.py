@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,10 +162,12 @@ def differing(
     ``first_only`` stops at the first differing leaf (verification).
     """
     whole: list[Range] = [(None, None)]
-    if _same(
-        remote.prints(whole)[0], local_prints(engine, info, whole, remote.columns)[0]
-    ):
-        return True, []
+    # The two sides fingerprint the whole table at the same time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-fp") as pool:
+        pending = pool.submit(remote.prints, whole)
+        ours = local_prints(engine, info, whole, remote.columns)[0]
+        if _same(pending.result()[0], ours):
+            return True, []
     leaves: list[Range] = []
     frontier = whole
     while frontier:

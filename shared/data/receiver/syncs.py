@@ -63,6 +63,7 @@ def create(
     mode: str,
     mirror_deletes: bool,
     cursor_column: str | None,
+    evolve: bool = False,
     actor: str = "operator",
 ) -> Sync:
     if conn.direction != "receiver":
@@ -101,7 +102,7 @@ def create(
         next_run_at=utcnow(),
         failures=0,
         runs=0,
-        meta={},
+        meta={"evolve": evolve},
     )
     session.add(sync)
     session.flush()
@@ -143,6 +144,7 @@ def describe(session: Session, sync: Sync) -> dict[str, Any]:
         "mode": sync.mode,
         "mirror_deletes": sync.mirror_deletes,
         "cursor_column": sync.cursor_column,
+        "evolve": bool((sync.meta or {}).get("evolve")),
         "state": "paused"
         if sync.paused
         else ("backing off" if sync.failures else "active"),
@@ -237,6 +239,7 @@ def _tick_one(site: Site, sync_id: uuid.UUID) -> int:
                 "mode": sync.mode,
                 "mirror_deletes": sync.mirror_deletes,
                 "cursor_column": sync.cursor_column,
+                "evolve": bool((sync.meta or {}).get("evolve")),
             },
         )
         sync.last_transfer_id = transfer.id

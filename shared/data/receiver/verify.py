@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.data.receiver import checkpoints, delta
+from shared.data.receiver import checkpoints, delta, drift
 from shared.state.models import Transfer
 
 log = logging.getLogger("dbsync.verify")
@@ -37,6 +37,7 @@ def options(job: Any) -> dict[str, Any]:
         job._sync_options = {
             "mode": meta.get("mode") or "full",
             "mirror_deletes": bool(meta.get("mirror_deletes")),
+            "evolve": bool(meta.get("evolve")),
         }
     return dict(job._sync_options)
 
@@ -75,9 +76,35 @@ def _run_delta(job: Any, name: str, mirror: bool) -> delta.Outcome:
         raise PullFailed(str(ex)) from None
 
 
+def check_drift(job: Any, name: str) -> None:
+    """Report the table's column drift on the transfer; with evolve, add the
+    sender's new columns first (PullFailed when it cannot)."""
+    from shared.data.receiver.pulls import PullFailed
+
+    info = job.target(name)
+    try:
+        found = drift.report(info, _schema(job, name))
+    except Exception as ex:  # a sender without table-schema: nothing to report
+        log.info("drift %s: not checked (%s)", name, ex)
+        return
+    if not found:
+        return
+    _note(job, "drift", name, found)
+    if options(job)["evolve"]:
+        try:
+            drift.evolve(job.site.db.data_engine, info, _schema(job, name), found)
+        except drift.Drifted as ex:
+            raise PullFailed(str(ex)) from None
+        job.catalog = job.site.catalog()
+
+
 def delta_table(job: Any, name: str) -> bool:
-    """Bring ``name`` level by its differing ranges; False: do the full pull."""
+    """Bring ``name`` level by its differing ranges; False: do the full pull.
+
+    Checks the table's column drift first (``check_drift``).
+    """
     opts = options(job)
+    check_drift(job, name)
     if opts["mode"] != "delta":
         return False
     try:
@@ -86,6 +113,9 @@ def delta_table(job: Any, name: str) -> bool:
         log.info("delta %s: %s; pulling it whole", name, ex)
         _note(job, "delta", name, {"mode": "full", "reason": str(ex)})
         return False
+    if outcome.equal_before:
+        # Compared equal and nothing written: that comparison is the verification.
+        job._sync_options.setdefault("equal", set()).add(name)
     cp = checkpoints.Checkpoint(str(job.transfer_id), name)
     cp.done = True
     cp.pages = outcome.ranges_pulled
@@ -129,6 +159,8 @@ def after_full(job: Any, name: str) -> None:
 
 def verify_table(job: Any, name: str) -> dict[str, Any]:
     """Compare ``name`` whole with the sender: verified, differs, or unavailable."""
+    if name in options(job).get("equal", ()):
+        return {"status": "verified"}
     engine = job.site.db.data_engine
     try:
         info = job.catalog.describe(name)
