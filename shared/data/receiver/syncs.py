@@ -86,8 +86,12 @@ def create(
         raise SyncError(
             ErrorKind.BAD_REQUEST, f"mode must be one of {', '.join(MODES)}"
         )
-    if mode == "cursor" and not cursor_column:
-        raise SyncError(ErrorKind.BAD_REQUEST, "--mode cursor needs --cursor-column")
+    if mode == "cursor":
+        # Needs the sender to filter rows by a column, which no call offers yet.
+        raise SyncError(
+            ErrorKind.BAD_REQUEST,
+            "--mode cursor is not available yet: use delta (the default) or full",
+        )
     sync = Sync(
         id=uuid.uuid4(),
         connection_id=conn.id,
