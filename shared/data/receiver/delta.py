@@ -235,12 +235,14 @@ def pull_range(
     outcome: Outcome,
 ) -> None:
     """Pull the sender's rows of one range page by page and apply them; with
-    ``mirror_deletes`` delete the range's local rows the sender did not send."""
+    ``mirror_deletes`` delete the local rows the sender did not send, page by
+    page: each page covers the keys from the one before it up to its own
+    last (the range's end for the last page), so only one page's keys are
+    ever held."""
     settings = sender.client.settings
     rows_cap = settings.json_page_cap
     writer = Writer(info, strategy)
     pk = info.pk_columns[0]
-    keys: list[Any] = []
     cursor = rng[0]
     while True:
         body: dict[str, Any] = {
@@ -263,19 +265,23 @@ def pull_range(
         except (PeerRefused, sources.BadAnswer) as ex:
             raise Failed(f"{name}: {ex}") from None
         outcome.requests += 1
-        for row in page.rows:
-            if pk.name in row and row[pk.name] is not None:
-                keys.append(
-                    wire.pg_param(wire.decode_value(row[pk.name], pk.kind), pk.kind)
-                )
+        last = not page.has_more
         with engine.begin() as conn:
             try:
                 result = writer.apply(conn, page)
             except ImportRefused as ex:
                 raise Failed(f"{name}: {ex}") from None
-            last = not page.has_more
-            if last and mirror_deletes:
-                outcome.deleted += _delete_missing(conn, info, rng, keys)
+            if mirror_deletes:
+                try:
+                    keys = [
+                        wire.pg_param(wire.decode_value(r[pk.name], pk.kind), pk.kind)
+                        for r in page.rows
+                        if r.get(pk.name) is not None
+                    ]
+                except wire.WireError as ex:
+                    raise Failed(f"{name}: a key the sender sent: {ex}") from None
+                span = (cursor, rng[1] if last else page.next_cursor)
+                outcome.deleted += _delete_missing(conn, info, span, keys)
         for attr in ("created", "updated", "skipped", "failed"):
             setattr(
                 outcome.result,
