@@ -94,7 +94,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             started = time.perf_counter()
             with RssSampler(trees) as rss:
-                out = receiver.cli_json("pull", rid, T, *extra, "--wait", timeout=3600)
+                done = receiver.cli(
+                    "pull",
+                    rid,
+                    T,
+                    *extra,
+                    "--wait",
+                    "--json",
+                    timeout=3600,
+                    check=False,
+                )
+                out = json.loads(done.stdout)
             wall = time.perf_counter() - started
             if out["status"] != "completed":
                 raise BenchError(f"pull {extra} ended {out['status']}: {out['error']}")

@@ -5,8 +5,10 @@ Both sides of a sync run the same statements: the sender for the
 rows whose key is after ``after`` (exclusive) and up to ``until``
 (inclusive), either bound open when None, exactly as pull-data pages.
 
-A row's hash is the first 64 bits of the MD5 of its ``ROW(...)::text`` over
-the named columns in name order, read as a signed bigint; a range's
+A row's hash is PostgreSQL's 64-bit ``hashtextextended(ROW(...)::text, 0)``
+over the named columns in name order (the hash that hash partitioning keeps
+stable across versions; about twice as fast as the first 64 bits of an MD5,
+measured on this machine class); a range's
 fingerprint is the exact (numeric) sum of its rows' hashes with its count.
 The sum does not depend on the order rows are read in, so a range is one
 index range scan, and a split range's parts add up to it. Values are
@@ -32,7 +34,7 @@ from shared.data.keyset import Keyset, column_list
 from shared.data.schema import PG_READ_SETTINGS, TableInfo, quote_text
 from shared.data.sender.pages import _pg_select_expr, _pg_tuple_encoder
 
-ALGORITHM = "md5-sum-v1"
+ALGORITHM = "hashtext64-sum-v1"
 MAX_RANGES = 1000
 MAX_SPLIT = 256
 FINGERPRINT_SETTINGS = f"{PG_READ_SETTINGS}; SET LOCAL extra_float_digits = 1"
@@ -71,7 +73,7 @@ def row_hash(info: TableInfo, columns: Sequence[str]) -> str:
     """The SQL expression of one row's 64-bit hash over ``columns``."""
     names = sorted(columns)
     row = ", ".join(quote_text(n) for n in names)
-    return f"('x' || substr(md5(ROW({row})::text), 1, 16))::bit(64)::bigint"
+    return f"hashtextextended(ROW({row})::text, 0)"
 
 
 def check_columns(info: TableInfo, columns: Sequence[str] | None) -> list[str]:

@@ -35,7 +35,7 @@ def test_ranges_and_parts_add_up_and_match_a_local_computation(
     r = post(client, "table-fingerprints", body)
     assert r.status_code == 200, r.json
     whole, middle = r.json["ranges"]
-    assert r.json["algorithm"] == "md5-sum-v1"
+    assert r.json["algorithm"] == "hashtext64-sum-v1"
     assert (whole["count"], middle["count"]) == (10, 3)
     assert [whole, middle] == _prints(site, [(None, None), ([2], [5])])
 
