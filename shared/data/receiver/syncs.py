@@ -194,10 +194,11 @@ def delete(session: Session, sync: Sync) -> None:
 
 
 def tick(site: Site) -> int:
-    """Note ended runs and start the runs that are due; how many started."""
+    """Note ended runs (of paused syncs too) and start the runs that are due;
+    how many started."""
     started = 0
     with site.db.session() as session:
-        ids = list(session.scalars(select(Sync.id).where(Sync.paused.is_(False))))
+        ids = list(session.scalars(select(Sync.id)))
     for sync_id in ids:
         try:
             started += _tick_one(site, sync_id)
@@ -212,7 +213,7 @@ def _tick_one(site: Site, sync_id: uuid.UUID) -> int:
         if session.bind is not None and session.bind.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         sync = session.scalar(query)
-        if sync is None or sync.paused:
+        if sync is None:
             return 0
         now = utcnow()
         if sync.last_transfer_id is not None:
@@ -221,7 +222,7 @@ def _tick_one(site: Site, sync_id: uuid.UUID) -> int:
                 return 0  # never two runs of one sync at once
             if sync.last_status == "running":
                 _ended(site, sync, last, now)
-        if sync.next_run_at > now:
+        if sync.paused or sync.next_run_at > now:
             return 0
         conn = session.get(Connection, sync.connection_id)
         if conn is None:
