@@ -44,7 +44,7 @@ from shared.data.sender.fingerprints import RangePrint
 
 log = logging.getLogger("dbsync.delta")
 
-SPLIT = 16
+SPLIT = 64
 LEAF_ROWS = 1000
 Range = tuple[Any, Any]  # (after, until): wire-encoded keys, None for open ends
 
@@ -78,6 +78,47 @@ class Remote:
         self.table = table
         self.columns = columns
         self.requests = 0
+        self.leaf_counts: dict[str, int] = {}  # the sender's rows in each leaf
+
+    def _ask(self, body: dict[str, Any]) -> list[Any]:
+        try:
+            resp = self.sender.post("table-fingerprints", body)
+        except PeerRefused as ex:
+            raise Failed(str(ex)) from None
+        self.requests += 1
+        if resp.status in (404, 405):
+            raise NotAvailable("the sender does not offer table-fingerprints")
+        if resp.status != 200 or resp.body.get("success") is not True:
+            raise Failed(f"table-fingerprints: {resp.error}")
+        if resp.body.get("algorithm") != fingerprints.ALGORITHM:
+            raise NotAvailable("the sender fingerprints rows another way")
+        got = resp.body.get("ranges")
+        if not isinstance(got, list) or len(got) != len(body["ranges"]):
+            raise Failed("table-fingerprints: the answer does not match the ask")
+        return got
+
+    def rows(self, ranges: Sequence[Range]) -> dict[str, str]:
+        """The sender's rows of these ranges: canonical key -> row hash."""
+        got = self._ask(
+            {
+                "table_name": self.table,
+                "ranges": [{"after": a, "until": u} for a, u in ranges],
+                "columns": self.columns,
+                "rows": True,
+            }
+        )
+        out: dict[str, str] = {}
+        if not all(isinstance(e, dict) and "rows" in e for e in got):
+            raise NotAvailable("the sender lists no rows of a range")
+        try:
+            for entry in got:
+                for key, digest in entry["rows"]:
+                    out[wire.canonical_json(key)] = str(digest)
+        except (KeyError, TypeError, ValueError):
+            raise Failed(
+                "table-fingerprints: the rows in the answer are malformed"
+            ) from None
+        return out
 
     def prints(self, ranges: Sequence[Range], split: int = 1) -> list[RangePrint]:
         out: list[RangePrint] = []
@@ -90,21 +131,7 @@ class Remote:
                 "columns": self.columns,
                 "split": split,
             }
-            try:
-                resp = self.sender.post("table-fingerprints", body)
-            except PeerRefused as ex:
-                raise Failed(str(ex)) from None
-            self.requests += 1
-            if resp.status in (404, 405):
-                raise NotAvailable("the sender does not offer table-fingerprints")
-            if resp.status != 200 or resp.body.get("success") is not True:
-                raise Failed(f"table-fingerprints: {resp.error}")
-            if resp.body.get("algorithm") != fingerprints.ALGORITHM:
-                raise NotAvailable("the sender fingerprints rows another way")
-            got = resp.body.get("ranges")
-            if not isinstance(got, list) or len(got) != len(chunk):
-                raise Failed("table-fingerprints: the answer does not match the ask")
-            out.extend(_range_print(r) for r in got)
+            out.extend(_range_print(r) for r in self._ask(body))
         return out
 
 
@@ -176,6 +203,7 @@ def differing(
         for (after, until), theirs in zip(frontier, answers):
             if theirs.count <= LEAF_ROWS or not theirs.parts:
                 leaves.append((after, until))
+                remote.leaf_counts[_range_key((after, until))] = theirs.count
                 continue
             lower = after
             for i, part in enumerate(theirs.parts):
@@ -191,11 +219,16 @@ def differing(
                 continue
             if theirs.count <= LEAF_ROWS:
                 leaves.append(rng)
+                remote.leaf_counts[_range_key(rng)] = theirs.count
             else:
                 frontier.append(rng)
         if first_only and leaves:
             break
     return False, _in_key_order(leaves, info)
+
+
+def _range_key(rng: Range) -> str:
+    return wire.canonical_json(list(rng))
 
 
 def _same(a: RangePrint, b: RangePrint) -> bool:
@@ -333,9 +366,22 @@ def sync_table(
             raise NotAvailable(f"{name} is empty here")
     equal, leaves = differing(remote, engine, info)
     outcome.compared, outcome.equal_before = True, equal
-    for rng in merge(leaves):
-        pull_range(sender, engine, info, name, strategy, rng, mirror_deletes, outcome)
-        outcome.ranges_pulled += 1
+    by_rows = True
+    for chunk in _chunks(leaves, remote.leaf_counts):
+        if by_rows:
+            try:
+                settle_rows(
+                    remote, engine, info, strategy, chunk, mirror_deletes, outcome
+                )
+                continue
+            except NotAvailable as ex:
+                log.info("delta %s: %s; pulling whole ranges", name, ex)
+                by_rows = False
+        for rng in merge(chunk):
+            pull_range(
+                sender, engine, info, name, strategy, rng, mirror_deletes, outcome
+            )
+            outcome.ranges_pulled += 1
     outcome.requests += remote.requests
     log.info(
         "delta %s: %s, %d range(s), %d row(s) pulled, %d deleted",
@@ -346,3 +392,133 @@ def sync_table(
         outcome.deleted,
     )
     return outcome
+
+
+def _chunks(leaves: list[Range], counts: dict[str, int]) -> list[list[Range]]:
+    """Leaves in key order, grouped so each group holds at most
+    fingerprints.MAX_ROWS of the sender's rows (one ``rows`` answer)."""
+    groups: list[list[Range]] = []
+    # Half the most a ``rows`` answer may list: rows the sender gains after
+    # the descent counted them must still fit.
+    most = fingerprints.MAX_ROWS // 2
+    total = 0
+    for rng in leaves:
+        count = counts.get(_range_key(rng), LEAF_ROWS)
+        if not groups or total + count > most:
+            groups.append([])
+            total = 0
+        groups[-1].append(rng)
+        total += count
+    return groups
+
+
+def _local_rows(
+    engine: Engine, info: TableInfo, ranges: Sequence[Range], columns: list[str]
+) -> dict[str, tuple[Any, str]]:
+    """This site's rows of these ranges: canonical key -> (key, row hash)."""
+    pk = info.pk_columns
+    decoded = [
+        (
+            None if a is None else decode_cursor(a, pk),
+            None if u is None else decode_cursor(u, pk),
+        )
+        for a, u in ranges
+    ]
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            listed = fingerprints.range_rows(
+                conn, info, decoded, columns=columns, limit=10**12
+            )
+    return {
+        wire.canonical_json(key): (key, str(digest))
+        for rows in listed
+        for key, digest in rows
+    }
+
+
+def settle_rows(
+    remote: Remote,
+    engine: Engine,
+    info: TableInfo,
+    strategy: str,
+    ranges: list[Range],
+    mirror_deletes: bool,
+    outcome: Outcome,
+) -> None:
+    """Compare these ranges row by row; fetch the sender's rows that differ or
+    are missing here (``pull-keys``) and apply them; with ``mirror_deletes``
+    delete the rows here that the sender does not have."""
+    theirs = remote.rows(ranges)
+    ours = _local_rows(engine, info, ranges, remote.columns)
+    wanted = [
+        wire.parse_json(k)
+        for k, digest in theirs.items()
+        if ours.get(k, (0, ""))[1] != digest
+    ]
+    extra = (
+        [key for k, (key, _) in ours.items() if k not in theirs]
+        if mirror_deletes
+        else []
+    )
+    settings = remote.sender.client.settings
+    step = settings.json_page_cap
+    writer = Writer(info, strategy)
+    pk = info.pk_columns[0]
+    for start in range(0, max(len(wanted), 1), step):
+        batch = wanted[start : start + step]
+        page = _fetch_keys(remote, batch, strategy) if batch else None
+        with engine.begin() as conn:
+            if page is not None:
+                try:
+                    result = writer.apply(conn, page)
+                except ImportRefused as ex:
+                    raise Failed(f"{remote.table}: {ex}") from None
+                _add(outcome, result)
+                outcome.rows_pulled += page.count
+            if start == 0 and extra:
+                keys = [
+                    wire.pg_param(wire.decode_value(k, pk.kind), pk.kind) for k in extra
+                ]
+                deleted = conn.execute(
+                    text(
+                        f"DELETE FROM {info.qualified_text} WHERE {quote_text(pk.name)}"
+                        f" = ANY(CAST(:keys AS {pk.type}[]))"
+                    ),
+                    {"keys": keys},
+                )
+                outcome.deleted += int(deleted.rowcount or 0)
+    outcome.ranges_pulled += len(ranges)
+
+
+def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Any:
+    settings = remote.sender.client.settings
+    body = {
+        "table_name": remote.table,
+        "keys": [[k] for k in keys],
+        "conflict_strategy": strategy,
+    }
+    try:
+        with remote.sender.open(
+            "pull-keys", body, len(keys) * settings.pull_json_row_bytes
+        ) as resp:
+            content = resp.read()
+            status, size = resp.status, resp.bytes_read
+    except PeerRefused as ex:
+        raise Failed(f"{remote.table}: {ex}") from None
+    remote.requests += 1
+    if status in (404, 405):
+        raise NotAvailable("the sender does not offer pull-keys")
+    try:
+        return sources.json_page(PeerResponse.parse(status, content), size)
+    except sources.BadAnswer as ex:
+        raise Failed(f"{remote.table}: pull-keys: {ex}") from None
+
+
+def _add(outcome: Outcome, result: PageResult) -> None:
+    r = outcome.result
+    r.created += result.created
+    r.updated += result.updated
+    r.skipped += result.skipped
+    r.failed += result.failed
+    r.errors.extend(result.errors[: max(0, 20 - len(r.errors))])

@@ -35,6 +35,7 @@ from shared.data.schema import PG_READ_SETTINGS, TableInfo, quote_text
 from shared.data.sender.pages import _pg_select_expr, _pg_tuple_encoder
 
 ALGORITHM = "hashtext64-sum-v1"
+MAX_ROWS = 16_000  # rows one ``rows`` answer may list
 MAX_RANGES = 1000
 MAX_SPLIT = 256
 FINGERPRINT_SETTINGS = f"{PG_READ_SETTINGS}; SET LOCAL extra_float_digits = 1"
@@ -140,4 +141,38 @@ def fingerprint_ranges(
         count = sum(p.count for p in parts)
         whole = str(sum(int(p.fingerprint) for p in parts))
         out.append(RangePrint(count, whole, parts))
+    return out
+
+
+def range_rows(
+    conn: Connection,
+    info: TableInfo,
+    ranges: Sequence[tuple[list[Any] | None, list[Any] | None]],
+    *,
+    columns: Sequence[str] | None = None,
+    limit: int = MAX_ROWS,
+) -> list[list[list[Any]]]:
+    """Each range's rows as ``[KEY, hash]`` (hash as text) in key order.
+
+    Unsupported when the ranges hold more than ``limit`` rows in all.
+    """
+    if len(info.primary_key) != 1:
+        raise Unsupported(f"table {info.name} has no single-column primary key")
+    names = check_columns(info, columns)
+    conn.exec_driver_sql(FINGERPRINT_SETTINGS)
+    pk = info.pk_columns
+    encode = _pg_tuple_encoder(TableInfo(info.name, pk, info.primary_key))
+    digest = row_hash(info, names)
+    out: list[list[list[Any]]] = []
+    left = limit
+    for after, until in ranges:
+        keyset = Keyset.after_key(info, after, pg=True, until=until)
+        rows = conn.execute(
+            text(keyset.select(f"{_pg_select_expr(pk[0])}, {digest}", limit=left + 1)),
+            keyset.params,
+        ).all()
+        if len(rows) > left:
+            raise Unsupported(f"the ranges hold more than {limit} rows")
+        left -= len(rows)
+        out.append([[encode((r[0],))[pk[0].name], str(r[1])] for r in rows])
     return out

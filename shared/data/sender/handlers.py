@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
@@ -21,8 +21,8 @@ from shared.control import access
 from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.data import copy_format, wire
 from shared.data.keyset import BadCursor, decode_cursor
-from shared.data.schema import NoPrimaryKey
-from shared.data.sender import copy_out, delivery, fingerprints, streams
+from shared.data.schema import NoPrimaryKey, quote_text
+from shared.data.sender import copy_out, delivery, fingerprints, pages, streams
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter
 from shared.db import utcnow
@@ -388,6 +388,7 @@ FINGERPRINT_FIELDS = [
     Field("ranges", list, required=True),
     Field("split", int, minimum=1, maximum=fingerprints.MAX_SPLIT),
     Field("columns", list),
+    Field("rows", bool),
 ]
 
 
@@ -430,6 +431,14 @@ def table_fingerprints(
         with site.db.data_engine.connect() as db:
             db = db.execution_options(isolation_level="REPEATABLE READ")
             with db.begin():
+                if data["rows"]:
+                    listed = fingerprints.range_rows(db, info, decoded, columns=columns)
+                    return {
+                        "success": True,
+                        "table": name,
+                        "algorithm": fingerprints.ALGORITHM,
+                        "ranges": [{"rows": rows} for rows in listed],
+                    }
                 answer = fingerprints.fingerprint_ranges(
                     db, info, decoded, columns=columns, split=split
                 )
@@ -447,4 +456,62 @@ def table_fingerprints(
         "table": name,
         "algorithm": fingerprints.ALGORITHM,
         "ranges": [r.as_wire() for r in answer],
+    }
+
+
+KEYS_FIELDS = [
+    TABLE,
+    Field("keys", list, required=True),
+    Field("conflict_strategy", str, max_length=32),
+]
+
+
+def pull_keys(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any]:
+    """The ``pull-keys`` extension: the rows of the keys named (a delta run's
+    changed rows, which are rarely next to each other), as a JSON pull-data
+    page in key order; keys the table lacks are left out.
+
+    Same controls as a pull-data call that continues no pull; its rows count
+    against the connection's records, not as a download.
+    """
+    conn, data = _authorise(session, site, body, KEYS_FIELDS, ip)
+    name = data["table_name"]
+    catalog = _table(site, conn, name)
+    keys = data["keys"]
+    cap = min(conn.max_records_per_request, site.settings.json_page_cap)
+    if not 1 <= len(keys) <= cap:
+        raise bad_request(f"Field keys must hold 1 to {cap} keys", field="keys")
+    if not catalog.pg:
+        raise SyncError(ErrorKind.NOT_FOUND, "pull-keys is not offered here")
+    info = catalog.describe(name)
+    if len(info.primary_key) != 1:
+        raise bad_request(f"table {name} has no single-column primary key")
+    col = info.pk_columns[0]
+    try:
+        values = [decode_cursor(k, info.pk_columns)[0] for k in keys]
+    except BadCursor as ex:
+        raise bad_request(f"Invalid key: {ex}", field="keys") from None
+    params: dict[str, Any] = {"keys": [wire.pg_param(v, col.kind) for v in values]}
+    sql = (
+        f"SELECT {pages.select_list(catalog, info)} FROM {info.qualified_text}"
+        f" WHERE {quote_text(col.name)} = ANY(CAST(:keys AS {col.type}[]))"
+        f" ORDER BY {quote_text(col.name)}"
+    )
+    try:
+        with pages.reader(catalog) as db:
+            rows = pages.encode_all(catalog, info, db.execute(text(sql), params))
+    except DataError:
+        raise bad_request(
+            "Invalid key: a key value is out of range for its column", field="keys"
+        ) from None
+    access.count_page(session, conn, len(rows), False, 0)
+    return {
+        "success": True,
+        "table": name,
+        "data": rows,
+        "count": len(rows),
+        "has_more": False,
+        "next_cursor": None,
     }
