@@ -119,3 +119,49 @@ def test_bad_input_is_a_clear_400_and_controls_apply(
         401,
         "Invalid connection",
     )
+
+
+def test_rows_list_each_key_with_its_hash_and_pull_keys_fetches_them(
+    site: Site, client: testing.TestClient, tables: Callable[..., None]
+) -> None:
+    tables("dt_items")
+    enable(site)
+    token_hash = offering_sender(site)
+    base = {"auth_token_hash": token_hash, "table_name": "dt_items"}
+    listed = post(
+        client,
+        "table-fingerprints",
+        {**base, "ranges": [{"after": [7]}, {"until": [2]}], "rows": True},
+    )
+    assert listed.status_code == 200, listed.json
+    tail, head = (r["rows"] for r in listed.json["ranges"])
+    assert [k for k, _ in tail] == [8, 9, 10] and [k for k, _ in head] == [1, 2]
+    whole = _prints(site, [([7], None)])[0]
+    assert sum(int(h) for _, h in tail) == int(whole["fingerprint"])
+
+    got = post(client, "pull-keys", {**base, "keys": [[9], [2], [99]]})
+    assert got.status_code == 200, got.json
+    assert got.json == {
+        "success": True,
+        "table": "dt_items",
+        "data": items(2, 2) + items(9, 9),
+        "count": 2,
+        "has_more": False,
+        "next_cursor": None,
+    }
+    conn = sender_row(site, token_hash)
+    assert (conn.downloads_used, conn.records_downloaded) == (0, 2)
+
+    bad = post(client, "pull-keys", {**base, "keys": []})
+    assert (bad.status_code, bad.json["error"]) == (
+        400,
+        "Field keys must hold 1 to 10000 keys",
+    )
+    bad = post(client, "pull-keys", {**base, "keys": [["x"]]})
+    assert bad.status_code == 400 and bad.json["error"].startswith("Invalid key:")
+    many = post(
+        client,
+        "table-fingerprints",
+        {**base, "ranges": [{}], "rows": True, "columns": ["label"]},
+    )
+    assert len(many.json["ranges"][0]["rows"]) == 10
