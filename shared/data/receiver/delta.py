@@ -200,6 +200,7 @@ def differing(
     while frontier:
         answers = remote.prints(frontier, split=SPLIT)
         children: list[tuple[Range, RangePrint]] = []
+        mine: list[RangePrint] = []
         for (after, until), theirs in zip(frontier, answers):
             if theirs.count <= LEAF_ROWS or not theirs.parts:
                 leaves.append((after, until))
@@ -212,7 +213,9 @@ def differing(
                     ((lower, upper), RangePrint(part.count, part.fingerprint))
                 )
                 lower = part.until
-        mine = local_prints(engine, info, [c[0] for c in children], remote.columns)
+            mine.extend(
+                _local_parts(engine, info, (after, until), theirs, remote.columns)
+            )
         frontier = []
         for (rng, theirs), ours in zip(children, mine):
             if _same(theirs, ours):
@@ -225,6 +228,20 @@ def differing(
         if first_only and leaves:
             break
     return False, _in_key_order(leaves, info)
+
+
+def _local_parts(
+    engine: Engine, info: TableInfo, rng: Range, theirs: RangePrint, columns: list[str]
+) -> list[RangePrint]:
+    """This site's fingerprints of a range cut where the sender cut it, in one
+    scan (shared.data.sender.fingerprints.bucket_prints)."""
+    pk = info.pk_columns
+    after, until = (None if b is None else decode_cursor(b, pk) for b in rng)
+    bounds = [decode_cursor(p.until, pk)[0] for p in theirs.parts[:-1]]
+    with engine.connect() as conn:
+        return fingerprints.bucket_prints(
+            conn, info, after, until, bounds, columns=columns
+        )
 
 
 def _range_key(rng: Range) -> str:
@@ -449,8 +466,9 @@ def settle_rows(
     """Compare these ranges row by row; fetch the sender's rows that differ or
     are missing here (``pull-keys``) and apply them; with ``mirror_deletes``
     delete the rows here that the sender does not have."""
-    theirs = remote.rows(ranges)
-    ours = _local_rows(engine, info, ranges, remote.columns)
+    spans = merge(ranges)  # rows are listed one by one: adjacent ranges as one
+    theirs = remote.rows(spans)
+    ours = _local_rows(engine, info, spans, remote.columns)
     wanted = [
         wire.parse_json(k)
         for k, digest in theirs.items()

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from shared.data import wire
 from shared.data.keyset import Keyset, column_list
 from shared.data.schema import PG_READ_SETTINGS, TableInfo, quote_text
 from shared.data.sender.pages import _pg_select_expr, _pg_tuple_encoder
@@ -175,4 +176,46 @@ def range_rows(
             raise Unsupported(f"the ranges hold more than {limit} rows")
         left -= len(rows)
         out.append([[encode((r[0],))[pk[0].name], str(r[1])] for r in rows])
+    return out
+
+
+def bucket_prints(
+    conn: Connection,
+    info: TableInfo,
+    after: list[Any] | None,
+    until: list[Any] | None,
+    bounds: Sequence[Any],
+    *,
+    columns: Sequence[str] | None = None,
+) -> list[RangePrint]:
+    """Fingerprints of the parts of one range cut at ``bounds`` (decoded key
+    values, ascending; each the inclusive end of a part), in one scan.
+
+    Part i holds the keys after bound i-1 up to bound i; the last part runs
+    to the range's end: ``len(bounds) + 1`` parts. A key's part is the number
+    of bounds below it (``width_bucket`` counts those not above it).
+    """
+    names = check_columns(info, columns)
+    conn.exec_driver_sql(FINGERPRINT_SETTINGS)
+    col = info.pk_columns[0]
+    key = quote_text(col.name)
+    keyset = Keyset.after_key(info, after, pg=True, until=until)
+    params = {
+        **keyset.params,
+        "bounds": [wire.pg_param(v, col.kind) for v in bounds],
+    }
+    arr = f"CAST(:bounds AS {col.type}[])"
+    rows = conn.execute(
+        text(
+            "SELECT CASE WHEN w > 0 AND (" + arr + ")[w] = k THEN w - 1 ELSE w END"
+            " AS i, count(*), coalesce(sum(h), 0)::text"
+            f" FROM (SELECT {key} AS k, {row_hash(info, names)} AS h,"
+            f" width_bucket({key}, {arr}) AS w"
+            f" FROM {info.qualified_text}{keyset.where}) s GROUP BY 1"
+        ),
+        params,
+    ).all()
+    out = [RangePrint(0, "0") for _ in range(len(bounds) + 1)]
+    for r in rows:
+        out[int(r[0])] = RangePrint(int(r[1]), str(r[2]))
     return out

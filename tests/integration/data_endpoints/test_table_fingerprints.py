@@ -165,3 +165,21 @@ def test_rows_list_each_key_with_its_hash_and_pull_keys_fetches_them(
         {**base, "ranges": [{}], "rows": True, "columns": ["label"]},
     )
     assert len(many.json["ranges"][0]["rows"]) == 10
+
+
+def test_bucket_prints_cut_a_range_as_separate_ranges_would(
+    site: Site, tables: Callable[..., None]
+) -> None:
+    tables("dt_rows")
+    info = site.catalog().describe("dt_rows")
+    with site.db.data_engine.connect() as conn:
+        parts = fingerprints.bucket_prints(conn, info, [10], [140], [20, 21, 99])
+        each = fingerprints.fingerprint_ranges(
+            conn,
+            info,
+            [([10], [20]), ([20], [21]), ([21], [99]), ([99], [140])],
+        )
+    assert [(p.count, p.fingerprint) for p in parts] == [
+        (e.count, e.fingerprint) for e in each
+    ]
+    assert [p.count for p in parts] == [10, 1, 78, 41]
