@@ -383,22 +383,25 @@ def sync_table(
             raise NotAvailable(f"{name} is empty here")
     equal, leaves = differing(remote, engine, info)
     outcome.compared, outcome.equal_before = True, equal
-    by_rows = True
+    settler: RowSettler | None = RowSettler(
+        remote, engine, info, strategy, mirror_deletes, outcome
+    )
     for chunk in _chunks(leaves, remote.leaf_counts):
-        if by_rows:
+        if settler is not None:
             try:
-                settle_rows(
-                    remote, engine, info, strategy, chunk, mirror_deletes, outcome
-                )
+                settler.add(chunk)
                 continue
             except NotAvailable as ex:
                 log.info("delta %s: %s; pulling whole ranges", name, ex)
-                by_rows = False
+                settler.flush()
+                settler = None
         for rng in merge(chunk):
             pull_range(
                 sender, engine, info, name, strategy, rng, mirror_deletes, outcome
             )
             outcome.ranges_pulled += 1
+    if settler is not None:
+        settler.flush()
     outcome.requests += remote.requests
     log.info(
         "delta %s: %s, %d range(s), %d row(s) pulled, %d deleted",
@@ -454,59 +457,80 @@ def _local_rows(
     }
 
 
-def settle_rows(
-    remote: Remote,
-    engine: Engine,
-    info: TableInfo,
-    strategy: str,
-    ranges: list[Range],
-    mirror_deletes: bool,
-    outcome: Outcome,
-) -> None:
-    """Compare these ranges row by row; fetch the sender's rows that differ or
-    are missing here (``pull-keys``) and apply them; with ``mirror_deletes``
-    delete the rows here that the sender does not have."""
-    spans = merge(ranges)  # rows are listed one by one: adjacent ranges as one
-    theirs = remote.rows(spans)
-    ours = _local_rows(engine, info, spans, remote.columns)
-    wanted = [
-        wire.parse_json(k)
-        for k, digest in theirs.items()
-        if ours.get(k, (0, ""))[1] != digest
-    ]
-    extra = (
-        [key for k, (key, _) in ours.items() if k not in theirs]
-        if mirror_deletes
-        else []
-    )
-    settings = remote.sender.client.settings
-    step = settings.json_page_cap
-    writer = Writer(info, strategy)
-    pk = info.pk_columns[0]
-    for start in range(0, max(len(wanted), 1), step):
-        batch = wanted[start : start + step]
-        page = _fetch_keys(remote, batch, strategy) if batch else None
-        with engine.begin() as conn:
+class RowSettler:
+    """Compare ranges row by row and bring the rows that differ, in batches.
+
+    ``add`` lists a group of ranges on both sides and notes the keys to
+    fetch (differing, or missing here) and, with mirror-deletes, the keys to
+    delete; once a page's worth is noted (SYNC_JSON_PAGE_CAP) ``flush``
+    fetches them (``pull-keys``), applies them with the strategy and deletes,
+    in one transaction. Call ``flush`` once more at the end.
+    """
+
+    def __init__(
+        self,
+        remote: Remote,
+        engine: Engine,
+        info: TableInfo,
+        strategy: str,
+        mirror_deletes: bool,
+        outcome: Outcome,
+    ) -> None:
+        self.remote = remote
+        self.engine = engine
+        self.info = info
+        self.mirror_deletes = mirror_deletes
+        self.outcome = outcome
+        self.writer = Writer(info, strategy)
+        self.strategy = strategy
+        self.step = remote.sender.client.settings.json_page_cap
+        self.wanted: list[Any] = []
+        self.extra: list[Any] = []
+
+    def add(self, ranges: list[Range]) -> None:
+        spans = merge(ranges)  # rows are listed one by one: adjacent ranges as one
+        theirs = self.remote.rows(spans)
+        ours = _local_rows(self.engine, self.info, spans, self.remote.columns)
+        self.wanted.extend(
+            wire.parse_json(k)
+            for k, digest in theirs.items()
+            if ours.get(k, (0, ""))[1] != digest
+        )
+        if self.mirror_deletes:
+            self.extra.extend(key for k, (key, _) in ours.items() if k not in theirs)
+        self.outcome.ranges_pulled += len(ranges)
+        while len(self.wanted) >= self.step or len(self.extra) >= self.step:
+            self.flush(self.step)
+
+    def flush(self, most: int | None = None) -> None:
+        """Fetch, apply and delete up to ``most`` keys of each kind (all: None)."""
+        most = most or max(len(self.wanted), len(self.extra), 1)
+        batch, self.wanted = self.wanted[:most], self.wanted[most:]
+        gone, self.extra = self.extra[:most], self.extra[most:]
+        page = _fetch_keys(self.remote, batch, self.strategy) if batch else None
+        pk = self.info.pk_columns[0]
+        with self.engine.begin() as conn:
             if page is not None:
                 try:
-                    result = writer.apply(conn, page)
+                    result = self.writer.apply(conn, page)
                 except ImportRefused as ex:
-                    raise Failed(f"{remote.table}: {ex}") from None
-                _add(outcome, result)
-                outcome.rows_pulled += page.count
-            if start == 0 and extra:
+                    raise Failed(f"{self.remote.table}: {ex}") from None
+                _add(self.outcome, result)
+                self.outcome.rows_pulled += page.count
+            if gone:
                 keys = [
-                    wire.pg_param(wire.decode_value(k, pk.kind), pk.kind) for k in extra
+                    wire.pg_param(wire.decode_value(k, pk.kind), pk.kind) for k in gone
                 ]
                 deleted = conn.execute(
                     text(
-                        f"DELETE FROM {info.qualified_text} WHERE {quote_text(pk.name)}"
-                        f" = ANY(CAST(:keys AS {pk.type}[]))"
+                        f"DELETE FROM {self.info.qualified_text}"
+                        f" WHERE {quote_text(pk.name)} = ANY(CAST(:keys AS {pk.type}[]))"
                     ),
                     {"keys": keys},
                 )
-                outcome.deleted += int(deleted.rowcount or 0)
-    outcome.ranges_pulled += len(ranges)
+                self.outcome.deleted += int(deleted.rowcount or 0)
+        if self.wanted or self.extra:
+            self.flush(most)
 
 
 def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Any:

@@ -36,7 +36,7 @@ from shared.data.schema import PG_READ_SETTINGS, TableInfo, quote_text
 from shared.data.sender.pages import _pg_select_expr, _pg_tuple_encoder
 
 ALGORITHM = "hashtext64-sum-v1"
-MAX_ROWS = 16_000  # rows one ``rows`` answer may list
+MAX_ROWS = 64_000  # rows one ``rows`` answer may list (about 2.5 MB)
 MAX_RANGES = 1000
 MAX_SPLIT = 256
 FINGERPRINT_SETTINGS = f"{PG_READ_SETTINGS}; SET LOCAL extra_float_digits = 1"
