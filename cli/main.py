@@ -16,6 +16,7 @@ from cli.commands import (
     run,
     settings,
     status,
+    syncs,
     transfers,
 )
 
@@ -39,6 +40,7 @@ for command in (
     data.preview,
     data.pull,
     transfers.transfers,
+    syncs.syncs,
     audit.audit,
     admin.admin,
 ):

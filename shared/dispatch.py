@@ -18,6 +18,7 @@ VERIFY_ALL = "dbsync.verify_all"
 VERIFY_CONNECTION = "dbsync.verify_connection"
 EXPIRE_CONNECTIONS = "dbsync.expire_connections"
 RUN_PULL = "dbsync.run_pull"
+RUN_SYNCS = "dbsync.run_syncs"
 
 # Longer than the longest retry countdown, or Redis redelivers in a loop.
 REDIS_VISIBILITY_TIMEOUT_SECONDS = 7200

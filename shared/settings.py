@@ -157,6 +157,7 @@ class Settings:
     verify_interval_seconds: int = 900
     expire_interval_seconds: int = 60
     outbox_sweep_seconds: int = 30
+    syncs_tick_seconds: int = 5  # beat: start the scheduled syncs that are due
     retry_base_seconds: int = 5
     retry_max_seconds: int = 900
     retry_horizon_seconds: int = 86_400

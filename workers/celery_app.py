@@ -70,7 +70,9 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     site's home.
     """
     jobs = health.beat_jobs(settings)
-    wake = max(1, min(BEAT_MAX_WAKE_SECONDS, *jobs.values()))
+    wake = max(
+        1, min(BEAT_MAX_WAKE_SECONDS, settings.syncs_tick_seconds, *jobs.values())
+    )
     config: dict[str, Any] = {
         "beat_schedule": {
             "verify-connections": _every(
@@ -82,6 +84,7 @@ def beat_config(settings: Settings) -> dict[str, Any]:
             "sweep-notices": _every(
                 dispatch.SWEEP_NOTICES, jobs[dispatch.SWEEP_NOTICES]
             ),
+            "run-syncs": _every(dispatch.RUN_SYNCS, settings.syncs_tick_seconds),
         },
         "beat_max_loop_interval": wake,
     }

@@ -76,4 +76,6 @@ def routes(site: Site) -> dict[str, object]:
         "table-schema": DataCall(site, data_api.table_schema),
         "table-records": DataCall(site, data_api.table_records),
         "pull-data": PullData(site, data_api.pull_data),
+        "table-fingerprints": DataCall(site, data_api.table_fingerprints),
+        "pull-keys": DataCall(site, data_api.pull_keys),
     }

@@ -205,6 +205,9 @@ def preview(
     default=None,
     help="create tables missing here from the sender's schema",
 )
+@click.option("--mode", type=click.Choice(["full", "delta"]), default="full")
+@click.option("--mirror-deletes", is_flag=True, help="delete rows the sender lacks")
+@click.option("--evolve", is_flag=True, help="add columns the sender added")
 @click.option("--wait", is_flag=True, help="show progress until the transfer ends")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
@@ -214,6 +217,9 @@ def pull(
     all_tables: bool,
     strategy: str | None,
     create_missing: bool | None,
+    mode: str,
+    mirror_deletes: bool,
+    evolve: bool,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -231,6 +237,7 @@ def pull(
             all_tables=all_tables,
             strategy=strategy,
             create_missing=create_missing,
+            sync={"mode": mode, "mirror_deletes": mirror_deletes, "evolve": evolve},
         )
         transfer_id = str(transfer.id)
     if not wait:

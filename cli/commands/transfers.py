@@ -40,6 +40,8 @@ def summary(data: dict[str, Any]) -> None:
     console.print(table)
     if data.get("error"):
         say(f"error: {data['error']}")
+    for name, check in (data.get("verification") or {}).items():
+        say(f"{name}: {check.get('status')} {check.get('first_range') or ''}")
     for t in data["tables"]:
         for err in t["errors"][:5]:
             say(f"{t['table']}: {err}")

@@ -32,7 +32,9 @@ USER_AGENT = "dbsync/0.1 (PhoenixKit-Sync compatible)"
 # endpoints' answers get SYNC_PEER_ANSWER_MAX_BYTES, pull-data pages their own.
 CONTROL_ANSWER_MAX_BYTES = 64 * 1024
 ERROR_ANSWER_MAX_BYTES = 64 * 1024  # a 429 or 5xx answer, read for its text
-DATA_ENDPOINTS = frozenset({"list-tables", "table-schema", "table-records"})
+DATA_ENDPOINTS = frozenset(
+    {"list-tables", "table-schema", "table-records", "table-fingerprints"}
+)
 
 
 class PeerUnavailable(Exception):

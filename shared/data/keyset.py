@@ -87,25 +87,41 @@ class Keyset:
     after: list[Any] | None
     where: str
     params: dict[str, Any]
+    until: list[Any] | None = None
 
     @classmethod
-    def after_cursor(cls, info: TableInfo, cursor: Any, *, pg: bool) -> Keyset:
-        """The keyset after a cursor a caller sent (None: from the first row)."""
-        if cursor is None:
-            return cls.after_key(info, None, pg=pg)
-        return cls.after_key(info, decode_cursor(cursor, info.pk_columns), pg=pg)
+    def after_cursor(
+        cls, info: TableInfo, cursor: Any, *, pg: bool, until: Any = None
+    ) -> Keyset:
+        """The keyset after a cursor a caller sent (None: from the first row), up
+        to and including the key ``until`` (a cursor too; None: to the last row)."""
+        pk = info.pk_columns
+        after = None if cursor is None else decode_cursor(cursor, pk)
+        upto = None if until is None else decode_cursor(until, pk)
+        return cls.after_key(info, after, pg=pg, until=upto)
 
     @classmethod
     def after_key(
-        cls, info: TableInfo, values: list[Any] | None, *, pg: bool
+        cls,
+        info: TableInfo,
+        values: list[Any] | None,
+        *,
+        pg: bool,
+        until: list[Any] | None = None,
     ) -> Keyset:
-        """The keyset after decoded key values (None: from the first row)."""
-        if values is None:
-            return cls(info, None, "", {})
+        """The keyset after decoded key values (None: from the first row), up to
+        and including ``until`` (None: to the last row)."""
         pk = info.pk_columns
         params: dict[str, Any] = {}
-        holders = binds(pk, "k", params, values, pg=pg)
-        return cls(info, values, f" WHERE ({column_list(pk)}) > ({holders})", params)
+        terms = []
+        if values is not None:
+            holders = binds(pk, "k", params, values, pg=pg)
+            terms.append(f"({column_list(pk)}) > ({holders})")
+        if until is not None:
+            holders = binds(pk, "u", params, until, pg=pg)
+            terms.append(f"({column_list(pk)}) <= ({holders})")
+        where = f" WHERE {' AND '.join(terms)}" if terms else ""
+        return cls(info, values, where, params, until)
 
     def select(self, columns: str, *, limit: int, offset: int | None = None) -> str:
         """``SELECT columns`` of the keyset in key order: ``limit`` rows, after

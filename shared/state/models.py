@@ -312,4 +312,37 @@ class BeatHeartbeat(Base):
     runs: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class Sync(Base):
+    """A scheduled pull of a receiver connection's tables, run by beat.
+
+    Each run is a receive transfer (``last_transfer_id``); a new run starts
+    only when the last one has ended, so one sync never runs twice at once.
+    """
+
+    __tablename__ = "dbsync_syncs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("dbsync_connections.id", ondelete="CASCADE"), index=True
+    )
+    tables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    all_tables: Mapped[bool] = mapped_column(Boolean, default=False)
+    every_seconds: Mapped[int] = mapped_column(Integer)
+    strategy: Mapped[str] = mapped_column(String(20), default="overwrite")
+    mode: Mapped[str] = mapped_column(String(10), default="delta")
+    mirror_deletes: Mapped[bool] = mapped_column(Boolean, default=False)
+    cursor_column: Mapped[str | None] = mapped_column(String(255))
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_run_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    last_transfer_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    last_run_at: Mapped[dt.datetime | None]
+    last_status: Mapped[str | None] = mapped_column(String(20))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(default=0)
+    runs: Mapped[int] = mapped_column(default=0)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 OWN_TABLES = frozenset(Base.metadata.tables)

@@ -63,6 +63,7 @@ def test_every_task_name_is_registered(celery_app: ModuleType) -> None:
         dispatch.VERIFY_CONNECTION,
         dispatch.EXPIRE_CONNECTIONS,
         dispatch.RUN_PULL,
+        dispatch.RUN_SYNCS,
     }
     assert names <= set(celery_app.app.tasks)
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}

@@ -39,7 +39,7 @@ from shared.context import Site
 from shared.control import audit
 from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
 from shared.data import copy_format, ddl, wire
-from shared.data.receiver import bulk_in, checkpoints, sources
+from shared.data.receiver import bulk_in, checkpoints, sources, verify
 from shared.data.receiver import copy_in as copyin
 from shared.data.receiver.pages import ImportRefused, Page, PageResult, check_append
 from shared.data.receiver.sources import CopySource, JsonSource, Sender
@@ -165,8 +165,13 @@ def start(
     strategy: str | None = None,
     create_missing: bool | None = None,
     actor: str = "operator",
+    sync: dict[str, Any] | None = None,
 ) -> Transfer:
-    """Create a receive transfer and hand it to a pull worker after commit."""
+    """Create a receive transfer and hand it to a pull worker after commit.
+
+    ``sync`` holds the run's options (shared.data.receiver.verify): mode,
+    mirror_deletes, and the scheduled sync it belongs to, if any.
+    """
     if conn.direction != "receiver":
         raise SyncError(ErrorKind.BAD_REQUEST, "Only a receiver connection can pull")
     if conn.status != "active":
@@ -196,7 +201,7 @@ def start(
         create_missing=conn.create_missing_tables
         if create_missing is None
         else create_missing,
-        meta={"requested_tables": names, "all_tables": all_tables},
+        meta={"requested_tables": names, "all_tables": all_tables, **(sync or {})},
     )
     session.add(transfer)
     session.flush()
@@ -612,8 +617,10 @@ class _Job:
         self.checksums: dict[str, str | None] = meta.get("checksums") or {}
         self.expected = {tt.table_name: tt.rows_expected for tt in tables}
         for tt in tables:
-            if tt.status != "completed":
+            if tt.status != "completed" and not verify.delta_table(self, tt.table_name):
                 self.pull_table(tt.table_name)
+                verify.after_full(self, tt.table_name)
+        verify.verify_all(self, [tt.table_name for tt in tables])
 
     def target(self, name: str) -> TableInfo:
         if name in PROTECTED_TABLES:

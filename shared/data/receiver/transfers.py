@@ -57,6 +57,11 @@ def describe(transfer: Transfer, with_tables: bool = True) -> dict[str, Any]:
         "created_at": iso(transfer.created_at),
         "started_at": iso(transfer.started_at),
         "completed_at": iso(transfer.completed_at),
+        "mode": (transfer.meta or {}).get("mode"),
+        "sync_id": (transfer.meta or {}).get("sync_id"),
+        "verification": (transfer.meta or {}).get("verification"),
+        "delta": (transfer.meta or {}).get("delta"),
+        "drift": (transfer.meta or {}).get("drift"),
     }
     if with_tables:
         session = Session.object_session(transfer)

@@ -60,6 +60,7 @@ def open_page(
     limit: int,
     wire_format: str,
     max_bytes: int | None = None,
+    until: list[Any] | None = None,
 ) -> CopyPage | None:
     """Fix the page after ``after`` and prepare its COPY stream.
 
@@ -77,7 +78,7 @@ def open_page(
         conn.exec_driver_sql(_SENDER_SETTINGS)
         if max_bytes is not None:
             limit = _rows_within(conn, tables, info, after, limit, max_bytes)
-        extent = page_extent(tables, conn, table, after=after, limit=limit)
+        extent = page_extent(tables, conn, table, after=after, limit=limit, until=until)
         sql = _copy_out_sql(conn, info, extent, COPY_FORMATS[wire_format])
         page = CopyPage(conn, info, wire_format, extent, sql)
     except BaseException:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
@@ -21,9 +21,9 @@ from shared.context import Site
 from shared.control import access
 from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.data import copy_format, wire
-from shared.data.keyset import BadCursor
-from shared.data.schema import NoPrimaryKey
-from shared.data.sender import copy_out, delivery, streams
+from shared.data.keyset import BadCursor, decode_cursor
+from shared.data.schema import NoPrimaryKey, quote_text
+from shared.data.sender import copy_out, delivery, fingerprints, pages, streams
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter
 from shared.db import utcnow
@@ -36,12 +36,19 @@ PREVIEW_MAX = 100
 
 
 def _authorise(
-    session: Session, site: Site, body: Mapping[str, Any], fields: list[Field], ip: str
+    session: Session,
+    site: Site,
+    body: Mapping[str, Any],
+    fields: list[Field],
+    ip: str,
+    serves_rows: bool = False,
 ) -> tuple[Connection, dict[str, Any]]:
-    """Validate the body and pass every control."""
+    """Validate the body and pass every control (a call that ``serves_rows``
+    holds the connection's row until it has counted them)."""
     require_enabled(session)
     data = validate(body, [TOKEN_HASH, *fields])
-    conn = access.authorise(session, site, data["auth_token_hash"], access.Caller(ip))
+    caller = access.Caller(ip, serves_rows=serves_rows)
+    conn = access.authorise(session, site, data["auth_token_hash"], caller)
     return conn, data
 
 
@@ -240,6 +247,7 @@ PULL_FIELDS = [
     TABLE,
     Field("conflict_strategy", str, max_length=32),
     Field("after", list),
+    Field("until", list),
     Field("limit", int, minimum=1),
     Field("format", str, max_length=32),
 ]
@@ -340,6 +348,7 @@ def _serve_page(
                 limit=limit,
                 wire_format=wire_format,
                 max_bytes=site.settings.page_max_bytes,
+                until=data["until"],
             )
             if copy_page is not None:
                 try:
@@ -367,6 +376,7 @@ def _serve_page(
             limit=min(limit, site.settings.json_page_cap),
             for_body=True,
             max_bytes=site.settings.page_max_bytes,
+            until=data["until"],
         )
     except BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
@@ -473,3 +483,140 @@ def _record_send(
         prior_after_key=prior_after_key,
         completed=next_cursor is None,
     )
+
+
+FINGERPRINT_FIELDS = [
+    TABLE,
+    Field("ranges", list, required=True),
+    Field("split", int, minimum=1, maximum=fingerprints.MAX_SPLIT),
+    Field("columns", list),
+    Field("rows", bool),
+]
+
+
+def table_fingerprints(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any]:
+    """The ``table-fingerprints`` extension: count and fingerprint of each key
+    range the receiver names, in one snapshot (shared.data.sender.fingerprints).
+
+    Same controls as a pull-data call that continues no pull (rate limit
+    included); it moves no rows, so it counts no records or downloads.
+    """
+    conn, data = _authorise(session, site, body, FINGERPRINT_FIELDS, ip)
+    name = data["table_name"]
+    catalog = _table(site, conn, name)
+    if not catalog.pg:
+        raise SyncError(ErrorKind.NOT_FOUND, "table-fingerprints is not offered here")
+    ranges, split = data["ranges"], data["split"] or 1
+    if not 1 <= len(ranges) <= fingerprints.MAX_RANGES:
+        raise bad_request(
+            f"Field ranges must hold 1 to {fingerprints.MAX_RANGES} ranges",
+            field="ranges",
+        )
+    if len(ranges) * split > 16 * fingerprints.MAX_RANGES:
+        raise bad_request("Too many parts asked for (ranges x split)", field="split")
+    columns = data["columns"]
+    if columns is not None and not all(isinstance(c, str) for c in columns):
+        raise bad_request("Field columns must be a list of names", field="columns")
+    info = catalog.describe(name)
+    decoded = []
+    try:
+        for r in ranges:
+            if not isinstance(r, dict):
+                raise BadCursor("each range is an object with after and until")
+            after, until = (
+                None if b is None else decode_cursor(b, info.pk_columns)
+                for b in (r.get("after"), r.get("until"))
+            )
+            decoded.append((after, until))
+        with site.db.data_engine.connect() as db:
+            db = db.execution_options(isolation_level="REPEATABLE READ")
+            with db.begin():
+                if data["rows"]:
+                    listed = fingerprints.range_rows(db, info, decoded, columns=columns)
+                    return {
+                        "success": True,
+                        "table": name,
+                        "algorithm": fingerprints.ALGORITHM,
+                        "ranges": [{"rows": rows} for rows in listed],
+                    }
+                answer = fingerprints.fingerprint_ranges(
+                    db, info, decoded, columns=columns, split=split
+                )
+    except BadCursor as ex:
+        raise bad_request(f"Invalid range: {ex}", field="ranges") from None
+    except DataError:
+        raise bad_request(
+            "Invalid range: a key value is out of range for its column", field="ranges"
+        ) from None
+    except fingerprints.Unsupported as ex:
+        raise bad_request(str(ex)) from None
+    conn.last_connected_at = utcnow()
+    return {
+        "success": True,
+        "table": name,
+        "algorithm": fingerprints.ALGORITHM,
+        "ranges": [r.as_wire() for r in answer],
+    }
+
+
+KEYS_FIELDS = [
+    TABLE,
+    Field("keys", list, required=True),
+    Field("conflict_strategy", str, max_length=32),
+]
+
+
+def pull_keys(
+    session: Session, site: Site, body: Mapping[str, Any], ip: str
+) -> dict[str, Any]:
+    """The ``pull-keys`` extension: the rows of the keys named (a delta run's
+    changed rows, which are rarely next to each other), as a JSON pull-data
+    page in key order; keys the table lacks are left out.
+
+    Same controls as a pull-data call that continues no pull; its rows count
+    against the connection's records, not as a download.
+    """
+    conn, data = _authorise(session, site, body, KEYS_FIELDS, ip, serves_rows=True)
+    name = data["table_name"]
+    catalog = _table(site, conn, name)
+    keys = data["keys"]
+    cap = min(conn.max_records_per_request, site.settings.json_page_cap)
+    if not 1 <= len(keys) <= cap:
+        raise bad_request(f"Field keys must hold 1 to {cap} keys", field="keys")
+    if access.records_left(conn, len(keys)) < len(keys):
+        # Never a page cut short that says it is whole.
+        raise SyncError(ErrorKind.FORBIDDEN, "Record limit reached")
+    if not catalog.pg:
+        raise SyncError(ErrorKind.NOT_FOUND, "pull-keys is not offered here")
+    info = catalog.describe(name)
+    if len(info.primary_key) != 1:
+        raise bad_request(f"table {name} has no single-column primary key")
+    col = info.pk_columns[0]
+    try:
+        values = [decode_cursor(k, info.pk_columns)[0] for k in keys]
+    except BadCursor as ex:
+        raise bad_request(f"Invalid key: {ex}", field="keys") from None
+    params: dict[str, Any] = {"keys": [wire.pg_param(v, col.kind) for v in values]}
+    sql = (
+        f"SELECT {pages.select_list(catalog, info)} FROM {info.qualified_text}"
+        f" WHERE {quote_text(col.name)} = ANY(CAST(:keys AS {col.type}[]))"
+        f" ORDER BY {quote_text(col.name)}"
+    )
+    try:
+        with pages.reader(catalog) as db:
+            rows = pages.encode_all(catalog, info, db.execute(text(sql), params))
+    except DataError:
+        raise bad_request(
+            "Invalid key: a key value is out of range for its column", field="keys"
+        ) from None
+    access.count_page(session, conn, len(rows), False, 0)
+    return {
+        "success": True,
+        "table": name,
+        "data": rows,
+        "count": len(rows),
+        "has_more": False,
+        "next_cursor": None,
+    }

@@ -50,6 +50,7 @@ class Catalog(Tables):
         limit: int,
         for_body: bool = False,
         max_bytes: int | None = None,
+        until: list[Any] | None = None,
     ) -> Page:
         """See ``pages.fetch_page``."""
         return pages.fetch_page(
@@ -59,6 +60,7 @@ class Catalog(Tables):
             limit=limit,
             for_body=for_body,
             max_bytes=max_bytes,
+            until=until,
         )
 
     def preview(

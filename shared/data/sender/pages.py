@@ -64,6 +64,7 @@ def fetch_page(
     limit: int,
     for_body: bool = False,
     max_bytes: int | None = None,
+    until: list[Any] | None = None,
 ) -> Page:
     """One page of wire-encoded rows in primary-key order (keyset paging).
 
@@ -88,9 +89,9 @@ def fetch_page(
         raise ValueError("limit must be positive")
     info = tables.describe(table)
     if not info.primary_key:
-        return _fetch_unkeyed(tables, info, after, limit)
+        return _fetch_unkeyed(tables, info, after, limit, until)
     pk = info.pk_columns
-    keyset = Keyset.after_cursor(info, after, pg=tables.pg)
+    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until)
     sql = keyset.select(select_list(tables, info), limit=int(limit) + 1)
     with reader(tables) as conn:
         if max_bytes is None:
@@ -118,6 +119,7 @@ def page_extent(
     *,
     after: list[Any] | None,
     limit: int,
+    until: list[Any] | None = None,
 ) -> PageExtent:
     """Count the keyset page after ``after`` and find its next cursor.
 
@@ -132,7 +134,7 @@ def page_extent(
     if not info.primary_key:
         raise NoPrimaryKey(info.name, f"Table {info.name} has no primary key")
     pk = info.pk_columns
-    keyset = Keyset.after_cursor(info, after, pg=tables.pg)
+    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until)
     keys = ", ".join(_pg_select_expr(c) for c in pk) if tables.pg else column_list(pk)
     values = keyset.after
     # The page's last key and, if there is one, the key after it.
@@ -184,9 +186,13 @@ def _encode_within(
 
 
 def _fetch_unkeyed(
-    tables: Tables, info: TableInfo, after: list[Any] | None, limit: int
+    tables: Tables,
+    info: TableInfo,
+    after: list[Any] | None,
+    limit: int,
+    until: list[Any] | None = None,
 ) -> Page:
-    if after is not None:
+    if after is not None or until is not None:
         raise BadCursor("a table without a primary key has a single page")
     with reader(tables) as conn:
         count: int = conn.execute(

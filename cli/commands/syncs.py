@@ -1,0 +1,165 @@
+"""``dbsync syncs``: scheduled pulls of a receiver connection's tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cli.common import cell, console, emit, friendly, say, site
+from shared.state.models import STRATEGIES
+
+
+def _show(data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        say(f"{key}: {value}")
+
+
+@click.group()
+def syncs() -> None:
+    """Pull tables on a schedule (beat starts each run as a transfer)."""
+
+
+@syncs.command("create")
+@click.argument("connection_id")
+@click.argument("table_names", nargs=-1)
+@click.option("--all", "all_tables", is_flag=True, help="every table the sender offers")
+@click.option("--every", required=True, help="interval: 90, 30s, 15m, 2h, 1d")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="overwrite")
+@click.option("--mirror-deletes", is_flag=True, help="delete rows the sender deleted")
+@click.option("--mode", type=click.Choice(["delta", "full", "cursor"]), default="delta")
+@click.option("--cursor-column", default=None, help="for --mode cursor")
+@click.option("--evolve", is_flag=True, help="add columns the sender added")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def create(
+    connection_id: str,
+    table_names: tuple[str, ...],
+    all_tables: bool,
+    every: str,
+    strategy: str,
+    mirror_deletes: bool,
+    mode: str,
+    cursor_column: str | None,
+    evolve: bool,
+    as_json: bool,
+) -> None:
+    """Create a sync of a receiver connection's tables."""
+    from shared.control import connections
+    from shared.data.receiver import syncs as svc
+
+    with site().db.session() as session:
+        conn = connections.get(session, connection_id)
+        sync = svc.create(
+            session,
+            conn,
+            table_names,
+            all_tables=all_tables,
+            every_seconds=svc.parse_every(every),
+            strategy=strategy,
+            mode=mode,
+            mirror_deletes=mirror_deletes,
+            cursor_column=cursor_column,
+            evolve=evolve,
+        )
+        data = svc.describe(session, sync)
+    emit(data, as_json, lambda d: click.echo(f"sync {d['id']} created"))
+
+
+@syncs.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def list_(as_json: bool) -> None:
+    """Every sync, with its state and last run."""
+    from shared.data.receiver import syncs as svc
+
+    with site().db.session() as session:
+        rows = [svc.describe(session, s) for s in svc.every(session)]
+
+    def render(items: list[dict[str, Any]]) -> None:
+        table = Table("id", "connection", "tables", "every", "mode", "state", "last")
+        for s in items:
+            table.add_row(
+                *map(
+                    cell,
+                    (
+                        s["id"],
+                        s["connection"],
+                        ",".join(s["tables"]),
+                        f"{s['every_seconds']}s",
+                        s["mode"],
+                        s["state"],
+                        s["last_error"] or s["last_status"] or "-",
+                    ),
+                )
+            )
+        console.print(table)
+
+    emit(rows, as_json, render)
+
+
+def _act(sync_id: str, as_json: bool, action: str) -> None:
+    from shared.data.receiver import syncs as svc
+
+    with site().db.session() as session:
+        sync = svc.get(session, sync_id)
+        if action == "pause":
+            svc.set_paused(session, sync, True)
+        elif action == "resume":
+            svc.set_paused(session, sync, False)
+        elif action == "run":
+            svc.run_now(session, sync)
+        elif action == "delete":
+            data = {"id": sync_id, "deleted": True}
+            svc.delete(session, sync)
+            emit(data, as_json, lambda d: click.echo(f"sync {d['id']} deleted"))
+            return
+        session.flush()
+        data = svc.describe(session, sync)
+    emit(data, as_json, _show)
+
+
+@syncs.command("show")
+@click.argument("sync_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def show(sync_id: str, as_json: bool) -> None:
+    """One sync: options, state, next run, last run and its error."""
+    _act(sync_id, as_json, "show")
+
+
+@syncs.command("pause")
+@click.argument("sync_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def pause(sync_id: str, as_json: bool) -> None:
+    """Start no more runs (a run in progress finishes)."""
+    _act(sync_id, as_json, "pause")
+
+
+@syncs.command("resume")
+@click.argument("sync_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def resume(sync_id: str, as_json: bool) -> None:
+    """Run again on schedule (at once if a run was missed)."""
+    _act(sync_id, as_json, "resume")
+
+
+@syncs.command("run")
+@click.argument("sync_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def run(sync_id: str, as_json: bool) -> None:
+    """Run at beat's next tick (after a run in progress ends)."""
+    _act(sync_id, as_json, "run")
+
+
+@syncs.command("delete")
+@click.argument("sync_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def delete(sync_id: str, as_json: bool) -> None:
+    """Delete the sync (its transfers stay)."""
+    _act(sync_id, as_json, "delete")

@@ -1,0 +1,566 @@
+"""Bring a table level with its sender by moving only the key ranges that differ.
+
+The receiver asks the sender (``table-fingerprints``) for the count and
+fingerprint of the whole table and computes the same over its own rows
+(shared.data.sender.fingerprints). Where they differ it asks for the range
+cut into SPLIT parts by the sender's rows, fingerprints its own rows on the
+same boundaries, and descends into the parts that differ, until a differing
+part holds at most LEAF_ROWS of the sender's rows (about one page). Adjacent
+leaves are pulled together, page by page, with pull-data's ``after`` and
+``until``, and applied with the transfer's strategy; with mirror-deletes the
+local rows of a pulled range that the sender did not send are deleted in
+the same transaction as the range's last page.
+
+A sender without the extension (PhoenixKit answers 404), a table without a
+single-column key, or a receiver that is not PostgreSQL gets the full pull
+(``NotAvailable``).
+
+What one run guarantees: every range the run compared and found equal was
+equal in the sender's snapshot of that comparison; every pulled range holds
+what the sender served for it. Rows the sender changes while the run works
+may be missed; the next run finds them, so once writes stop one more run
+leaves the two tables identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from shared.control.peer import PeerRefused, PeerResponse
+from shared.data import wire
+from shared.data.keyset import Keyset, decode_cursor
+from shared.data.receiver import sources
+from shared.data.receiver.pages import ImportRefused, PageResult
+from shared.data.receiver.writer import Writer
+from shared.data.schema import TableInfo, quote_text
+from shared.data.sender import fingerprints
+from shared.data.sender.fingerprints import RangePrint
+
+log = logging.getLogger("dbsync.delta")
+
+SPLIT = 64
+LEAF_ROWS = 1000
+Range = tuple[Any, Any]  # (after, until): wire-encoded keys, None for open ends
+
+
+class NotAvailable(Exception):
+    """Delta mode cannot run for this table; the message says why."""
+
+
+class Failed(Exception):
+    """The sender's answer or this site refused the work (the run fails)."""
+
+
+@dataclass
+class Outcome:
+    """What a delta pass did to one table."""
+
+    compared: bool = False
+    equal_before: bool = False
+    ranges_pulled: int = 0
+    rows_pulled: int = 0
+    deleted: int = 0
+    result: PageResult = field(default_factory=PageResult)
+    requests: int = 0
+
+
+class Remote:
+    """The sender's ``table-fingerprints`` for one table."""
+
+    def __init__(self, sender: sources.Sender, table: str, columns: list[str]):
+        self.sender = sender
+        self.table = table
+        self.columns = columns
+        self.requests = 0
+        self.leaf_counts: dict[str, int] = {}  # the sender's rows in each leaf
+
+    def _ask(self, body: dict[str, Any]) -> list[Any]:
+        try:
+            resp = self.sender.post("table-fingerprints", body)
+        except PeerRefused as ex:
+            raise Failed(str(ex)) from None
+        self.requests += 1
+        if resp.status in (404, 405):
+            raise NotAvailable("the sender does not offer table-fingerprints")
+        if resp.status != 200 or resp.body.get("success") is not True:
+            raise Failed(f"table-fingerprints: {resp.error}")
+        if resp.body.get("algorithm") != fingerprints.ALGORITHM:
+            raise NotAvailable("the sender fingerprints rows another way")
+        got = resp.body.get("ranges")
+        if not isinstance(got, list) or len(got) != len(body["ranges"]):
+            raise Failed("table-fingerprints: the answer does not match the ask")
+        return got
+
+    def rows(self, ranges: Sequence[Range]) -> dict[str, str]:
+        """The sender's rows of these ranges: canonical key -> row hash."""
+        got = self._ask(
+            {
+                "table_name": self.table,
+                "ranges": [{"after": a, "until": u} for a, u in ranges],
+                "columns": self.columns,
+                "rows": True,
+            }
+        )
+        out: dict[str, str] = {}
+        if not all(isinstance(e, dict) and "rows" in e for e in got):
+            raise NotAvailable("the sender lists no rows of a range")
+        try:
+            for entry in got:
+                for key, digest in entry["rows"]:
+                    out[wire.canonical_json(key)] = str(digest)
+        except (KeyError, TypeError, ValueError):
+            raise Failed(
+                "table-fingerprints: the rows in the answer are malformed"
+            ) from None
+        return out
+
+    def prints(self, ranges: Sequence[Range], split: int = 1) -> list[RangePrint]:
+        out: list[RangePrint] = []
+        step = fingerprints.MAX_RANGES if split == 1 else 1000 // max(1, split // 16)
+        for start in range(0, len(ranges), max(1, step)):
+            chunk = ranges[start : start + step]
+            body = {
+                "table_name": self.table,
+                "ranges": [{"after": a, "until": u} for a, u in chunk],
+                "columns": self.columns,
+                "split": split,
+            }
+            out.extend(_range_print(r) for r in self._ask(body))
+        return out
+
+
+def _range_print(data: Any) -> RangePrint:
+    try:
+        parts = [
+            fingerprints.Part(p["until"], int(p["count"]), str(p["fingerprint"]))
+            for p in data.get("parts") or []
+        ]
+        return RangePrint(int(data["count"]), str(data["fingerprint"]), parts)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise Failed("table-fingerprints: a range in the answer is malformed") from None
+
+
+def check_local(engine: Engine, info: TableInfo) -> None:
+    """NotAvailable unless this site can fingerprint ``info``'s rows."""
+    if engine.dialect.name != "postgresql":
+        raise NotAvailable("this site's data database is not PostgreSQL")
+    if len(info.primary_key) != 1:
+        raise NotAvailable(f"{info.name} has no single-column primary key")
+
+
+def local_prints(
+    engine: Engine, info: TableInfo, ranges: Sequence[Range], columns: list[str]
+) -> list[RangePrint]:
+    """This site's fingerprints of wire-encoded ranges, in one snapshot."""
+    pk = info.pk_columns
+    decoded = [
+        tuple(None if b is None else decode_cursor(b, pk) for b in r) for r in ranges
+    ]
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            return fingerprints.fingerprint_ranges(
+                conn,
+                info,
+                decoded,  # type: ignore[arg-type]
+                columns=columns,
+            )
+
+
+def shared_columns(info: TableInfo, schema: Any) -> list[str]:
+    """The columns both sides have (by name), which the fingerprints cover."""
+    theirs = set()
+    if isinstance(schema, dict) and isinstance(schema.get("columns"), list):
+        theirs = {c.get("name") for c in schema["columns"] if isinstance(c, dict)}
+    return sorted(c.name for c in info.columns if c.name in theirs)
+
+
+def differing(
+    remote: Remote, engine: Engine, info: TableInfo, *, first_only: bool = False
+) -> tuple[bool, list[Range]]:
+    """Whether the whole table was equal, and the leaf ranges that differ.
+
+    ``first_only`` stops at the first differing leaf (verification).
+    """
+    whole: list[Range] = [(None, None)]
+    # The two sides fingerprint the whole table at the same time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-fp") as pool:
+        pending = pool.submit(remote.prints, whole)
+        ours = local_prints(engine, info, whole, remote.columns)[0]
+        if _same(pending.result()[0], ours):
+            return True, []
+    leaves: list[Range] = []
+    frontier = whole
+    while frontier:
+        answers = remote.prints(frontier, split=SPLIT)
+        children: list[tuple[Range, RangePrint]] = []
+        mine: list[RangePrint] = []
+        for (after, until), theirs in zip(frontier, answers):
+            if theirs.count <= LEAF_ROWS or not theirs.parts:
+                leaves.append((after, until))
+                remote.leaf_counts[_range_key((after, until))] = theirs.count
+                continue
+            lower = after
+            for i, part in enumerate(theirs.parts):
+                upper = until if i == len(theirs.parts) - 1 else part.until
+                children.append(
+                    ((lower, upper), RangePrint(part.count, part.fingerprint))
+                )
+                lower = part.until
+            mine.extend(
+                _local_parts(engine, info, (after, until), theirs, remote.columns)
+            )
+        frontier = []
+        for (rng, theirs), ours in zip(children, mine):
+            if _same(theirs, ours):
+                continue
+            if theirs.count <= LEAF_ROWS:
+                leaves.append(rng)
+                remote.leaf_counts[_range_key(rng)] = theirs.count
+            else:
+                frontier.append(rng)
+        if first_only and leaves:
+            break
+    return False, _in_key_order(leaves, info)
+
+
+def _local_parts(
+    engine: Engine, info: TableInfo, rng: Range, theirs: RangePrint, columns: list[str]
+) -> list[RangePrint]:
+    """This site's fingerprints of a range cut where the sender cut it, in one
+    scan (shared.data.sender.fingerprints.bucket_prints)."""
+    pk = info.pk_columns
+    after, until = (None if b is None else decode_cursor(b, pk) for b in rng)
+    bounds = [decode_cursor(p.until, pk)[0] for p in theirs.parts[:-1]]
+    with engine.connect() as conn:
+        return fingerprints.bucket_prints(
+            conn, info, after, until, bounds, columns=columns
+        )
+
+
+def _range_key(rng: Range) -> str:
+    return wire.canonical_json(list(rng))
+
+
+def _same(a: RangePrint, b: RangePrint) -> bool:
+    return a.count == b.count and int(a.fingerprint) == int(b.fingerprint)
+
+
+def _in_key_order(leaves: list[Range], info: TableInfo) -> list[Range]:
+    """Leaves sorted by their lower bound (the open one first)."""
+    pk = info.pk_columns
+
+    def key(rng: Range) -> tuple[int, Any]:
+        after = rng[0]
+        return (0, None) if after is None else (1, decode_cursor(after, pk)[0])
+
+    return sorted(leaves, key=key)
+
+
+def merge(leaves: list[Range]) -> list[Range]:
+    """Adjacent leaves (one's upper bound the next one's lower) as one range."""
+    merged: list[Range] = []
+    for after, until in leaves:
+        if merged and merged[-1][1] is not None and merged[-1][1] == after:
+            merged[-1] = (merged[-1][0], until)
+        else:
+            merged.append((after, until))
+    return merged
+
+
+def pull_range(
+    sender: sources.Sender,
+    engine: Engine,
+    info: TableInfo,
+    name: str,
+    strategy: str,
+    rng: Range,
+    mirror_deletes: bool,
+    outcome: Outcome,
+) -> None:
+    """Pull the sender's rows of one range page by page and apply them; with
+    ``mirror_deletes`` delete the local rows the sender did not send, page by
+    page: each page covers the keys from the one before it up to its own
+    last (the range's end for the last page), so only one page's keys are
+    ever held."""
+    settings = sender.client.settings
+    rows_cap = settings.json_page_cap
+    writer = Writer(info, strategy)
+    pk = info.pk_columns[0]
+    cursor = rng[0]
+    while True:
+        body: dict[str, Any] = {
+            "table_name": name,
+            "conflict_strategy": strategy,
+            "limit": rows_cap,
+        }
+        if cursor is not None:
+            body["after"] = cursor
+        if rng[1] is not None:
+            body["until"] = rng[1]
+        try:
+            with sender.open(
+                "pull-data", body, rows_cap * settings.pull_json_row_bytes
+            ) as resp:
+                content = resp.read()
+                page = sources.json_page(
+                    PeerResponse.parse(resp.status, content), resp.bytes_read
+                )
+        except (PeerRefused, sources.BadAnswer) as ex:
+            raise Failed(f"{name}: {ex}") from None
+        outcome.requests += 1
+        last = not page.has_more
+        with engine.begin() as conn:
+            try:
+                result = writer.apply(conn, page)
+            except ImportRefused as ex:
+                raise Failed(f"{name}: {ex}") from None
+            if mirror_deletes:
+                try:
+                    keys = [
+                        wire.pg_param(wire.decode_value(r[pk.name], pk.kind), pk.kind)
+                        for r in page.rows
+                        if r.get(pk.name) is not None
+                    ]
+                except wire.WireError as ex:
+                    raise Failed(f"{name}: a key the sender sent: {ex}") from None
+                span = (cursor, rng[1] if last else page.next_cursor)
+                outcome.deleted += _delete_missing(conn, info, span, keys)
+        for attr in ("created", "updated", "skipped", "failed"):
+            setattr(
+                outcome.result,
+                attr,
+                getattr(outcome.result, attr) + getattr(result, attr),
+            )
+        outcome.result.errors.extend(result.errors[: 20 - len(outcome.result.errors)])
+        outcome.rows_pulled += page.count
+        if last:
+            return
+        cursor = page.next_cursor
+
+
+def _delete_missing(conn: Any, info: TableInfo, rng: Range, keys: list[Any]) -> int:
+    pk = info.pk_columns
+    after = None if rng[0] is None else decode_cursor(rng[0], pk)
+    until = None if rng[1] is None else decode_cursor(rng[1], pk)
+    keyset = Keyset.after_key(info, after, pg=True, until=until)
+    col = pk[0]
+    keep = f"{quote_text(col.name)} = ANY(CAST(:keep AS {col.type}[]))"
+    where = (
+        f"{keyset.where} AND NOT ({keep})" if keyset.where else f" WHERE NOT ({keep})"
+    )
+    result = conn.execute(
+        text(f"DELETE FROM {info.qualified_text}{where}"),
+        {**keyset.params, "keep": keys},
+    )
+    return int(result.rowcount or 0)
+
+
+def sync_table(
+    sender: sources.Sender,
+    engine: Engine,
+    info: TableInfo,
+    name: str,
+    schema: Any,
+    strategy: str,
+    mirror_deletes: bool,
+) -> Outcome:
+    """Compare ``name`` with its sender and pull (and delete) what differs."""
+    check_local(engine, info)
+    remote = Remote(sender, name, shared_columns(info, schema))
+    outcome = Outcome()
+    with engine.connect() as conn:
+        if (
+            conn.execute(text(f"SELECT 1 FROM {info.qualified_text} LIMIT 1")).first()
+            is None
+        ):
+            raise NotAvailable(f"{name} is empty here")
+    equal, leaves = differing(remote, engine, info)
+    outcome.compared, outcome.equal_before = True, equal
+    settler: RowSettler | None = RowSettler(
+        remote, engine, info, strategy, mirror_deletes, outcome
+    )
+    for chunk in _chunks(leaves, remote.leaf_counts):
+        if settler is not None:
+            try:
+                settler.add(chunk)
+                continue
+            except NotAvailable as ex:
+                log.info("delta %s: %s; pulling whole ranges", name, ex)
+                settler.flush()
+                settler = None
+        for rng in merge(chunk):
+            pull_range(
+                sender, engine, info, name, strategy, rng, mirror_deletes, outcome
+            )
+            outcome.ranges_pulled += 1
+    if settler is not None:
+        settler.flush()
+    outcome.requests += remote.requests
+    log.info(
+        "delta %s: %s, %d range(s), %d row(s) pulled, %d deleted",
+        name,
+        "equal" if equal else "differed",
+        outcome.ranges_pulled,
+        outcome.rows_pulled,
+        outcome.deleted,
+    )
+    return outcome
+
+
+def _chunks(leaves: list[Range], counts: dict[str, int]) -> list[list[Range]]:
+    """Leaves in key order, grouped so each group holds at most
+    fingerprints.MAX_ROWS of the sender's rows (one ``rows`` answer)."""
+    groups: list[list[Range]] = []
+    # Half the most a ``rows`` answer may list: rows the sender gains after
+    # the descent counted them must still fit.
+    most = fingerprints.MAX_ROWS // 2
+    total = 0
+    for rng in leaves:
+        count = counts.get(_range_key(rng), LEAF_ROWS)
+        if not groups or total + count > most:
+            groups.append([])
+            total = 0
+        groups[-1].append(rng)
+        total += count
+    return groups
+
+
+def _local_rows(
+    engine: Engine, info: TableInfo, ranges: Sequence[Range], columns: list[str]
+) -> dict[str, tuple[Any, str]]:
+    """This site's rows of these ranges: canonical key -> (key, row hash)."""
+    pk = info.pk_columns
+    decoded = [
+        (
+            None if a is None else decode_cursor(a, pk),
+            None if u is None else decode_cursor(u, pk),
+        )
+        for a, u in ranges
+    ]
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            listed = fingerprints.range_rows(
+                conn, info, decoded, columns=columns, limit=10**12
+            )
+    return {
+        wire.canonical_json(key): (key, str(digest))
+        for rows in listed
+        for key, digest in rows
+    }
+
+
+class RowSettler:
+    """Compare ranges row by row and bring the rows that differ, in batches.
+
+    ``add`` lists a group of ranges on both sides and notes the keys to
+    fetch (differing, or missing here) and, with mirror-deletes, the keys to
+    delete; once a page's worth is noted (SYNC_JSON_PAGE_CAP) ``flush``
+    fetches them (``pull-keys``), applies them with the strategy and deletes,
+    in one transaction. Call ``flush`` once more at the end.
+    """
+
+    def __init__(
+        self,
+        remote: Remote,
+        engine: Engine,
+        info: TableInfo,
+        strategy: str,
+        mirror_deletes: bool,
+        outcome: Outcome,
+    ) -> None:
+        self.remote = remote
+        self.engine = engine
+        self.info = info
+        self.mirror_deletes = mirror_deletes
+        self.outcome = outcome
+        self.writer = Writer(info, strategy)
+        self.strategy = strategy
+        self.step = remote.sender.client.settings.json_page_cap
+        self.wanted: list[Any] = []
+        self.extra: list[Any] = []
+
+    def add(self, ranges: list[Range]) -> None:
+        spans = merge(ranges)  # rows are listed one by one: adjacent ranges as one
+        theirs = self.remote.rows(spans)
+        ours = _local_rows(self.engine, self.info, spans, self.remote.columns)
+        self.wanted.extend(
+            wire.parse_json(k)
+            for k, digest in theirs.items()
+            if ours.get(k, (0, ""))[1] != digest
+        )
+        if self.mirror_deletes:
+            self.extra.extend(key for k, (key, _) in ours.items() if k not in theirs)
+        self.outcome.ranges_pulled += len(ranges)
+        while len(self.wanted) >= self.step or len(self.extra) >= self.step:
+            self.flush(self.step)
+
+    def flush(self, most: int | None = None) -> None:
+        """Fetch, apply and delete up to ``most`` keys of each kind (all: None)."""
+        most = most or max(len(self.wanted), len(self.extra), 1)
+        batch, self.wanted = self.wanted[:most], self.wanted[most:]
+        gone, self.extra = self.extra[:most], self.extra[most:]
+        page = _fetch_keys(self.remote, batch, self.strategy) if batch else None
+        pk = self.info.pk_columns[0]
+        with self.engine.begin() as conn:
+            if page is not None:
+                try:
+                    result = self.writer.apply(conn, page)
+                except ImportRefused as ex:
+                    raise Failed(f"{self.remote.table}: {ex}") from None
+                _add(self.outcome, result)
+                self.outcome.rows_pulled += page.count
+            if gone:
+                keys = [
+                    wire.pg_param(wire.decode_value(k, pk.kind), pk.kind) for k in gone
+                ]
+                deleted = conn.execute(
+                    text(
+                        f"DELETE FROM {self.info.qualified_text}"
+                        f" WHERE {quote_text(pk.name)} = ANY(CAST(:keys AS {pk.type}[]))"
+                    ),
+                    {"keys": keys},
+                )
+                self.outcome.deleted += int(deleted.rowcount or 0)
+        if self.wanted or self.extra:
+            self.flush(most)
+
+
+def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Any:
+    settings = remote.sender.client.settings
+    body = {
+        "table_name": remote.table,
+        "keys": [[k] for k in keys],
+        "conflict_strategy": strategy,
+    }
+    try:
+        with remote.sender.open(
+            "pull-keys", body, len(keys) * settings.pull_json_row_bytes
+        ) as resp:
+            content = resp.read()
+            status, size = resp.status, resp.bytes_read
+    except PeerRefused as ex:
+        raise Failed(f"{remote.table}: {ex}") from None
+    remote.requests += 1
+    if status in (404, 405):
+        raise NotAvailable("the sender does not offer pull-keys")
+    try:
+        return sources.json_page(PeerResponse.parse(status, content), size)
+    except sources.BadAnswer as ex:
+        raise Failed(f"{remote.table}: pull-keys: {ex}") from None
+
+
+def _add(outcome: Outcome, result: PageResult) -> None:
+    r = outcome.result
+    r.created += result.created
+    r.updated += result.updated
+    r.skipped += result.skipped
+    r.failed += result.failed
+    r.errors.extend(result.errors[: max(0, 20 - len(r.errors))])

@@ -1,0 +1,196 @@
+"""Run a transfer's tables in delta mode, and verify every table after a pull.
+
+The pull job (shared.data.receiver.pulls) calls in here per table and once
+at the end, so its own paging stays as it is:
+
+- ``delta_table``: a table of a transfer in ``delta`` mode is compared and
+  only its differing ranges pulled (shared.data.receiver.delta); when that
+  cannot run (a PhoenixKit sender, an empty or unkeyed table) the caller
+  does the full pull.
+- ``after_full``: with mirror-deletes, a full pull is followed by a delta
+  pass, which deletes what the sender no longer has.
+- ``verify_all``: whole-table count and fingerprint compared with the
+  sender's. The transfer records per table ``verified``, ``differs`` with
+  the first differing range, or ``unavailable`` with the reason; a table that
+  differs leaves the transfer's error set, so the run never reads as a
+  clean success.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from shared.data.receiver import checkpoints, delta, drift
+from shared.state.models import Transfer
+
+log = logging.getLogger("dbsync.verify")
+
+MODES = ("delta", "full", "cursor")
+
+
+def options(job: Any) -> dict[str, Any]:
+    """The transfer's sync options (mode, mirror_deletes), read once per run."""
+    if not hasattr(job, "_sync_options"):
+        with job.site.db.session() as session:
+            meta = dict(session.get_one(Transfer, job.transfer_id).meta or {})
+        job._sync_options = {
+            "mode": meta.get("mode") or "full",
+            "mirror_deletes": bool(meta.get("mirror_deletes")),
+            "evolve": bool(meta.get("evolve")),
+        }
+    return dict(job._sync_options)
+
+
+def _note(job: Any, key: str, table: str, value: Any) -> None:
+    with job.site.db.session() as session:
+        transfer = session.get_one(Transfer, job.transfer_id)
+        meta = dict(transfer.meta or {})
+        meta[key] = {**(meta.get(key) or {}), table: value}
+        transfer.meta = meta
+
+
+def _schema(job: Any, name: str) -> Any:
+    schema = job._schemas.get(name)
+    if schema is None:
+        schema = job.call("table-schema", {"table_name": name}).get("schema")
+        job._schemas[name] = schema
+    return schema
+
+
+def _run_delta(job: Any, name: str, mirror: bool) -> delta.Outcome:
+    from shared.data.receiver.pulls import PullFailed
+
+    info = job.target(name)
+    try:
+        return delta.sync_table(
+            job.sender,
+            job.site.db.data_engine,
+            info,
+            name,
+            _schema(job, name),
+            job.strategy,
+            mirror,
+        )
+    except delta.Failed as ex:
+        raise PullFailed(str(ex)) from None
+
+
+def check_drift(job: Any, name: str) -> None:
+    """Report the table's column drift on the transfer; with evolve, add the
+    sender's new columns first (PullFailed when it cannot)."""
+    from shared.data.receiver.pulls import PullFailed
+
+    info = job.target(name)
+    try:
+        found = drift.report(info, _schema(job, name))
+    except Exception as ex:  # a sender without table-schema: nothing to report
+        log.info("drift %s: not checked (%s)", name, ex)
+        return
+    if not found:
+        return
+    _note(job, "drift", name, found)
+    if options(job)["evolve"]:
+        try:
+            drift.evolve(job.site.db.data_engine, info, _schema(job, name), found)
+        except drift.Drifted as ex:
+            raise PullFailed(str(ex)) from None
+        job.catalog = job.site.catalog()
+
+
+def delta_table(job: Any, name: str) -> bool:
+    """Bring ``name`` level by its differing ranges; False: do the full pull.
+
+    Checks the table's column drift first (``check_drift``).
+    """
+    opts = options(job)
+    check_drift(job, name)
+    if opts["mode"] != "delta":
+        return False
+    try:
+        outcome = _run_delta(job, name, opts["mirror_deletes"])
+    except delta.NotAvailable as ex:
+        log.info("delta %s: %s; pulling it whole", name, ex)
+        _note(job, "delta", name, {"mode": "full", "reason": str(ex)})
+        return False
+    if outcome.equal_before:
+        # Compared equal and nothing written: that comparison is the verification.
+        job._sync_options.setdefault("equal", set()).add(name)
+    cp = checkpoints.Checkpoint(str(job.transfer_id), name)
+    cp.done = True
+    cp.pages = outcome.ranges_pulled
+    cp.rows_done = outcome.rows_pulled
+    r = outcome.result
+    cp.created, cp.updated, cp.skipped, cp.failed = (
+        r.created,
+        r.updated,
+        r.skipped,
+        r.failed,
+    )
+    cp.errors = list(r.errors)
+    job._progress(name, cp, status="completed")
+    _note(
+        job,
+        "delta",
+        name,
+        {
+            "mode": "delta",
+            "equal_before": outcome.equal_before,
+            "ranges_pulled": outcome.ranges_pulled,
+            "rows_pulled": outcome.rows_pulled,
+            "deleted": outcome.deleted,
+            "requests": outcome.requests,
+        },
+    )
+    return True
+
+
+def after_full(job: Any, name: str) -> None:
+    """With mirror-deletes, delete what a full pull left that the sender lacks."""
+    if not options(job)["mirror_deletes"]:
+        return
+    try:
+        outcome = _run_delta(job, name, True)
+    except delta.NotAvailable as ex:
+        _note(job, "delta", name, {"mode": "full", "deletes": f"not mirrored: {ex}"})
+        return
+    _note(job, "delta", name, {"mode": "full", "deleted": outcome.deleted})
+
+
+def verify_table(job: Any, name: str) -> dict[str, Any]:
+    """Compare ``name`` whole with the sender: verified, differs, or unavailable."""
+    if name in options(job).get("equal", ()):
+        return {"status": "verified"}
+    engine = job.site.db.data_engine
+    try:
+        info = job.catalog.describe(name)
+        delta.check_local(engine, info)
+        remote = delta.Remote(
+            job.sender, name, delta.shared_columns(info, _schema(job, name))
+        )
+        equal, leaves = delta.differing(remote, engine, info, first_only=True)
+    except delta.NotAvailable as ex:
+        return {"status": "unavailable", "reason": str(ex)}
+    except Exception as ex:  # verification must not undo a pull that landed
+        log.warning("verify %s: %s", name, ex)
+        return {"status": "unavailable", "reason": f"{type(ex).__name__}: {ex}"[:300]}
+    if equal:
+        return {"status": "verified"}
+    first = leaves[0] if leaves else (None, None)
+    return {"status": "differs", "first_range": {"after": first[0], "until": first[1]}}
+
+
+def verify_all(job: Any, names: list[str]) -> None:
+    """Verify each table; a table that differs sets the transfer's error."""
+    results = {name: verify_table(job, name) for name in names}
+    differs = [n for n, r in results.items() if r["status"] == "differs"]
+    with job.site.db.session() as session:
+        transfer = session.get_one(Transfer, job.transfer_id)
+        transfer.meta = {**(transfer.meta or {}), "verification": results}
+        if differs:
+            first = results[differs[0]]["first_range"]
+            transfer.error_message = (
+                f"Verification: {', '.join(differs)} differ(s) from the sender"
+                f" (first differing range of {differs[0]}: after {first['after']}"
+                f" until {first['until']})"
+            )[:2000]
