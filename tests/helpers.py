@@ -225,7 +225,15 @@ def free_url() -> str:
 
 
 def offering_sender(site: Site, status: str = "active", **options: Any) -> str:
-    """A sender connection with these options, on its own URL; return its token hash."""
+    """A sender connection with these options, on its own URL; return its token hash.
+
+    Its table rules are written to the row as they are given, unresolved (as
+    a row made before rules were resolved at creation holds them), so tests
+    can check how calls treat any rule.
+    """
+    rules = {
+        k: options.pop(k) for k in ("allowed_tables", "excluded_tables") if k in options
+    }
     with site.db.session() as session:
         conn, _token = connections.create_sender(
             session,
@@ -235,6 +243,8 @@ def offering_sender(site: Site, status: str = "active", **options: Any) -> str:
             options=SenderOptions(**options),
         )
         conn.status = status
+        for key, value in rules.items():
+            setattr(conn, key, value)
         return conn.auth_token_hash
 
 

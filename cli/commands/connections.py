@@ -73,6 +73,12 @@ def _show_connection(data: dict[str, Any]) -> None:
 )
 @click.option("--allowed-tables", default=None)
 @click.option("--excluded-tables", default=None)
+@click.option(
+    "--offer-new-tables/--current-tables-only",
+    default=False,
+    help="without --allowed-tables: offer tables created later too (default:"
+    " only the tables offered now)",
+)
 @click.option("--expires-at", default=None, help="ISO 8601; UTC if no offset")
 @click.option("--max-downloads", type=click.IntRange(min=0), default=None)
 @click.option("--max-records-total", type=click.IntRange(min=0), default=None)
@@ -93,6 +99,7 @@ def connections_create(
     password_stdin: bool,
     allowed_tables: str | None,
     excluded_tables: str | None,
+    offer_new_tables: bool,
     expires_at: str | None,
     max_downloads: int | None,
     max_records_total: int | None,
@@ -129,7 +136,13 @@ def connections_create(
     current = site()
     with current.db.session() as session:
         conn, token = svc.create_sender(
-            session, current, name=name, url=url, password=password, options=options
+            session,
+            current,
+            name=name,
+            url=url,
+            password=password,
+            options=options,
+            offer_new_tables=offer_new_tables,
         )
         data = {**svc.describe(conn), "token": token}
     if as_json:

@@ -116,8 +116,14 @@ def create_sender(
     password: str | None = None,
     options: SenderOptions | None = None,
     actor: str = "operator",
+    offer_new_tables: bool = True,
 ) -> tuple[Connection, str]:
     """Create a sender connection and owe the receiver its registration.
+
+    An empty allow-list offers every table, those created later included
+    (tables this site itself pulls from a third site among them): with
+    ``offer_new_tables`` false it becomes the tables offered now instead.
+    The operator's command makes that the default.
 
     Returns the connection and its raw token, which is shown this once only.
     """
@@ -144,6 +150,20 @@ def create_sender(
         raise SyncError(
             ErrorKind.CONFLICT, f"A sender connection to {site_url} already exists"
         )
+    offered = site.catalog().offered_tables()
+    schema = site.settings.data_schema
+    options.allowed_tables = table_rule(options.allowed_tables, offered, schema)
+    options.excluded_tables = table_rule(options.excluded_tables, offered, schema)
+    if not options.allowed_tables and not offer_new_tables:
+        options.allowed_tables = [
+            t for t in offered if t not in options.excluded_tables
+        ]
+        if not options.allowed_tables:
+            raise SyncError(
+                ErrorKind.BAD_REQUEST,
+                "No table is offered yet: name the tables to offer, or offer"
+                " new tables as they are created",
+            )
     token = new_token()
     conn = Connection(
         id=uuid.uuid4(),
@@ -155,7 +175,7 @@ def create_sender(
         signing_key=signing.derive_key(token),
         status="pending",
         registration_status="queued",
-        meta={},
+        meta={"offer_new_tables": not options.allowed_tables},
         **vars(options),
     )
     session.add(conn)
@@ -166,6 +186,45 @@ def create_sender(
         payload["password"] = password
     notices.owe(session, site, conn, "register", payload)
     return conn, token
+
+
+def table_rule(names: list[str], offered: list[str], schema: str) -> list[str]:
+    """The offered tables a list of table names means, or a clear 400.
+
+    Rules are compared with table names exactly when a call comes in, so
+    they are resolved here, once: ``schema.table`` in the offered schema is
+    ``table``, a name matches its table whatever its case when only one
+    table has it (``"Name"`` in double quotes matches exactly), and a name
+    that is no offered table (unknown, another schema, this site's own
+    tables) or that matches several is refused.
+    """
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        prefix, dot, rest = name.rpartition(".")
+        if dot and (not name.startswith('"') or prefix.endswith('"')):
+            if prefix.strip('"').lower() != schema.lower():
+                raise _bad_rule(raw, f"only tables of schema {schema} are offered")
+            name = rest
+        if len(name) > 1 and name.startswith('"') and name.endswith('"'):
+            matches = [t for t in offered if t == name[1:-1]]
+        elif name in offered:
+            matches = [name]
+        else:
+            matches = [t for t in offered if t.lower() == name.lower()]
+        if not matches:
+            raise _bad_rule(raw, "no such table is offered")
+        if len(matches) > 1:
+            raise _bad_rule(
+                raw, f"it matches {', '.join(matches)}; write the exact name in quotes"
+            )
+        if matches[0] not in out:
+            out.append(matches[0])
+    return out
+
+
+def _bad_rule(name: str, why: str) -> SyncError:
+    return SyncError(ErrorKind.BAD_REQUEST, f"Invalid table rule {name!r}: {why}")
 
 
 LIVE = ("pending", "active", "suspended", "expired")  # every status but revoked

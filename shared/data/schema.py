@@ -156,6 +156,22 @@ class TableInfo:
         return quoter(self.name)
 
 
+_INHERITANCE = """
+WITH RECURSIVE d(root, oid) AS (
+    SELECT inhparent, inhrelid FROM pg_inherits
+    UNION SELECT d.root, i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.oid
+)
+SELECT p.relname, cn.nspname, c.relname
+FROM d
+JOIN pg_class p ON p.oid = d.root
+JOIN pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_class c ON c.oid = d.oid
+JOIN pg_namespace cn ON cn.oid = c.relnamespace
+WHERE pn.nspname = :schema AND NOT c.relispartition
+ORDER BY 1, 2, 3
+"""
+
+
 class Tables:
     """Describe the offered tables of one data database, read-only.
 
@@ -203,6 +219,21 @@ class Tables:
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
             ).scalars()
         return sorted(filter(self.is_offerable, names))
+
+    def inheritance(self) -> dict[str, list[str]]:
+        """Each table of the schema that others inherit from, with every
+        table whose rows a plain SELECT of it also reads (children,
+        grandchildren; partitions, never offered apart, left out). A table
+        of another schema is named ``schema.table``."""
+        if not self.pg:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(_INHERITANCE), {"schema": self._schema}).all()
+        found: dict[str, list[str]] = {}
+        for parent, child_schema, child in rows:
+            name = child if child_schema == self._schema else f"{child_schema}.{child}"
+            found.setdefault(str(parent), []).append(str(name))
+        return found
 
     def is_offerable(self, name: str) -> bool:
         """Whether a table of this name may be offered (or written) at all."""
@@ -375,7 +406,11 @@ _PG_CONSTRAINTS = text(
            ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
                  JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n
                  ORDER BY k.i) AS cols,
-           fc.relname::text AS ref_table,
+           CASE WHEN fc.relnamespace = (SELECT relnamespace FROM pg_class
+                                        WHERE oid = :oid)
+                THEN fc.relname::text
+                ELSE format('%s.%s', fc.relnamespace::regnamespace, fc.relname)
+           END AS ref_table,
            ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
                  JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n
                  ORDER BY k.i) AS ref_cols

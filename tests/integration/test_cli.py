@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -84,8 +86,13 @@ def test_errors_are_one_line_and_exit_1(run) -> None:  # type: ignore[no-untyped
         )
 
 
-def test_settings_and_a_created_connection(run) -> None:  # type: ignore[no-untyped-def]
+def test_settings_and_a_created_connection(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run("db", "upgrade")
+    # Table rules name offered tables (they are checked at creation).
+    with closing(sqlite3.connect(tmp_path / "dbsync.sqlite3")) as db:
+        db.executescript(
+            "CREATE TABLE a (id integer PRIMARY KEY); CREATE TABLE b (id integer PRIMARY KEY);"
+        )
     assert json.loads(run("settings", "show", "--json").stdout) == {
         "enabled": False,
         "incoming_mode": "require_approval",

@@ -20,6 +20,7 @@ import pytest
 from shared.control import connections
 from shared.data import wire
 from shared.data.sender import handlers
+from shared.errors import ErrorKind, SyncError
 from tests.helpers import ScratchDatabases
 from tests.security.hostile_receiver import (
     Receiver,
@@ -59,6 +60,19 @@ def sender(
                 "INSERT INTO floats SELECT g, 'f' || g FROM generate_series(1, 5) g;"
                 "CREATE TABLE items (id bigint PRIMARY KEY, v text);"
                 "INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 245) g;"
+                "CREATE TABLE secrets (id integer PRIMARY KEY, v text);"
+                "CREATE TABLE payroll (id integer PRIMARY KEY, v text);"
+                'CREATE TABLE "Dup" (id integer PRIMARY KEY);'
+                "CREATE TABLE dup (id integer PRIMARY KEY);"
+                "CREATE TABLE people (id integer PRIMARY KEY, name text);"
+                "CREATE TABLE staff_private (salary integer) INHERITS (people);"
+                "INSERT INTO people VALUES (1, 'ann');"
+                "INSERT INTO staff_private VALUES (2, 'bob', 99000);"
+                "CREATE SCHEMA hr;"
+                "CREATE TABLE hr.salaries (id integer PRIMARY KEY);"
+                "CREATE TABLE payslips (id integer PRIMARY KEY,"
+                " salary_id integer REFERENCES hr.salaries,"
+                " secret_id integer REFERENCES secrets);"
                 "CREATE TABLE blobs (id integer PRIMARY KEY, b bytea);"
                 "INSERT INTO blobs SELECT g, convert_to(repeat(chr(64 + g), 1000000),"
                 " 'UTF8') FROM generate_series(1, 10) g;"
@@ -74,7 +88,9 @@ class Pairs:
         self._sender = sender
         self._receivers: list[Receiver] = []
 
-    def __call__(self, **options: Any) -> tuple[uuid.UUID, Receiver]:
+    def __call__(
+        self, offer_new_tables: bool = True, **options: Any
+    ) -> tuple[uuid.UUID, Receiver]:
         url = receiver_url()
         with self._sender.site.db.session() as session:
             conn, token = connections.create_sender(
@@ -83,6 +99,7 @@ class Pairs:
                 name="data",
                 url=url,
                 options=connections.SenderOptions(**options),
+                offer_new_tables=offer_new_tables,
             )
             conn.status, conn.registration_status = "active", "registered"
             conn.approved_at = conn.created_at
@@ -360,3 +377,114 @@ def test_pages_of_large_values_are_cut_by_bytes(sender: Sender, pair: Pairs) -> 
     assert r.headers["content-type"].startswith("text/vnd.dbsync.pgcopy")
     assert (r.headers["x-sync-count"], r.headers["x-sync-next-cursor"]) == ("2", "[2]")
     assert len(r.content) <= PAGE_BUDGET
+
+
+# ------------------------------------------------------------ finding 9
+
+
+def test_table_rules_are_resolved_at_creation(sender: Sender, pair: Pairs) -> None:
+    # Rules were compared verbatim: "Secrets,public.payroll" excluded neither.
+    conn_id, receiver = pair(excluded_tables=["Secrets", "public.payroll"])
+    assert sender.row(conn_id, "excluded_tables") == (["secrets", "payroll"],)
+    names = [t["name"] for t in data_call(receiver, "list-tables").json()["tables"]]
+    assert "secrets" not in names and "payroll" not in names and "items" in names
+    for table in ("secrets", "payroll"):
+        r = data_call(receiver, "table-records", table_name=table)
+        assert (r.status_code, r.json()) == (
+            403,
+            refused("This connection is not authorised to access that table"),
+        )
+    conn_id, _ = pair(allowed_tables=["ITEMS", '"Dup"', '"public"."dup"'])
+    assert sender.row(conn_id, "allowed_tables") == (["items", "Dup", "dup"],)
+    # Unknown, another schema's, one of this site's own, ambiguous: refused.
+    for rule, why in [
+        ("nosuch", "no such table is offered"),
+        ("hr.salaries", "only tables of schema public are offered"),
+        ("dbsync_connections", "no such table is offered"),
+        ("DUP", "it matches Dup, dup; write the exact name in quotes"),
+    ]:
+        with pytest.raises(SyncError) as caught:
+            pair(excluded_tables=[rule])
+        assert str(caught.value) == f"Invalid table rule {rule!r}: {why}"
+        assert caught.value.kind is ErrorKind.BAD_REQUEST
+    # The operator's command says so too.
+    done = sender.processes.cli(
+        "connections", "create", "--name", "x", "--url", receiver_url(),
+        "--excluded-tables", "Secrets,nosuch", check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Invalid table rule 'nosuch': no such table is offered" in done.stderr
+
+
+def test_a_parent_does_not_show_an_excluded_childs_rows(
+    sender: Sender, pair: Pairs
+) -> None:
+    _, receiver = pair(excluded_tables=["staff_private"])
+    for endpoint in ("pull-data", "table-records", "table-schema"):
+        r = data_call(receiver, endpoint, table_name="people")
+        assert (r.status_code, r.json()) == (
+            403,
+            refused("This connection is not authorised to access that table"),
+        ), endpoint
+    names = [t["name"] for t in data_call(receiver, "list-tables").json()["tables"]]
+    assert "people" not in names and "staff_private" not in names
+    # Without the exclusion the parent reads as PostgreSQL reads it.
+    _, receiver = pair()
+    r = data_call(receiver, "pull-data", table_name="people")
+    assert [row["name"] for row in r.json()["data"]] == ["ann", "bob"]
+
+
+def test_references_show_only_tables_the_connection_may_read(
+    sender: Sender, pair: Pairs
+) -> None:
+    _, receiver = pair(excluded_tables=["secrets"])
+    tables = {t["name"]: t for t in data_call(receiver, "list-tables").json()["tables"]}
+    assert tables["payslips"]["depends_on"] == []
+    r = data_call(receiver, "table-schema", table_name="payslips")
+    assert r.json()["schema"]["foreign_keys"] == []
+    # What it may read it still sees.
+    _, receiver = pair()
+    r = data_call(receiver, "table-schema", table_name="payslips")
+    assert r.json()["schema"]["foreign_keys"] == [
+        {
+            "columns": ["secret_id"],
+            "references_table": "secrets",
+            "references_columns": ["id"],
+        }
+    ]
+
+
+def test_tables_made_later_are_offered_only_when_the_operator_chose_so(
+    sender: Sender, pair: Pairs
+) -> None:
+    # An empty allow-list offered every table made later, tables this site
+    # pulled from a third site among them.
+    fixed_id, fixed = pair(offer_new_tables=False)
+    _, open_ended = pair()
+    (allowed,) = sender.row(fixed_id, "allowed_tables")
+    assert "items" in allowed and "pulled_elsewhere" not in allowed
+    with sender.site.db.data_engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE pulled_elsewhere (id integer PRIMARY KEY)")
+    try:
+        names = [t["name"] for t in data_call(fixed, "list-tables").json()["tables"]]
+        assert "items" in names and "pulled_elsewhere" not in names
+        r = data_call(fixed, "pull-data", table_name="pulled_elsewhere")
+        assert (r.status_code, r.json()) == (
+            403,
+            refused("This connection is not authorised to access that table"),
+        )
+        r = data_call(open_ended, "pull-data", table_name="pulled_elsewhere")
+        assert (r.status_code, r.json()["count"]) == (200, 0)
+        # The operator's command offers only the tables there are, unless told.
+        made = sender.processes.cli_json(
+            "connections", "create", "--name", "cli", "--url", receiver_url()
+        )
+        assert "items" in made["allowed_tables"]
+        made = sender.processes.cli_json(
+            "connections", "create", "--name", "cli2", "--url", receiver_url(),
+            "--offer-new-tables",
+        )  # fmt: skip
+        assert made["allowed_tables"] == []
+    finally:
+        with sender.site.db.data_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE pulled_elsewhere")

@@ -162,7 +162,30 @@ def _table(site: Site, conn: Connection, name: str) -> Catalog:
     catalog = site.catalog()
     if name not in catalog.offered_tables():
         raise SyncError(ErrorKind.NOT_FOUND, "Table not found")
+    if name not in _readable(catalog, conn, [name]):
+        raise SyncError(
+            ErrorKind.FORBIDDEN,
+            "This connection is not authorised to access that table",
+        )
     return catalog
+
+
+def _readable(catalog: Catalog, conn: Connection, names: list[str]) -> list[str]:
+    """The tables of ``names`` this connection may read: allowed by its rules,
+    and not a parent whose plain SELECT would also read rows of a table it
+    may not (an excluded or not offered inheritance child)."""
+    offered = set(catalog.offered_tables())
+    excluded = set(conn.excluded_tables or [])
+    inheritance = catalog.inheritance()
+    return [
+        name
+        for name in names
+        if access.table_allowed(conn, name)
+        and not any(
+            child not in offered or child in excluded
+            for child in inheritance.get(name, ())
+        )
+    ]
 
 
 def list_tables(
@@ -170,9 +193,13 @@ def list_tables(
 ) -> dict[str, Any]:
     conn, _ = _authorise(session, site, body, [], ip)
     catalog = site.catalog()
-    names = [t for t in catalog.offered_tables() if access.table_allowed(conn, t)]
+    names = _readable(catalog, conn, catalog.offered_tables())
     conn.last_connected_at = utcnow()
-    return {"success": True, "tables": catalog.table_summaries(names)}
+    tables = catalog.table_summaries(names)
+    readable = set(names)
+    for table in tables:  # references only to what the connection may read
+        table["depends_on"] = [t for t in table["depends_on"] if t in readable]
+    return {"success": True, "tables": tables}
 
 
 def table_schema(
@@ -180,11 +207,12 @@ def table_schema(
 ) -> dict[str, Any]:
     conn, data = _authorise(session, site, body, [TABLE], ip)
     catalog = _table(site, conn, data["table_name"])
-    return {
-        "success": True,
-        "table": data["table_name"],
-        "schema": catalog.schema_payload(data["table_name"]),
-    }
+    schema = catalog.schema_payload(data["table_name"])
+    readable = set(_readable(catalog, conn, catalog.offered_tables()))
+    schema["foreign_keys"] = [
+        fk for fk in schema["foreign_keys"] if fk["references_table"] in readable
+    ]
+    return {"success": True, "table": data["table_name"], "schema": schema}
 
 
 PREVIEW_FIELDS = [
