@@ -75,3 +75,14 @@ def bind(**values: object) -> None:
 
 def unbind() -> None:
     structlog.contextvars.clear_contextvars()
+
+
+def trace_headers() -> dict[str, str]:
+    """``X-Request-ID`` for a call to a peer: the request's id, or the task's.
+
+    The peer logs its side of the call under the same id, so one search finds
+    both sites' lines of one pull page or one notice.
+    """
+    context = structlog.contextvars.get_contextvars()
+    trace = context.get("request_id") or context.get("task_id")
+    return {"X-Request-ID": str(trace)} if trace else {}

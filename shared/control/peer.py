@@ -22,6 +22,7 @@ import httpx
 
 from shared.control import decoding, signing, transport
 from shared.data import wire
+from shared.logging import trace_headers
 from shared.security import UnsafeURL, check_url
 from shared.settings import Settings
 
@@ -210,7 +211,10 @@ class PeerClient:
         # go out as they are (signing.request decides).
         content, headers = signing.request(site_url, endpoint, body, self._signing_keys)
         request = self._client.build_request(
-            "POST", url, content=content, headers={**headers, "accept": accept}
+            "POST",
+            url,
+            content=content,
+            headers={**headers, **trace_headers(), "accept": accept},
         )
         limits = _Limits(endpoint, max_bytes, seconds)
         try:

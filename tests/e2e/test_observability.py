@@ -196,8 +196,10 @@ def test_json_logs_parse_and_carry_ids_and_no_secret(
             assert token not in raw and token_hash[:9] not in raw, (name, raw[:300])
         web = [r for name, r in records if name == "web.log"]
         requests = [r for r in web if r.get("logger") == "dbsync.http"]
+        # Made here (32 hex), or a peer's task id (a uuid) that called us.
         assert requests and all(
-            re.fullmatch(r"[0-9a-f]{32}", r["request_id"]) for r in requests
+            re.fullmatch(r"[0-9a-f]{32}|[0-9a-f-]{36}", r["request_id"])
+            for r in requests
         )
         tasks = [r for name, r in records if name == "worker.log" and "task_id" in r]
         assert tasks, "no worker line carried a task id"
@@ -205,4 +207,17 @@ def test_json_logs_parse_and_carry_ids_and_no_secret(
             re.fullmatch(r"[0-9a-f-]{36}", r["task_id"]) and r["task"] for r in tasks
         )
     receiver_tasks = {r.get("task") for _, r in _records(receiver) if "task_id" in r}
+    # The receiver's pull task sent its id to the sender as X-Request-ID: the
+    # sender's lines of those pull-data calls carry it.
+    pull_ids = {
+        r["task_id"]
+        for _, r in _records(receiver)
+        if r.get("task") == "dbsync.run_pull"
+    }
+    served = {
+        r["request_id"]
+        for _, r in _records(sender)
+        if r.get("logger") == "dbsync.http" and "pull-data" in r["event"]
+    }
+    assert pull_ids and served and served <= pull_ids
     assert "dbsync.run_pull" in receiver_tasks, receiver_tasks

@@ -8,6 +8,7 @@ of its documented schema and content type, and none a 5xx.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.e2e.conftest import SiteProcesses
-from tests.helpers import ScratchDatabases
+from tests.helpers import ScratchDatabases, free_port
 
 CHECKS = [
     not_a_server_error,
@@ -142,3 +143,49 @@ def test_a_logged_lifecycle_of_the_folder(live_site: SiteProcesses) -> None:
     assert httpx.get(f"{live_site.url}/sync/api/status", timeout=5).status_code == 200
     log = (Path(live_site.home) / "web.log").read_text()
     assert "Traceback" not in log
+
+
+def test_real_answers_of_an_active_connection_conform(
+    live_site: SiteProcesses, api_schema: schemathesis.BaseSchema
+) -> None:
+    """The success shapes: a connection's token, so every data call answers 200."""
+    created = live_site.cli_json(
+        "connections",
+        "create",
+        "--name",
+        "probe",
+        "--url",
+        f"http://127.0.0.1:{free_port()}",
+    )
+    live_site.sql(
+        "UPDATE dbsync_connections SET status = 'active' WHERE id = :id",
+        id=created["id"],
+    )
+    token_hash = hashlib.sha256(created["token"].encode()).hexdigest()
+    table = {"auth_token_hash": token_hash, "table_name": "things"}
+    calls = [
+        ("list-tables", {"auth_token_hash": token_hash}, "application/json"),
+        ("table-schema", table, "application/json"),
+        ("table-records", {**table, "limit": 5}, "application/json"),
+        ("pull-data", {**table, "limit": 7}, "application/json"),
+        (
+            "pull-data",
+            {**table, "limit": 7, "format": "pg_copy_text"},
+            "text/vnd.dbsync.pgcopy",
+        ),
+        (
+            "pull-data",
+            {**table, "limit": 7, "format": "pg_copy_binary"},
+            "application/vnd.dbsync.pgcopy",
+        ),
+    ]
+    for name, body, content_type in calls:
+        case = api_schema[f"/sync/api/{name}"]["POST"].Case(
+            body=body, media_type="application/json"
+        )
+        answer = case.call_and_validate(checks=CHECKS, timeout=30)
+        assert answer.status_code == 200, (name, answer.text[:300])
+        assert answer.headers["content-type"][0].startswith(content_type)
+        if content_type != "application/json":
+            assert answer.headers["x-sync-count"] == ["7"]
+            assert answer.headers["x-sync-has-more"] == ["true"]
