@@ -42,38 +42,53 @@ def _fernet(material: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(digest.digest()))
 
 
-def _stored_key(engine: Engine, create: bool) -> str | None:
-    """The generated key kept in the state database; made once if ``create``."""
-    with Session(engine) as session, session.begin():
-        if create:
-            row = {
-                "name": KEY_NAME,
-                "value": Fernet.generate_key().decode("ascii"),
-                "created_at": utcnow(),
-            }
-            dialect = engine.dialect.name
-            insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            # Two processes making it at once: the first one's key is kept.
-            session.execute(
-                insert(SiteKey)
-                .values(row)
-                .on_conflict_do_nothing(index_elements=["name"])
-            )
-        return session.scalar(select(SiteKey.value).where(SiteKey.name == KEY_NAME))
+def _stored_key(
+    engine: Engine, create: bool, session: Session | None = None
+) -> str | None:
+    """The generated key kept in the state database; made once if ``create``.
+
+    Read first, written only when missing. Given the caller's ``session`` the
+    key is made in its transaction: on SQLite a second connection could not
+    write while that transaction holds the database's write lock.
+    """
+    if session is None:
+        with Session(engine) as own, own.begin():
+            return _stored_key(engine, create, own)
+    found = session.scalar(select(SiteKey.value).where(SiteKey.name == KEY_NAME))
+    if found is not None or not create:
+        return found
+    row = {
+        "name": KEY_NAME,
+        "value": Fernet.generate_key().decode("ascii"),
+        "created_at": utcnow(),
+    }
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    # Two processes making it at once: the first one's key is kept.
+    session.execute(
+        insert(SiteKey).values(row).on_conflict_do_nothing(index_elements=["name"])
+    )
+    return session.scalar(select(SiteKey.value).where(SiteKey.name == KEY_NAME))
 
 
-def _keys(engine: Engine, configured: str, create: bool) -> list[Fernet]:
+def _keys(
+    engine: Engine, configured: str, create: bool, session: Session | None = None
+) -> list[Fernet]:
     """This site's keys, the one that seals first."""
     keys = [_fernet(configured)] if configured else []
-    stored = _stored_key(engine, create=create and not configured)
+    stored = _stored_key(engine, create=create and not configured, session=session)
     if stored:
         keys.append(_fernet(stored))
     return keys
 
 
-def seal(engine: Engine, configured: str, secrets: dict[str, Any]) -> str:
-    """``secrets`` as one sealed string."""
-    (first, *_) = _keys(engine, configured, create=True)
+def seal(
+    engine: Engine,
+    configured: str,
+    secrets: dict[str, Any],
+    session: Session | None = None,
+) -> str:
+    """``secrets`` as one sealed string (a key made in ``session`` if needed)."""
+    (first, *_) = _keys(engine, configured, create=True, session=session)
     return first.encrypt(json.dumps(secrets).encode("utf-8")).decode("ascii")
 
 

@@ -58,7 +58,9 @@ def owe(
         )
     secrets = {k: payload[k] for k in SEALED if payload.get(k)}
     if secrets:
-        sealed = sealing.seal(site.db.engine, site.settings.secret_key, secrets)
+        sealed = sealing.seal(
+            site.db.engine, site.settings.secret_key, secrets, session=session
+        )
         payload = {k: v for k, v in payload.items() if k not in SEALED}
         payload["sealed"] = sealed
     notice = PeerNotice(
