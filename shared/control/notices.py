@@ -58,7 +58,7 @@ def owe(
         )
     secrets = {k: payload[k] for k in SEALED if payload.get(k)}
     if secrets:
-        sealed = sealing.seal(site.db.engine, site.settings.secret_key, secrets)
+        sealed = sealing.seal(session, site.settings.secret_key, secrets)
         payload = {k: v for k, v in payload.items() if k not in SEALED}
         payload["sealed"] = sealed
     notice = PeerNotice(
@@ -123,7 +123,7 @@ def _deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
             return Outcome("not_due")
         conn = _connection(session, notice)
         try:
-            body = _request_body(site, notice)
+            body = _request_body(site, session, notice)
         except sealing.Unsealable as ex:
             _finish(notice, conn, "failed", f"cannot open the sealed token: {ex}")
             log.warning("notice failed id=%s: %s", notice.id, ex)
@@ -228,14 +228,14 @@ def _retry(
     return Outcome("retrying", delay)
 
 
-def _request_body(site: Site, notice: PeerNotice) -> dict[str, Any]:
+def _request_body(site: Site, session: Session, notice: PeerNotice) -> dict[str, Any]:
     own = site.settings.site_url
     if notice.kind == "register":
         payload = dict(notice.payload)
         if payload.get("sealed"):
             payload.update(
                 sealing.open_sealed(
-                    site.db.engine, site.settings.secret_key, payload["sealed"]
+                    session, site.settings.secret_key, payload["sealed"]
                 )
             )
         body = {
