@@ -271,6 +271,15 @@ class RssSampler:
 # -- one dbsync site -------------------------------------------------------------
 
 
+# register-connection limits out of the way of a benchmark that registers
+# thousands of times from one address (README "Strangers at register-connection").
+NO_REGISTER_LIMITS = {
+    "SYNC_REGISTER_PER_ADDRESS": "1000000000",
+    "SYNC_REGISTER_TOTAL": "1000000000",
+    "SYNC_REGISTER_MAX_UNCONFIRMED": "1000000000",
+}
+
+
 @dataclass
 class Site:
     """One dbsync site: its own state database and Redis database, its data
@@ -304,6 +313,8 @@ class Site:
             "SYNC_HOME": str(self.home),
             "SYNC_QUEUE_PREFIX": self.queue_prefix,
             "SYNC_LOG_LEVEL": "INFO",
+            # The control-plane probes register from one address many times.
+            **NO_REGISTER_LIMITS,
             **self.extra_env,
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

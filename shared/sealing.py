@@ -42,59 +42,52 @@ def _fernet(material: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(digest.digest()))
 
 
-def _stored_key(
-    engine: Engine, create: bool, session: Session | None = None
-) -> str | None:
+def _stored_key(bind: Session | Engine, create: bool) -> str | None:
     """The generated key kept in the state database; made once if ``create``.
 
-    Read first, written only when missing. Given the caller's ``session`` the
-    key is made in its transaction: on SQLite a second connection could not
-    write while that transaction holds the database's write lock.
+    Given a session, in its transaction: a second one would wait for the
+    caller's own write lock on SQLite.
     """
-    if session is None:
-        with Session(engine) as own, own.begin():
-            return _stored_key(engine, create, own)
-    found = session.scalar(select(SiteKey.value).where(SiteKey.name == KEY_NAME))
-    if found is not None or not create:
-        return found
-    row = {
-        "name": KEY_NAME,
-        "value": Fernet.generate_key().decode("ascii"),
-        "created_at": utcnow(),
-    }
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    # Two processes making it at once: the first one's key is kept.
-    session.execute(
-        insert(SiteKey).values(row).on_conflict_do_nothing(index_elements=["name"])
-    )
+    if isinstance(bind, Session):
+        return _stored_key_in(bind, create)
+    with Session(bind) as session, session.begin():
+        return _stored_key_in(session, create)
+
+
+def _stored_key_in(session: Session, create: bool) -> str | None:
+    if create:
+        row = {
+            "name": KEY_NAME,
+            "value": Fernet.generate_key().decode("ascii"),
+            "created_at": utcnow(),
+        }
+        dialect = session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        # Two processes making it at once: the first one's key is kept.
+        session.execute(
+            insert(SiteKey).values(row).on_conflict_do_nothing(index_elements=["name"])
+        )
     return session.scalar(select(SiteKey.value).where(SiteKey.name == KEY_NAME))
 
 
-def _keys(
-    engine: Engine, configured: str, create: bool, session: Session | None = None
-) -> list[Fernet]:
+def _keys(bind: Session | Engine, configured: str, create: bool) -> list[Fernet]:
     """This site's keys, the one that seals first."""
     keys = [_fernet(configured)] if configured else []
-    stored = _stored_key(engine, create=create and not configured, session=session)
+    stored = _stored_key(bind, create=create and not configured)
     if stored:
         keys.append(_fernet(stored))
     return keys
 
 
-def seal(
-    engine: Engine,
-    configured: str,
-    secrets: dict[str, Any],
-    session: Session | None = None,
-) -> str:
-    """``secrets`` as one sealed string (a key made in ``session`` if needed)."""
-    (first, *_) = _keys(engine, configured, create=True, session=session)
+def seal(bind: Session | Engine, configured: str, secrets: dict[str, Any]) -> str:
+    """``secrets`` as one sealed string."""
+    (first, *_) = _keys(bind, configured, create=True)
     return first.encrypt(json.dumps(secrets).encode("utf-8")).decode("ascii")
 
 
-def open_sealed(engine: Engine, configured: str, sealed: str) -> dict[str, Any]:
+def open_sealed(bind: Session | Engine, configured: str, sealed: str) -> dict[str, Any]:
     """The secrets ``seal`` sealed; Unsealable if no key of this site opens them."""
-    keys = _keys(engine, configured, create=False)
+    keys = _keys(bind, configured, create=False)
     if not keys:
         raise Unsealable("no key to open them: SYNC_SECRET_KEY is not set")
     try:

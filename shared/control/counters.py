@@ -104,3 +104,22 @@ def give_back(engine: Engine, key: str) -> None:
         row = session.scalar(stmt)
         if row is not None and row.count > 0:
             row.count -= 1
+
+
+def take_all(engine: Engine, limits: list[tuple[str, int, int]]) -> int | None:
+    """``take`` for several (key, limit, window) in one transaction: each is
+    counted only if all have room; else the seconds to wait for the first
+    that has none."""
+    with Session(engine) as session, session.begin():
+        # Locked in key order, so two callers never wait on each other in turn.
+        rows = {key: _load(session, key, window) for key, _, window in sorted(limits)}
+        for key, limit, window in limits:
+            row = rows[key]
+            if row.count >= limit:
+                left = (
+                    row.window_start + dt.timedelta(seconds=window) - utcnow()
+                ).total_seconds()
+                return max(1, int(left + 0.999))
+        for row in rows.values():
+            row.count += 1
+        return None

@@ -194,15 +194,15 @@ def _limit_registrations(session: Session, site: Site, remote_ip: str) -> None:
     s = site.settings
     engine = site.db.engine
     window = s.register_window_seconds
-    for key, limit in (
-        (f"register-from:{remote_ip}", s.register_per_address),
-        ("register-all", s.register_total),
-    ):
-        wait = counters.take(engine, key, limit, window)
-        if wait is not None:
-            raise SyncError(
-                ErrorKind.THROTTLED, "Too many registrations", retry_after=wait
-            )
+    wait = counters.take_all(
+        engine,
+        [
+            (f"register-from:{remote_ip}", s.register_per_address, window),
+            ("register-all", s.register_total, window),
+        ],
+    )
+    if wait is not None:
+        raise SyncError(ErrorKind.THROTTLED, "Too many registrations", retry_after=wait)
     unconfirmed = session.scalar(
         select(func.count())
         .select_from(Connection)

@@ -58,9 +58,7 @@ def owe(
         )
     secrets = {k: payload[k] for k in SEALED if payload.get(k)}
     if secrets:
-        sealed = sealing.seal(
-            site.db.engine, site.settings.secret_key, secrets, session=session
-        )
+        sealed = sealing.seal(session, site.settings.secret_key, secrets)
         payload = {k: v for k, v in payload.items() if k not in SEALED}
         payload["sealed"] = sealed
     notice = PeerNotice(
@@ -68,7 +66,6 @@ def owe(
         connection_id=conn.id,
         connection_name=conn.name,
         site_url=conn.site_url,
-        peer_prefix=conn.peer_prefix,
         auth_token_hash=conn.auth_token_hash,
         payload=payload,
         state="queued",
@@ -126,16 +123,14 @@ def _deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
             return Outcome("not_due")
         conn = _connection(session, notice)
         try:
-            body = _request_body(site, notice)
+            body = _request_body(site, session, notice)
         except sealing.Unsealable as ex:
             _finish(notice, conn, "failed", f"cannot open the sealed token: {ex}")
             log.warning("notice failed id=%s: %s", notice.id, ex)
             return Outcome("failed")
         endpoint = ENDPOINTS[notice.kind]
         try:
-            resp = client.post(
-                notice.site_url, endpoint, body, prefix=notice.peer_prefix
-            )
+            resp = client.post(notice.site_url, endpoint, body)
         except PeerRefused as ex:
             _finish(notice, conn, "failed", str(ex))
             return Outcome("failed")
@@ -233,14 +228,14 @@ def _retry(
     return Outcome("retrying", delay)
 
 
-def _request_body(site: Site, notice: PeerNotice) -> dict[str, Any]:
+def _request_body(site: Site, session: Session, notice: PeerNotice) -> dict[str, Any]:
     own = site.settings.site_url
     if notice.kind == "register":
         payload = dict(notice.payload)
         if payload.get("sealed"):
             payload.update(
                 sealing.open_sealed(
-                    site.db.engine, site.settings.secret_key, payload["sealed"]
+                    session, site.settings.secret_key, payload["sealed"]
                 )
             )
         body = {

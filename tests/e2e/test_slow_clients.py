@@ -26,6 +26,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
+from bench.harness import NO_REGISTER_LIMITS
 from shared.data.sender.offer import Catalog
 from tests.e2e.conftest import SiteProcesses, field, pair
 from tests.helpers import ScratchDatabases, eventually, free_port
@@ -40,6 +41,7 @@ ENV = {
     "SYNC_HEADER_TIMEOUT_SECONDS": str(HEADER),
     "SYNC_BODY_TIMEOUT_SECONDS": str(BODY),
     "SYNC_PULL_LEASE_SECONDS": "4",
+    **NO_REGISTER_LIMITS,  # the register probe registers from one address
 }
 ROWS = 150_000
 BIG_TABLE = """
