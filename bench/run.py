@@ -218,13 +218,6 @@ def wire_bytes(log: Path, offset: int) -> tuple[int, int]:
 # -- the benchmark -----------------------------------------------------------------
 
 
-REGISTRATION_UNLIMITED = {
-    "SYNC_REGISTER_PER_ADDRESS": "1000000",
-    "SYNC_REGISTER_TOTAL": "1000000",
-    "SYNC_REGISTER_MAX_UNCONFIRMED": "1000000",
-}
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -328,11 +321,7 @@ class Bench:
         target_url = self.pg.url(self.target_db)
         specs = [
             ("sender", self.redis_urls[0], source_url, {}),
-            # The latency run registers thousands of new senders from one
-            # address: lift the registration limits (default 10 per address
-            # and 100 in all an hour, 50 unconfirmed) so each one does the
-            # whole registration path, not a 429.
-            ("receiver", self.redis_urls[1], target_url, REGISTRATION_UNLIMITED),
+            ("receiver", self.redis_urls[1], target_url, {}),
             # A PhoenixKit-style receiver: it only takes JSON pages. SYNC_PULL_FORMAT
             # is the agreed receiver setting; SYNC_BULK_PULL=false is the switch
             # the first bulk-format build reads. Either one is enough.
