@@ -45,7 +45,7 @@ from shared.data.sender.fingerprints import RangePrint
 log = logging.getLogger("dbsync.delta")
 
 SPLIT = 64
-LEAF_ROWS = 1000
+LEAF_ROWS = 64
 Range = tuple[Any, Any]  # (after, until): wire-encoded keys, None for open ends
 
 
