@@ -70,9 +70,7 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     site's home.
     """
     jobs = health.beat_jobs(settings)
-    wake = max(
-        1, min(BEAT_MAX_WAKE_SECONDS, settings.syncs_tick_seconds, *jobs.values())
-    )
+    wake = max(1, min(BEAT_MAX_WAKE_SECONDS, *jobs.values()))
     config: dict[str, Any] = {
         "beat_schedule": {
             "verify-connections": _every(

@@ -30,3 +30,13 @@ def test_adjacent_ranges_merge_and_gaps_stay() -> None:
     leaves = [(None, [10]), ([10], [20]), ([30], [40]), ([40], None)]
     assert delta.merge(leaves) == [(None, [20]), ([30], None)]
     assert delta.merge([]) == []
+
+
+def test_leaves_are_grouped_by_rows_and_by_ranges_for_one_rows_call() -> None:
+    many = [([i], [i + 1]) for i in range(0, 2500, 2)]  # 1,250 apart, 1 row each
+    counts = {delta._range_key(r): 1 for r in many}
+    groups = delta._chunks(many, counts)
+    assert [len(g) for g in groups] == [1000, 250]
+    big = [([i], [i + 1]) for i in range(0, 6, 2)]
+    groups = delta._chunks(big, {delta._range_key(r): 20_000 for r in big})
+    assert [len(g) for g in groups] == [1, 1, 1]

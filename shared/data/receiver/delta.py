@@ -45,7 +45,7 @@ from shared.data.sender.fingerprints import RangePrint
 log = logging.getLogger("dbsync.delta")
 
 SPLIT = 64
-LEAF_ROWS = 1000
+LEAF_ROWS = 64
 Range = tuple[Any, Any]  # (after, until): wire-encoded keys, None for open ends
 
 
@@ -415,8 +415,9 @@ def sync_table(
 
 
 def _chunks(leaves: list[Range], counts: dict[str, int]) -> list[list[Range]]:
-    """Leaves in key order, grouped so each group holds at most
-    fingerprints.MAX_ROWS of the sender's rows (one ``rows`` answer)."""
+    """Leaves in key order, grouped so each group holds at most half
+    fingerprints.MAX_ROWS of the sender's rows and MAX_RANGES ranges (one
+    ``rows`` call)."""
     groups: list[list[Range]] = []
     # Half the most a ``rows`` answer may list: rows the sender gains after
     # the descent counted them must still fit.
@@ -424,7 +425,11 @@ def _chunks(leaves: list[Range], counts: dict[str, int]) -> list[list[Range]]:
     total = 0
     for rng in leaves:
         count = counts.get(_range_key(rng), LEAF_ROWS)
-        if not groups or total + count > most:
+        if (
+            not groups
+            or total + count > most
+            or len(groups[-1]) >= fingerprints.MAX_RANGES
+        ):
             groups.append([])
             total = 0
         groups[-1].append(rng)
