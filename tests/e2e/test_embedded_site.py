@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -13,6 +15,19 @@ import pytest
 from tests.helpers import DBSYNC, eventually, free_port
 
 pytestmark = pytest.mark.e2e
+
+# The tables the README's walk-through makes on the sender (checked below to
+# be the README's own text).
+WALK_THROUGH_TABLES = (
+    "CREATE TABLE products (id integer PRIMARY KEY, name text);"
+    " CREATE TABLE orders (id integer PRIMARY KEY, product_id integer"
+    " REFERENCES products (id), quantity integer);"
+)
+
+
+def test_the_walk_through_makes_these_tables() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert WALK_THROUGH_TABLES in readme
 
 
 def embedded_env(home: Path, port: int) -> dict[str, str]:
@@ -78,7 +93,23 @@ def test_two_embedded_sites_pair_with_sqlite_and_the_serverless_broker(
         cli(r_env, "settings", "set", "enabled", "true")
         cli(r_env, "settings", "set", "incoming_mode", "auto_accept")
         cli(s_env, "settings", "set", "enabled", "true")
-        cli(s_env, "connections", "create", "--name", "embedded", "--url", r_url)
+        # As the README's walk-through: the sender offers tables of its data
+        # database (on embedded defaults, the SQLite file in SYNC_HOME); a
+        # connection names tables that exist (rules are checked at creation).
+        data_file = Path(s_env["SYNC_HOME"]) / "dbsync.sqlite3"
+        with closing(sqlite3.connect(data_file)) as db:
+            db.executescript(WALK_THROUGH_TABLES)
+        cli(
+            s_env,
+            "connections",
+            "create",
+            "--name",
+            "embedded",
+            "--url",
+            r_url,
+            "--allowed-tables",
+            "products,orders",
+        )
         import json
 
         def sender_status() -> str:
