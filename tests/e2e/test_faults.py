@@ -113,6 +113,7 @@ def pair(
             f"to-{receiver.name}",
             "--url",
             receiver.env["SYNC_SITE_URL"],  # the URL the receiver calls itself
+            "--offer-new-tables",  # each test makes its tables after pairing
             *options,
         )
     ids = []
