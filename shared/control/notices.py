@@ -66,6 +66,7 @@ def owe(
         connection_id=conn.id,
         connection_name=conn.name,
         site_url=conn.site_url,
+        peer_prefix=conn.peer_prefix,
         auth_token_hash=conn.auth_token_hash,
         payload=payload,
         state="queued",
@@ -130,7 +131,9 @@ def _deliver(site: Site, client: PeerClient, notice_id: int) -> Outcome:
             return Outcome("failed")
         endpoint = ENDPOINTS[notice.kind]
         try:
-            resp = client.post(notice.site_url, endpoint, body)
+            resp = client.post(
+                notice.site_url, endpoint, body, prefix=notice.peer_prefix
+            )
         except PeerRefused as ex:
             _finish(notice, conn, "failed", str(ex))
             return Outcome("failed")

@@ -71,8 +71,10 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def receiver_url() -> Iterator[str]:
+    # One receiver a test: a site holds one sender connection per peer site
+    # (a path in the URL is the peer's API prefix, not another site).
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -164,8 +166,13 @@ def on_terminal(env: dict[str, str], *args: str, typed: list[str]) -> tuple[int,
 def delivered_password(site: Site, url: str) -> str | None:
     """Deliver the registration owed to ``url`` and return what the receiver got."""
     with site.db.session() as session:
+        # A path in the URL is the peer's prefix: the notice keeps it apart.
+        parts = urlsplit(url)
         notice_id = session.scalar(
-            sql_select(PeerNotice.id).where(PeerNotice.site_url == url)
+            sql_select(PeerNotice.id).where(
+                PeerNotice.site_url == f"{parts.scheme}://{parts.netloc}",
+                PeerNotice.peer_prefix == parts.path,
+            )
         )
     assert notice_id is not None
     notices.deliver(site, PeerClient(site.settings), notice_id)
@@ -173,7 +180,11 @@ def delivered_password(site: Site, url: str) -> str | None:
 
 
 def create(name: str, url: str, *extra: str) -> tuple[str, ...]:
-    return ("connections", "create", "--name", name, "--url", url, "--json", *extra)
+    # The site has no table of its own: it offers tables made later.
+    return (
+        "connections", "create", "--name", name, "--url", url, "--json",
+        "--offer-new-tables", *extra,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
