@@ -83,6 +83,7 @@ def create(site: SiteProcesses, pk: PhoenixKitProcess, *extra: str) -> str:
         "to-pk",
         "--url",
         f"{pk.url}/phoenix_kit",
+        "--offer-new-tables",  # the tests make their tables as they go
         *extra,
     )
     eventually(lambda: dbsync_field(site, pk.url, "registration_status") != "queued")
