@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--name",
                 f"slow-{i}",
                 "--url",
-                f"http://127.0.0.1:{dead_port}/receiver/{i}",
+                # A site per connection: a path would only be a peer's prefix.
+                f"http://127.0.0.1:{free_port()}",
                 "--rate-limit",
                 "100000",
             )

@@ -88,7 +88,8 @@ class Sites:
                 "--name",
                 f"slow-{i}",
                 "--url",
-                f"http://127.0.0.1:{self.dead}/slow/{i}",
+                # A site per connection: a path would only be a peer's prefix.
+                f"http://127.0.0.1:{free_port()}",
             )
             sender.sql(
                 "UPDATE dbsync_connections SET status = 'active' WHERE id = :id",
