@@ -760,6 +760,9 @@ class Syncs:
             row["check"] = (
                 checked(transfers.describe(last, with_tables=False)) if last else None
             )
+            row["progress"] = (
+                (last.records_transferred, last.records_expected) if last else None
+            )
             rows.append(row)
         receivers = [
             conns.describe(c)

@@ -238,6 +238,22 @@ def test_syncs_are_created_paused_resumed_run_and_deleted_by_form(
     with site.db.session() as session:
         session.get_one(Sync, sync.id).failures = 3
     assert "backing off" in client.simulate_get("/admin/syncs", headers=cookie).text
+    with site.db.session() as session:  # a run in progress shows its progress
+        run = Transfer(
+            direction="receive",
+            status="running",
+            records_transferred=1000,
+            records_expected=5000,
+            meta={},
+        )
+        session.add(run)
+        session.flush()
+        row = session.get_one(Sync, sync.id)
+        row.last_transfer_id, row.last_status = run.id, "running"
+    page = client.simulate_get("/admin/syncs", headers=cookie).text
+    row_html = page.split(f'id="sync-{sid}"')[1].split("</tr>")[0]
+    assert ">running</span>" in row_html and "1,000 / 5,000" in row_html
+    assert "data-reload" in page
     assert act("run").status_code == 303 and state() == (False, 0)
     refused = client.simulate_post(
         f"/admin/syncs/{sid}", body="action=delete", headers=headers
