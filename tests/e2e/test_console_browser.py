@@ -40,6 +40,9 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.expected_conditions import (  # noqa: E402
+    staleness_of,
+)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +127,13 @@ def text(driver: WebDriver, css: str) -> str:
 
 def submit(driver: WebDriver, form_xpath: str) -> None:
     driver.find_element(By.XPATH, f"{form_xpath}//button[@type='submit']").click()
+
+
+def click_and_load(driver: WebDriver, css: str) -> None:
+    """Click a submit button and wait until the next page has replaced this one."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.CSS_SELECTOR, css).click()
+    WebDriverWait(driver, 30).until(staleness_of(page))
 
 
 def action_form(action: str) -> str:
@@ -214,7 +224,7 @@ def test_start_a_pull_and_watch_it_complete(
     browser.find_element(
         By.XPATH, "//input[@name='table' and @value='gadgets']"
     ).click()
-    browser.find_element(By.XPATH, "//button[@value='pull']").click()
+    click_and_load(browser, "button[value='pull']")
     assert "/admin/transfers/" in browser.current_url
     seen: set[str] = set()
 
@@ -250,7 +260,7 @@ def test_keep_the_table_in_sync_pause_and_delete_the_sync(
     every.clear()
     every.send_keys("1h")  # one run now, the next in an hour
     browser.find_element(By.XPATH, "//input[@name='mirror_deletes']").click()
-    browser.find_element(By.XPATH, "//button[@value='sync']").click()
+    click_and_load(browser, "button[value='sync']")
     assert "/admin/syncs" in browser.current_url
     assert text(browser, "p.notice") == (
         "Sync created; beat starts its first run at its next tick."
@@ -274,7 +284,7 @@ def test_keep_the_table_in_sync_pause_and_delete_the_sync(
     assert text(browser, f"{row} .sync-state") == "active"
     assert "1h" in text(browser, row)
     shot(browser, "09-syncs")
-    browser.find_element(By.CSS_SELECTOR, f"{row} .sync-last a").click()
+    click_and_load(browser, f"{row} .sync-last a")
     assert text(browser, "#transfer-status") == "completed"
     assert text(browser, "#transfer-verification") == "verified"
     # The table was already level: the delta run compared and moved nothing.
@@ -283,11 +293,11 @@ def test_keep_the_table_in_sync_pause_and_delete_the_sync(
     shot(browser, "10-sync-run")
 
     browser.get(f"{base}/syncs")
-    browser.find_element(By.CSS_SELECTOR, f"{row} button[aria-label^='Pause']").click()
+    click_and_load(browser, f"{row} button[aria-label^='Pause']")
     assert text(browser, "p.notice") == "Sync paused; a run in progress finishes."
     assert text(browser, f"{row} .sync-state") == "paused"
     assert receiver.cli_json("syncs", "show", sync["id"])["paused"] is True
-    browser.find_element(By.CSS_SELECTOR, f"{row} button[aria-label^='Delete']").click()
+    click_and_load(browser, f"{row} button[aria-label^='Delete']")
     assert text(browser, "p.notice") == "Sync deleted; its transfers stay."
     assert "No syncs yet" in text(browser, "#syncs")
     assert receiver.cli_json("syncs", "list") == []
