@@ -37,12 +37,10 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.expected_conditions import (  # noqa: E402
-    staleness_of,
-)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,9 +129,21 @@ def submit(driver: WebDriver, form_xpath: str) -> None:
 
 def click_and_load(driver: WebDriver, css: str) -> None:
     """Click a submit button and wait until the next page has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.dbsyncOldPage = true")
     driver.find_element(By.CSS_SELECTOR, css).click()
-    WebDriverWait(driver, 30).until(staleness_of(page))
+
+    def loaded(d: WebDriver) -> bool:
+        try:
+            return bool(
+                d.execute_script(
+                    "return window.dbsyncOldPage === undefined"
+                    " && document.readyState === 'complete'"
+                )
+            )
+        except WebDriverException:  # asked in the middle of the navigation
+            return False
+
+    WebDriverWait(driver, 30, poll_frequency=0.2).until(loaded)
 
 
 def action_form(action: str) -> str:
