@@ -29,8 +29,15 @@ from shared.control import admin, health, module
 from shared.control import connections as conns
 from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
 from shared.data.receiver import pulls, transfers
+from shared.data.receiver import syncs as sync_svc
 from shared.errors import ErrorKind, SyncError
-from shared.state.models import AuditEvent, Connection, PeerNotice, Transfer
+from shared.state.models import (
+    STRATEGIES,
+    AuditEvent,
+    Connection,
+    PeerNotice,
+    Transfer,
+)
 
 log = logging.getLogger("dbsync.console")
 
@@ -53,7 +60,14 @@ DONE = {  # fixed messages a redirect may name; never text from the query
     "delete": "Connection deleted; the peer is told.",
     "limits": "Limits saved.",
     "settings": "Settings saved.",
+    "sync-create": "Sync created; beat starts its first run at its next tick.",
+    "sync-pause": "Sync paused; a run in progress finishes.",
+    "sync-resume": "Sync resumed.",
+    "sync-run": "Sync due now; beat starts it at its next tick.",
+    "sync-delete": "Sync deleted; its transfers stay.",
 }
+SYNC_ACTIONS = ("pause", "resume", "run", "delete")
+SYNC_MODES = ("delta", "full")  # cursor is refused by the service for now
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
@@ -76,6 +90,9 @@ class Kit:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        self.env.filters["every"] = _every_text
+        self.env.filters["when"] = _when
+        self.env.filters["keyrange"] = _key_text
         self._peer: PeerClient | None = None
 
     def peer(self) -> PeerClient:
@@ -203,6 +220,81 @@ def _options(form: dict[str, Any]) -> conns.SenderOptions:
         allowed_hours_start=start,
         allowed_hours_end=end,
     )
+
+
+def _every_text(seconds: int) -> str:
+    """An interval as an operator writes it for ``--every`` (90s, 15m, 2h, 1d)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _when(iso: str | None) -> str:
+    """An ISO time as ``YYYY-MM-DD HH:MM:SS`` UTC, or a dash."""
+    if not iso:
+        return "—"
+    try:
+        moment = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _key_text(key: Any, missing: str) -> str:
+    """A range bound (a key's values) as text; ``missing`` for an open end."""
+    if key is None:
+        return missing
+    values = key if isinstance(key, list) else [key]
+    return "(" + ", ".join(str(v) for v in values) + ")"
+
+
+def checked(t: dict[str, Any]) -> dict[str, Any]:
+    """What a transfer's verification and delta figures say, for its pages.
+
+    ``outcome`` is ``verified`` (every table compared equal), ``differs``
+    (the first table that differs and its first differing range),
+    ``unverified`` (some table could not be compared) or None (no check
+    recorded). A completed transfer that differs reads ``completed, differs``.
+    """
+    results = t.get("verification") or {}
+    tables = {n: r for n, r in results.items() if isinstance(r, dict)}
+    differs = [n for n, r in tables.items() if r.get("status") == "differs"]
+    outcome: str | None = None
+    if differs:
+        outcome = "differs"
+    elif tables and all(r.get("status") == "verified" for r in tables.values()):
+        outcome = "verified"
+    elif tables:
+        outcome = "unverified"
+    first = None
+    if differs:
+        rng = tables[differs[0]].get("first_range") or {}
+        first = {
+            "table": differs[0],
+            "after": rng.get("after"),
+            "until": rng.get("until"),
+        }
+    deltas = {n: d for n, d in (t.get("delta") or {}).items() if isinstance(d, dict)}
+
+    def total(key: str) -> int:
+        return sum(int(d.get(key) or 0) for d in deltas.values())
+
+    status = t["status"]
+    if status == "completed" and (outcome == "differs" or t.get("error")):
+        status = "completed, differs" if outcome == "differs" else "completed, error"
+    return {
+        "outcome": outcome,
+        "differs": differs,
+        "first": first,
+        "tables": tables,
+        "deltas": deltas,
+        "rows_pulled": total("rows_pulled"),
+        "deleted": total("deleted"),
+        "status_text": status,
+    }
 
 
 def _redirect(resp: falcon.Response, url: str) -> None:
@@ -505,12 +597,19 @@ class RemoteTables:
             c=conns.describe(conn),
             tables=tables,
             preview=preview,
+            strategies=STRATEGIES,
+            modes=SYNC_MODES,
         )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, cid: str) -> None:
         kit = self._kit
         form = kit.posted(req)
         session: Session = req.context.session
+        if _one(form.get("do")) == "sync":
+            _create_sync(
+                kit, req, resp, cid, form, f"{kit.base}/connections/{cid}/tables"
+            )
+            return
         try:
             conn = conns.get(session, cid)
             transfer = pulls.start(
@@ -551,6 +650,8 @@ class TransferList:
             transfers.describe(t, with_tables=False)
             for t in transfers.newest(req.context.session, 50)
         ]
+        for row in rows:
+            row["check"] = checked(row)
         running = any(r["status"] in ("pending", "running") for r in rows)
         self._kit.render(req, resp, "transfers.html", rows=rows, refresh=running)
 
@@ -564,6 +665,7 @@ class TransferPage:
         kit.guard(req)
         try:
             t = transfers.describe(transfers.get(req.context.session, tid))
+            t["check"] = checked(t)
         except SyncError as ex:
             kit.fail(req, resp, ex, f"{kit.base}/transfers")
             return
@@ -604,15 +706,115 @@ class AuditPage:
         )
 
 
+def _create_sync(
+    kit: Kit,
+    req: falcon.Request,
+    resp: falcon.Response,
+    cid: str,
+    form: dict[str, Any],
+    back: str,
+) -> None:
+    """Create a sync from a posted form, through the service the CLI uses."""
+    session: Session = req.context.session
+    try:
+        conn = conns.get(session, cid)
+        tables = _many(form.get("table"))
+        tables += _csv(_one(form.get("tables")))
+        sync = sync_svc.create(
+            session,
+            conn,
+            tables,
+            all_tables=_one(form.get("all_tables")) == "yes",
+            every_seconds=sync_svc.parse_every(_one(form.get("every"))),
+            strategy=_one(form.get("strategy")) or None,
+            mode=_one(form.get("mode")) or "delta",
+            mirror_deletes=_one(form.get("mirror_deletes")) == "yes",
+            cursor_column=None,
+            evolve=_one(form.get("evolve")) == "yes",
+        )
+        sid = str(sync.id)
+    except SyncError as ex:
+        kit.fail(req, resp, ex, back)
+        return
+    _redirect(resp, f"{kit.base}/syncs?done=sync-create#sync-{sid}")
+
+
 class Syncs:
-    """A place for syncs in the nav; the syncs feature brings its own page."""
+    """Every sync with its state, last run and next run; create one."""
 
     def __init__(self, kit: Kit) -> None:
         self._kit = kit
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._kit.guard(req)
-        self._kit.render(req, resp, "syncs.html")
+        kit = self._kit
+        kit.guard(req)
+        session: Session = req.context.session
+        rows = []
+        for sync in sync_svc.every(session):
+            row = sync_svc.describe(session, sync)
+            last = (
+                session.get(Transfer, sync.last_transfer_id)
+                if sync.last_transfer_id
+                else None
+            )
+            row["check"] = (
+                checked(transfers.describe(last, with_tables=False)) if last else None
+            )
+            row["progress"] = (
+                (last.records_transferred, last.records_expected) if last else None
+            )
+            rows.append(row)
+        receivers = [
+            conns.describe(c)
+            for c in conns.list_all(session)
+            if c.direction == "receiver"
+        ]
+        kit.render(
+            req,
+            resp,
+            "syncs.html",
+            rows=rows,
+            receivers=receivers,
+            strategies=STRATEGIES,
+            modes=SYNC_MODES,
+            running=any(r["last_status"] == "running" for r in rows),
+        )
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        kit = self._kit
+        form = kit.posted(req)
+        _create_sync(
+            kit, req, resp, _one(form.get("connection")), form, f"{kit.base}/syncs"
+        )
+
+
+class SyncPage:
+    """Pause, resume, run now or delete one sync (plain form posts)."""
+
+    def __init__(self, kit: Kit) -> None:
+        self._kit = kit
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, sid: str) -> None:
+        kit = self._kit
+        form = kit.posted(req)
+        session: Session = req.context.session
+        action = _one(form.get("action"))
+        back = f"{kit.base}/syncs"
+        try:
+            if action not in SYNC_ACTIONS:
+                raise SyncError(ErrorKind.BAD_REQUEST, "Unknown action")
+            sync = sync_svc.get(session, sid)
+            if action in ("pause", "resume"):
+                sync_svc.set_paused(session, sync, action == "pause")
+            elif action == "run":
+                sync_svc.run_now(session, sync)
+            else:
+                sync_svc.delete(session, sync)
+        except SyncError as ex:
+            kit.fail(req, resp, ex, back)
+            return
+        anchor = "" if action == "delete" else f"#sync-{sid}"
+        _redirect(resp, f"{back}?done=sync-{action}{anchor}")
 
 
 class Static:
@@ -643,5 +845,6 @@ def routes(site: Site) -> dict[str, object]:
         f"{base}/transfers/{{tid}}": TransferPage(kit),
         f"{base}/audit": AuditPage(kit),
         f"{base}/syncs": Syncs(kit),
+        f"{base}/syncs/{{sid}}": SyncPage(kit),
         f"{base}/static/{{name}}": Static(),
     }

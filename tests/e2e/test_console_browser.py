@@ -6,8 +6,10 @@ Both sites are on 127.0.0.1, and cookies do not tell ports apart: the browser
 reaches the sender as 127.0.0.1 and the receiver as localhost, so each keeps
 its own session. The tests run in file order, one operator's afternoon:
 log in, create a connection (its token shown once), approve it on the other
-side, pull a table and watch it complete, suspend it and see the peer follow,
-and be refused without a CSRF token. Screenshots of each page go to
+side, pull a table and watch it complete, keep it in sync (create the sync
+from the remote tables page, see its run complete verified, pause it, delete
+it), suspend the connection and see the peer follow, and be refused without a
+CSRF token. Screenshots of each page go to
 test-artifacts/console/.
 """
 
@@ -35,6 +37,7 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -49,7 +52,10 @@ CREATE TABLE gadgets (id bigint PRIMARY KEY, label text, price numeric(10,2));
 INSERT INTO gadgets SELECT g, 'gadget ' || g, (g % 500) / 4.0
 FROM generate_series(1, :n) g;
 """
-PAGE_ENV = {"SYNC_BULK_PAGE_ROWS": "2000"}  # a pull of several pages to watch
+PAGE_ENV = {
+    "SYNC_BULK_PAGE_ROWS": "2000",  # a pull of several pages to watch
+    "SYNC_SYNCS_TICK_SECONDS": "1",  # beat starts a due sync within a second
+}
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +125,25 @@ def text(driver: WebDriver, css: str) -> str:
 
 def submit(driver: WebDriver, form_xpath: str) -> None:
     driver.find_element(By.XPATH, f"{form_xpath}//button[@type='submit']").click()
+
+
+def click_and_load(driver: WebDriver, css: str) -> None:
+    """Click a submit button and wait until the next page has replaced this one."""
+    driver.execute_script("window.dbsyncOldPage = true")
+    driver.find_element(By.CSS_SELECTOR, css).click()
+
+    def loaded(d: WebDriver) -> bool:
+        try:
+            return bool(
+                d.execute_script(
+                    "return window.dbsyncOldPage === undefined"
+                    " && document.readyState === 'complete'"
+                )
+            )
+        except WebDriverException:  # asked in the middle of the navigation
+            return False
+
+    WebDriverWait(driver, 30, poll_frequency=0.2).until(loaded)
 
 
 def action_form(action: str) -> str:
@@ -209,7 +234,7 @@ def test_start_a_pull_and_watch_it_complete(
     browser.find_element(
         By.XPATH, "//input[@name='table' and @value='gadgets']"
     ).click()
-    submit(browser, "//form[.//input[@name='table']]")
+    click_and_load(browser, "button[value='pull']")
     assert "/admin/transfers/" in browser.current_url
     seen: set[str] = set()
 
@@ -229,6 +254,63 @@ def test_start_a_pull_and_watch_it_complete(
     assert "same" in row.text  # the local copy now matches the sender's checksum
     browser.get(f"{base}/transfers")
     shot(browser, "06-transfers")
+
+
+def test_keep_the_table_in_sync_pause_and_delete_the_sync(
+    sites: tuple[SiteProcesses, SiteProcesses], browser: WebDriver
+) -> None:
+    sender, receiver = sites
+    base = receiver_url(receiver)
+    rid = receiver.only_connection()["id"]
+    browser.get(f"{base}/connections/{rid}/tables")
+    browser.find_element(
+        By.XPATH, "//input[@name='table' and @value='gadgets']"
+    ).click()
+    every = browser.find_element(By.ID, "sync-every")
+    every.clear()
+    every.send_keys("1h")  # one run now, the next in an hour
+    browser.find_element(By.XPATH, "//input[@name='mirror_deletes']").click()
+    click_and_load(browser, "button[value='sync']")
+    assert "/admin/syncs" in browser.current_url
+    assert text(browser, "p.notice") == (
+        "Sync created; beat starts its first run at its next tick."
+    )
+    (sync,) = receiver.cli_json("syncs", "list")
+    assert (sync["tables"], sync["every_seconds"], sync["mode"]) == (
+        ["gadgets"],
+        3600,
+        "delta",
+    )
+    assert (sync["strategy"], sync["mirror_deletes"]) == ("overwrite", True)
+    row = f"#sync-{sync['id']}"
+
+    def run_verified(driver: WebDriver) -> bool:
+        driver.get(f"{base}/syncs")
+        last = text(driver, f"{row} .sync-last")
+        assert "differs" not in last and "failed" not in last, last
+        return last.startswith("completed verified")
+
+    WebDriverWait(browser, 90, poll_frequency=1).until(run_verified)
+    assert text(browser, f"{row} .sync-state") == "active"
+    assert "1h" in text(browser, row)
+    shot(browser, "09-syncs")
+    click_and_load(browser, f"{row} .sync-last a")
+    assert text(browser, "#transfer-status") == "completed"
+    assert text(browser, "#transfer-verification") == "verified"
+    # The table was already level: the delta run compared and moved nothing.
+    checks = text(browser, "#checks")
+    assert "gadgets verified delta · compared equal, nothing moved" in checks
+    shot(browser, "10-sync-run")
+
+    browser.get(f"{base}/syncs")
+    click_and_load(browser, f"{row} button[aria-label^='Pause']")
+    assert text(browser, "p.notice") == "Sync paused; a run in progress finishes."
+    assert text(browser, f"{row} .sync-state") == "paused"
+    assert receiver.cli_json("syncs", "show", sync["id"])["paused"] is True
+    click_and_load(browser, f"{row} button[aria-label^='Delete']")
+    assert text(browser, "p.notice") == "Sync deleted; its transfers stay."
+    assert "No syncs yet" in text(browser, "#syncs")
+    assert receiver.cli_json("syncs", "list") == []
 
 
 def test_suspend_and_see_the_peer_follow(
