@@ -114,6 +114,8 @@ def run(
 ) -> Run:
     """The steps of the module docstring; Run.outcome None: compare whole."""
     delta.check_local(engine, info)
+    if not changes.keyed_by_int(info):
+        prev = None  # the sender need not list rows this site cannot use
     since = (prev or {}).get("sender")
     mine = (prev or {}).get("local") or {}
 
@@ -139,7 +141,7 @@ def run(
     states = {"sender": theirs.get("state"), "local": now}
     why = None
     if prev is None:
-        why = "no state kept by a verified run"
+        why = "no state kept by a verified run (or a key not one integer column)"
     elif not theirs.get("complete") or not isinstance(theirs.get("rows"), list):
         why = "the sender's state cannot vouch (or too many rows changed)"
     elif local_rows is None:
