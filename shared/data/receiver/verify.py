@@ -173,6 +173,8 @@ def _from_xmin(job: Any, name: str) -> bool:
 
         raise PullFailed(str(ex)) from None
     _states(job)[name] = got.states
+    if got.outcome is not None and prev is not None:
+        got.states["own_before"] = (prev.get("local") or {}).get("own")
     job._xmin_notes = {**getattr(job, "_xmin_notes", {}), name: got.note or {}}
     if got.outcome is None:
         return False
@@ -327,7 +329,13 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 marks = changes.table_marks(conn, info)
-                own = changes.xids_since(conn, info, local)
+                before = states.get("own_before")
+                if not own_txids(job, name) and isinstance(before, list):
+                    # This run wrote no row: the last run's writers stay its own,
+                    # and a local write during this run is seen next time.
+                    own: list[int] | None = before
+                else:
+                    own = changes.xids_since(conn, info, local)
     except Exception as ex:
         log.info("state %s: not kept (%s)", name, ex)
         return None
