@@ -200,6 +200,8 @@ def _key_difference(
         with engine.connect() as conn:
             ours = changes.key_buckets(conn, info)
         theirs = pending.result()
+    if "buckets" not in theirs:
+        raise delta.NotAvailable("too many rows to compare keys by buckets")
     try:
         their_buckets = {int(b): (int(c), str(h)) for b, c, h in theirs["buckets"]}
     except (KeyError, TypeError, ValueError):

@@ -644,7 +644,8 @@ def _changes(site: Site, info: Any, data: Mapping[str, Any]) -> dict[str, Any]:
                 out: dict[str, Any] = {"state": changes.public(now)}
                 if keyed:
                     out["key_print"] = changes.key_print(db, info)
-                    if ask.get("buckets") is True:
+                    small = out["key_print"][0] <= changes.MAX_CHANGED * changes.BUCKET
+                    if ask.get("buckets") is True and small:  # answer size bound
                         out["buckets"] = [
                             [b, c, h]
                             for b, (c, h) in sorted(
