@@ -283,6 +283,7 @@ def pull_range(
     rng: Range,
     mirror_deletes: bool,
     outcome: Outcome,
+    txids: set[int] | None = None,
 ) -> None:
     """Pull the sender's rows of one range page by page and apply them; with
     ``mirror_deletes`` delete the local rows the sender did not send, page by
@@ -292,6 +293,8 @@ def pull_range(
     settings = sender.client.settings
     rows_cap = settings.json_page_cap
     writer = Writer(info, strategy)
+    if txids is not None:
+        writer.txids = txids
     pk = info.pk_columns[0]
     cursor = rng[0]
     while True:
@@ -370,8 +373,11 @@ def sync_table(
     schema: Any,
     strategy: str,
     mirror_deletes: bool,
+    txids: set[int] | None = None,
 ) -> Outcome:
-    """Compare ``name`` with its sender and pull (and delete) what differs."""
+    """Compare ``name`` with its sender and pull (and delete) what differs.
+
+    ``txids`` collects the ids of the transactions that wrote rows here."""
     check_local(engine, info)
     remote = Remote(sender, name, shared_columns(info, schema))
     outcome = Outcome()
@@ -386,6 +392,8 @@ def sync_table(
     settler: RowSettler | None = RowSettler(
         remote, engine, info, strategy, mirror_deletes, outcome
     )
+    if txids is not None:
+        settler.writer.txids = txids  # type: ignore[union-attr]
     for chunk in _chunks(leaves, remote.leaf_counts):
         if settler is not None:
             try:
@@ -397,7 +405,15 @@ def sync_table(
                 settler = None
         for rng in merge(chunk):
             pull_range(
-                sender, engine, info, name, strategy, rng, mirror_deletes, outcome
+                sender,
+                engine,
+                info,
+                name,
+                strategy,
+                rng,
+                mirror_deletes,
+                outcome,
+                txids,
             )
             outcome.ranges_pulled += 1
     if settler is not None:

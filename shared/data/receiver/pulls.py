@@ -667,6 +667,7 @@ class _Job:
         cp = checkpoints.load(self.site.db.data_engine, str(self.transfer_id), name)
         self._progress(name, cp, status="running")
         writer = Writer(info, self.strategy)
+        writer.txids = verify.own_txids(self, name)
         try:
             with self._source(name, info) as source:
                 while not cp.done:

@@ -21,8 +21,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.data.receiver import checkpoints, delta, drift
-from shared.state.models import Transfer
+from sqlalchemy import select
+
+from shared.data.receiver import checkpoints, delta, drift, incremental
+from shared.data.sender import changes
+from shared.state.models import Transfer, TransferTable
 
 log = logging.getLogger("dbsync.verify")
 
@@ -71,6 +74,7 @@ def _run_delta(job: Any, name: str, mirror: bool) -> delta.Outcome:
             _schema(job, name),
             job.strategy,
             mirror,
+            own_txids(job, name),
         )
     except delta.Failed as ex:
         raise PullFailed(str(ex)) from None
@@ -98,6 +102,88 @@ def check_drift(job: Any, name: str) -> None:
         job.catalog = job.site.catalog()
 
 
+def own_txids(job: Any, name: str) -> set[int]:
+    """The ids of the transactions this run wrote ``name``'s rows in."""
+    if not hasattr(job, "_own_txids"):
+        job._own_txids = {}
+    found: set[int] = job._own_txids.setdefault(name, set())
+    return found
+
+
+def _states(job: Any) -> dict[str, Any]:
+    if not hasattr(job, "_xmin_states"):
+        job._xmin_states = {}
+    found: dict[str, Any] = job._xmin_states
+    return found
+
+
+def previous_state(job: Any, name: str) -> dict[str, Any] | None:
+    """The states the last transfer of this connection that pulled ``name``
+    stored (only when that table verified there)."""
+    with job.site.db.session() as session:
+        me = session.get_one(Transfer, job.transfer_id)
+        if me.connection_id is None:
+            return None
+        last = session.scalars(
+            select(Transfer)
+            .join(TransferTable, TransferTable.transfer_id == Transfer.id)
+            .where(
+                Transfer.connection_id == me.connection_id,
+                Transfer.direction == "receive",
+                Transfer.id != me.id,
+                Transfer.created_at <= me.created_at,
+                TransferTable.table_name == name,
+            )
+            .order_by(Transfer.created_at.desc())
+            .limit(1)
+        ).first()
+        if last is None:
+            return None
+        found = ((last.meta or {}).get("sync_state") or {}).get(name)
+    return found if isinstance(found, dict) else None
+
+
+def _from_xmin(job: Any, name: str) -> bool:
+    """The delta run from xmin (shared.data.receiver.incremental); False:
+    compare the whole table."""
+    opts = options(job)
+    engine = job.site.db.data_engine
+    info = job.target(name)
+    columns = delta.shared_columns(info, _schema(job, name))
+    prev = previous_state(job, name)
+    if prev is not None and prev.get("columns") != columns:
+        prev = None  # a column added or dropped changes rows without xmin
+    try:
+        got = incremental.run(
+            job.sender,
+            engine,
+            info,
+            name,
+            columns,
+            job.strategy,
+            opts["mirror_deletes"],
+            prev,
+            own_txids(job, name),
+        )
+    except (incremental.Skip, delta.NotAvailable) as ex:
+        log.info("delta %s: not from xmin (%s)", name, ex)
+        return False
+    except delta.Failed as ex:
+        from shared.data.receiver.pulls import PullFailed
+
+        raise PullFailed(str(ex)) from None
+    _states(job)[name] = got.states
+    if got.outcome is not None and prev is not None:
+        got.states["own_before"] = (prev.get("local") or {}).get("own")
+    job._xmin_notes = {**getattr(job, "_xmin_notes", {}), name: got.note or {}}
+    if got.outcome is None:
+        return False
+    if got.verified:
+        job._sync_options.setdefault("equal", set()).add(name)
+    _finish(job, name, got.outcome, from_xmin=True)
+    return True
+
+
 def delta_table(job: Any, name: str) -> bool:
     """Bring ``name`` level by its differing ranges; False: do the full pull.
 
@@ -106,7 +192,16 @@ def delta_table(job: Any, name: str) -> bool:
     opts = options(job)
     check_drift(job, name)
     if opts["mode"] != "delta":
+        try:
+            info = job.catalog.describe(name)
+        except Exception:  # not here yet: the pull creates it
+            info = None
+        states = incremental.begin(job.sender, job.site.db.data_engine, info, name)
+        if states is not None:
+            _states(job)[name] = states
         return False
+    if job.site.db.data_engine.dialect.name == "postgresql" and _from_xmin(job, name):
+        return True
     try:
         outcome = _run_delta(job, name, opts["mirror_deletes"])
     except delta.NotAvailable as ex:
@@ -116,6 +211,13 @@ def delta_table(job: Any, name: str) -> bool:
     if outcome.equal_before:
         # Compared equal and nothing written: that comparison is the verification.
         job._sync_options.setdefault("equal", set()).add(name)
+    _finish(job, name, outcome)
+    return True
+
+
+def _finish(
+    job: Any, name: str, outcome: delta.Outcome, from_xmin: bool = False
+) -> None:
     cp = checkpoints.Checkpoint(str(job.transfer_id), name)
     cp.done = True
     cp.pages = outcome.ranges_pulled
@@ -140,9 +242,10 @@ def delta_table(job: Any, name: str) -> bool:
             "rows_pulled": outcome.rows_pulled,
             "deleted": outcome.deleted,
             "requests": outcome.requests,
+            **({"from": "xmin"} if from_xmin else {}),
+            **getattr(job, "_xmin_notes", {}).get(name, {}),
         },
     )
-    return True
 
 
 def after_full(job: Any, name: str) -> None:
@@ -184,9 +287,19 @@ def verify_all(job: Any, names: list[str]) -> None:
     """Verify each table; a table that differs sets the transfer's error."""
     results = {name: verify_table(job, name) for name in names}
     differs = [n for n, r in results.items() if r["status"] == "differs"]
+    kept = {
+        n: st
+        for n in names
+        if results[n]["status"] == "verified"
+        and (st := _kept_state(job, n)) is not None
+    }
     with job.site.db.session() as session:
         transfer = session.get_one(Transfer, job.transfer_id)
-        transfer.meta = {**(transfer.meta or {}), "verification": results}
+        transfer.meta = {
+            **(transfer.meta or {}),
+            "verification": results,
+            "sync_state": kept,
+        }
         if differs:
             first = results[differs[0]]["first_range"]
             transfer.error_message = (
@@ -194,3 +307,46 @@ def verify_all(job: Any, names: list[str]) -> None:
                 f" (first differing range of {differs[0]}: after {first['after']}"
                 f" until {first['until']})"
             )[:2000]
+
+
+def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
+    """The states the next run of ``name`` starts from, when they can vouch:
+    this site's file node and manual vacuums unchanged since the run began
+    (autovacuums are judged by the next run, shared.data.sender.changes).
+
+    The transactions that wrote rows here since this run began are this
+    run's own (``own``): the next run leaves them out of the local changes.
+    (A local write that commits while this run works is taken for its own.)"""
+    states = _states(job).get(name)
+    if not states or not isinstance(states.get("sender"), dict):
+        return None
+    local = dict(states["local"])
+    engine = job.site.db.data_engine
+    try:
+        info = job.catalog.describe(name)
+        columns = delta.shared_columns(info, _schema(job, name))
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                marks = changes.table_marks(conn, info)
+                before = states.get("own_before")
+                if not own_txids(job, name) and isinstance(before, list):
+                    # This run wrote no row: the last run's writers stay its own,
+                    # and a local write during this run is seen next time.
+                    own: list[int] | None = before
+                else:
+                    own = changes.xids_since(conn, info, local)
+    except Exception as ex:
+        log.info("state %s: not kept (%s)", name, ex)
+        return None
+    if own is None:
+        return None
+    if "node" not in local:  # created by this run: its counts began at 0
+        local.update({**marks, "autovacuums": 0})
+    if any(local[k] != marks[k] for k in ("node", "vacuums")):
+        return None
+    return {
+        "sender": states["sender"],
+        "local": {**changes.public(local), "own": own},
+        "columns": columns,
+    }

@@ -30,6 +30,9 @@ class Writer:
     def __init__(self, info: TableInfo, strategy: str) -> None:
         self.info = info
         self.strategy = strategy
+        # Ids of the transactions that wrote here (PostgreSQL), for the next
+        # delta run to tell this site's own writes from local changes.
+        self.txids: set[int] = set()
 
     def apply(
         self, conn: Connection, page: Page, *, direct: bool = False
@@ -42,6 +45,14 @@ class Writer:
         data could not be applied as asked and the page must be fetched
         again; BrokeOff when a COPY body falls short of its count.
         """
+        if conn.dialect.name == "postgresql":
+            self.txids.add(
+                int(
+                    conn.exec_driver_sql(
+                        "SELECT pg_current_xact_id()::text"
+                    ).scalar_one()
+                )
+            )
         if isinstance(page, BulkPage):
             return bulk_in.apply_page(
                 conn,

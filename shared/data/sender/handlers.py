@@ -23,7 +23,7 @@ from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.data import copy_format, wire
 from shared.data.keyset import BadCursor, decode_cursor
 from shared.data.schema import NoPrimaryKey, quote_text
-from shared.data.sender import copy_out, delivery, fingerprints, pages, streams
+from shared.data.sender import changes, copy_out, delivery, fingerprints, pages, streams
 from shared.data.sender.offer import Catalog
 from shared.data.sender.preview import BadFilter
 from shared.db import utcnow
@@ -519,6 +519,7 @@ FINGERPRINT_FIELDS = [
     Field("split", int, minimum=1, maximum=fingerprints.MAX_SPLIT),
     Field("columns", list),
     Field("rows", bool),
+    Field("changes", dict),
 ]
 
 
@@ -536,6 +537,15 @@ def table_fingerprints(
     catalog = _table(site, conn, name)
     if not catalog.pg:
         raise SyncError(ErrorKind.NOT_FOUND, "table-fingerprints is not offered here")
+    if data["changes"] is not None:
+        answer_changes = _changes(site, catalog.describe(name), data)
+        conn.last_connected_at = utcnow()
+        return {
+            "success": True,
+            "table": name,
+            "algorithm": fingerprints.ALGORITHM,
+            "changes": answer_changes,
+        }
     ranges, split = data["ranges"], data["split"] or 1
     if not 1 <= len(ranges) <= fingerprints.MAX_RANGES:
         raise bad_request(
@@ -587,6 +597,75 @@ def table_fingerprints(
         "algorithm": fingerprints.ALGORITHM,
         "ranges": [r.as_wire() for r in answer],
     }
+
+
+def _changes(site: Site, info: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``table-fingerprints``' ``changes``: see shared.data.sender.changes and
+    the README ("Delta runs from xmin")."""
+    ask = data["changes"]
+    columns = data["columns"]
+    if columns is not None and not all(isinstance(c, str) for c in columns):
+        raise bad_request("Field columns must be a list of names", field="columns")
+    keyed = changes.keyed_by_int(info)
+    for field in ("keys_in", "hashes_of"):
+        listed = ask.get(field)
+        if listed is None:
+            continue
+        if not keyed:
+            raise bad_request(f"{info.name} has no single-column integer key")
+        if (
+            not isinstance(listed, list)
+            or len(listed) > changes.MAX_CHANGED
+            or (field == "keys_in" and len(listed) > fingerprints.MAX_RANGES)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in listed)
+            or not all(-(1 << 63) <= v < (1 << 63) for v in listed)
+        ):
+            raise bad_request(
+                f"Field changes.{field} must be a list of integers", field="changes"
+            )
+    try:
+        with site.db.data_engine.connect() as db:
+            db = db.execution_options(isolation_level="REPEATABLE READ")
+            with db.begin():
+                if ask.get("keys_in") is not None:
+                    return {"keys": changes.bucket_keys(db, info, ask["keys_in"])}
+                if ask.get("hashes_of") is not None:
+                    got = changes.hashes_of(
+                        db,
+                        info,
+                        ask["hashes_of"],
+                        columns or [c.name for c in info.columns],
+                    )
+                    return {
+                        "hashes": [[k, h] for k, h in sorted(got.items())],
+                        "key_print": changes.key_print(db, info),
+                    }
+                now = changes.state(db, info)
+                out: dict[str, Any] = {"state": changes.public(now)}
+                if keyed:
+                    out["key_print"] = changes.key_print(db, info)
+                    small = out["key_print"][0] <= changes.MAX_CHANGED * changes.BUCKET
+                    if ask.get("buckets") is True and small:  # answer size bound
+                        out["buckets"] = [
+                            [b, c, h]
+                            for b, (c, h) in sorted(
+                                changes.key_buckets(db, info).items()
+                            )
+                        ]
+                since = ask.get("since")
+                if since is not None and changes.usable(since, now):
+                    try:
+                        out["rows"] = changes.changed_rows(
+                            db, info, since, now, columns
+                        )
+                    except fingerprints.Unsupported:
+                        pass
+                out["complete"] = "rows" in out
+                return out
+    except fingerprints.Unsupported as ex:
+        raise bad_request(str(ex)) from None
+    except DataError:
+        raise bad_request("Invalid changes: a value is out of range") from None
 
 
 KEYS_FIELDS = [

@@ -1,0 +1,261 @@
+"""Delta runs from xmin: move what changed since the last verified run.
+
+Each run keeps, per table, a *state* of each side (shared.data.sender.changes)
+taken before it writes anything: the sender's from its ``table-fingerprints``
+``changes`` answer, this site's from its own snapshot, with the ids of the
+transactions this run wrote in. A run whose table verified stores them on
+its transfer (``meta.sync_state``); the next run of the same connection and
+table starts from them:
+
+1. At the same time: the sender lists ``[KEY, hash]`` of its rows changed
+   since its stored horizon, with its whole-table key print (count and sum
+   of key hashes) and its new state, in one snapshot; this site lists its
+   own rows changed since its horizon by anyone but itself, and its key
+   print.
+2. Rows the sender changed whose hash here differs, and rows changed here,
+   are fetched by key (``pull-keys``) and applied with the strategy.
+3. When the key prints differ (inserts or deletes on either side), both
+   sides count and sum key hashes per bucket of 64 key values; the sender
+   lists the keys of the buckets that differ (``keys_in``); keys missing
+   here are fetched, keys the sender lacks deleted (with mirror-deletes).
+4. Verification: the key prints compared again after the writes, and the
+   hash of every fetched row compared with the sender's. With both equal,
+   and the last run verified, the table equals the sender's snapshot.
+
+Any doubt (no stored state, a state ``xmin`` cannot vouch for, a sender
+without ``changes``, a key that is not one integer column, too many rows
+changed) runs the whole-table comparison instead (shared.data.receiver.delta),
+which stores fresh states when it verifies.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from shared.control.peer import PeerRefused
+from shared.data.receiver import delta, sources
+from shared.data.schema import TableInfo
+from shared.data.sender import changes, fingerprints
+
+log = logging.getLogger("dbsync.incremental")
+
+
+class Skip(Exception):
+    """The sender offers no ``changes``."""
+
+
+@dataclass
+class Run:
+    states: dict[str, Any]
+    outcome: delta.Outcome | None = None  # None: compare the whole table
+    verified: bool = False
+    note: dict[str, Any] | None = None  # why not, or what xmin found
+
+
+def _ask(sender: sources.Sender, table: str, ask: dict[str, Any], columns: Any) -> Any:
+    body: dict[str, Any] = {
+        "table_name": table,
+        "ranges": [{"after": None, "until": None}],
+        "changes": ask,
+    }
+    if columns is not None:
+        body["columns"] = columns
+    try:
+        resp = sender.post("table-fingerprints", body)
+    except PeerRefused as ex:
+        raise delta.Failed(str(ex)) from None
+    if resp.status in (404, 405):
+        raise Skip("the sender does not offer table-fingerprints")
+    if resp.status != 200 or resp.body.get("success") is not True:
+        raise delta.Failed(f"table-fingerprints: {resp.error}")
+    got = resp.body.get("changes")
+    if not isinstance(got, dict):
+        raise Skip("the sender does not offer changes")
+    if resp.body.get("algorithm") != fingerprints.ALGORITHM:
+        raise Skip("the sender fingerprints rows another way")
+    return got
+
+
+def local_state(engine: Engine, info: TableInfo | None) -> dict[str, Any]:
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            return changes.state(conn, info)
+
+
+def begin(
+    sender: sources.Sender, engine: Engine, info: TableInfo | None, name: str
+) -> dict[str, Any] | None:
+    """Both sides' states before a run that compares or pulls whole."""
+    if engine.dialect.name != "postgresql":
+        return None
+    try:
+        theirs = _ask(sender, name, {}, None)
+    except (Skip, delta.Failed):
+        return None
+    return {"sender": theirs.get("state"), "local": local_state(engine, info)}
+
+
+def run(
+    sender: sources.Sender,
+    engine: Engine,
+    info: TableInfo,
+    name: str,
+    columns: list[str],
+    strategy: str,
+    mirror: bool,
+    prev: dict[str, Any] | None,
+    txids: set[int],
+) -> Run:
+    """The steps of the module docstring; Run.outcome None: compare whole."""
+    delta.check_local(engine, info)
+    if not changes.keyed_by_int(info):
+        prev = None  # the sender need not list rows this site cannot use
+    since = (prev or {}).get("sender")
+    mine = (prev or {}).get("local") or {}
+
+    def here() -> tuple[dict[str, Any], list[list[Any]] | None, list[Any] | None]:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                now = changes.state(conn, info)
+                if not changes.keyed_by_int(info) or not changes.usable(mine, now):
+                    return now, None, None
+                try:
+                    rows = changes.changed_rows(
+                        conn, info, mine, now, columns, exclude=mine.get("own") or []
+                    )
+                except fingerprints.Unsupported:
+                    return now, None, None
+                return now, rows, changes.key_print(conn, info)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-xmin") as pool:
+        pending = pool.submit(_ask, sender, name, {"since": since}, columns)
+        now, local_rows, local_print = here()
+        theirs = pending.result()
+    states = {"sender": theirs.get("state"), "local": now}
+    why = None
+    if prev is None:
+        why = "no state kept by a verified run (or a key not one integer column)"
+    elif not theirs.get("complete") or not isinstance(theirs.get("rows"), list):
+        why = "the sender's state cannot vouch (or too many rows changed)"
+    elif local_rows is None:
+        why = "this site's state cannot vouch (or too many rows changed)"
+    elif not isinstance(theirs.get("key_print"), list):
+        why = "the sender sent no key print"
+    if why is not None or local_rows is None:
+        return Run(states, note={"xmin": f"not used: {why}"})
+    outcome = delta.Outcome(compared=True, requests=1)
+    try:
+        their_rows = {int(k): str(h) for k, h in theirs["rows"]}
+        their_print = [int(theirs["key_print"][0]), str(theirs["key_print"][1])]
+    except (TypeError, ValueError, IndexError):
+        raise delta.Failed("table-fingerprints: the changes are malformed") from None
+    with engine.connect() as conn:
+        ours = changes.hashes_of(conn, info, list(their_rows), columns)
+    wanted = {k for k, h in their_rows.items() if ours.get(k) != h}
+    wanted |= {int(k) for k, _ in local_rows}
+    extra: set[int] = set()
+    if their_print != local_print:
+        found, gone, asked = _key_difference(sender, engine, info, name)
+        outcome.requests += asked
+        wanted |= found
+        if mirror:
+            extra |= gone
+    outcome.equal_before = not wanted and not extra and their_print == local_print
+    remote = delta.Remote(sender, name, columns)
+    settler = delta.RowSettler(remote, engine, info, strategy, mirror, outcome)
+    settler.writer.txids = txids
+    settler.wanted = sorted(wanted)
+    settler.extra = sorted(extra)
+    if wanted or extra:
+        settler.flush(settler.step)
+    outcome.requests += remote.requests
+    outcome.ranges_pulled = 0
+    verified = outcome.equal_before or _check(
+        sender, engine, info, name, columns, wanted, their_rows, outcome
+    )
+    log.info(
+        "delta %s from xmin: %d fetched, %d deleted, %s",
+        name,
+        outcome.rows_pulled,
+        outcome.deleted,
+        "verified" if verified else "not verified",
+    )
+    note = {"changed_there": len(their_rows), "changed_here": len(local_rows)}
+    return Run(states, outcome, verified, note)
+
+
+def _key_difference(
+    sender: sources.Sender, engine: Engine, info: TableInfo, name: str
+) -> tuple[set[int], set[int], int]:
+    """Keys the sender has and this site lacks, and the reverse, by buckets."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-keys") as pool:
+        pending = pool.submit(_ask, sender, name, {"buckets": True}, None)
+        with engine.connect() as conn:
+            ours = changes.key_buckets(conn, info)
+        theirs = pending.result()
+    if "buckets" not in theirs:
+        raise delta.NotAvailable("too many rows to compare keys by buckets")
+    try:
+        their_buckets = {int(b): (int(c), str(h)) for b, c, h in theirs["buckets"]}
+    except (KeyError, TypeError, ValueError):
+        raise delta.Failed("table-fingerprints: the buckets are malformed") from None
+    differ = sorted(
+        b for b in set(ours) | set(their_buckets) if ours.get(b) != their_buckets.get(b)
+    )
+    found: set[int] = set()
+    gone: set[int] = set()
+    asked = 1
+    step = fingerprints.MAX_RANGES
+    for start in range(0, len(differ), step):
+        chunk = differ[start : start + step]
+        got = _ask(sender, name, {"keys_in": chunk}, None)
+        asked += 1
+        try:
+            there = {int(k) for k in got["keys"]}
+        except (KeyError, TypeError, ValueError):
+            raise delta.Failed("table-fingerprints: the keys are malformed") from None
+        with engine.connect() as conn:
+            local = set(changes.bucket_keys(conn, info, chunk))
+        found |= there - local
+        gone |= local - there
+    return found, gone, asked
+
+
+def _check(
+    sender: sources.Sender,
+    engine: Engine,
+    info: TableInfo,
+    name: str,
+    columns: list[str],
+    fetched: set[int],
+    their_rows: dict[int, str],
+    outcome: delta.Outcome,
+) -> bool:
+    """After the writes: key prints equal, and every fetched row's hash the
+    sender's."""
+    unknown = sorted(k for k in fetched if k not in their_rows)
+    if len(unknown) > changes.MAX_CHANGED:
+        return False  # the whole-table verification decides
+    expected = dict(their_rows)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-check") as pool:
+        pending = pool.submit(_ask, sender, name, {"hashes_of": unknown}, columns)
+        with engine.connect() as conn:
+            local_print = changes.key_print(conn, info)
+            ours = changes.hashes_of(conn, info, sorted(fetched), columns)
+        got = pending.result()
+    outcome.requests += 1
+    try:
+        their_print = [int(got["key_print"][0]), str(got["key_print"][1])]
+        expected.update({int(k): str(h) for k, h in got.get("hashes") or []})
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
+    if their_print != local_print:
+        return False
+    return all(ours.get(k) == expected.get(k) for k in fetched)

@@ -1,0 +1,241 @@
+"""What changed in a table since a snapshot horizon, from PostgreSQL's ``xmin``.
+
+Both sides of a delta run use it: the sender for ``table-fingerprints``'
+``changes`` field, the receiver over its own rows.
+
+A *state* is taken inside the caller's REPEATABLE READ transaction: the
+snapshot's xmin as a 64-bit transaction id (every transaction not visible
+in that snapshot has an id at or above it), the table's file node and its
+vacuum counts. Given an earlier state, ``changed_rows`` lists ``[KEY,
+hash]`` of the rows whose ``xmin`` is at or after the earlier horizon: one
+sequential scan, only the changed rows hashed. The 32-bit ``xmin`` is
+compared modulo 2^32 against the span from the horizon to the snapshot's
+xmax, exact while that span is under 2^30.
+
+An earlier state is *usable* only when nothing can have hidden a change
+from ``xmin``: same file node (no TRUNCATE, VACUUM FULL, CLUSTER, COPY
+FREEZE into a new file), no manual VACUUM since (it may freeze with
+``vacuum_freeze_min_age`` 0), and autovacuum runs only while the horizon
+is younger than ``vacuum_freeze_min_age`` on PostgreSQL before 16 (which
+freezes tuple by tuple below that age; 16 freezes whole pages, so any
+vacuum there makes the state unusable). Otherwise the caller compares the
+whole table.
+
+``key_print`` is the table's count and exact sum of a 64-bit hash of each
+key (``hashint8``), for single-column integer keys: deletes leave no
+``xmin``, so key sets are compared this way, and ``key_buckets`` narrows a
+difference to buckets of ``BUCKET`` consecutive key values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from shared.data.schema import TableInfo, quote_text
+from shared.data.sender.fingerprints import (
+    FINGERPRINT_SETTINGS,
+    Unsupported,
+    check_columns,
+    row_hash,
+)
+from shared.data.sender.pages import _pg_select_expr, _pg_tuple_encoder
+
+BUCKET = 64
+SHIFT = 6  # key >> SHIFT is key div BUCKET, rounded down
+MAX_CHANGED = 64_000  # changed rows one answer may list; more: compare whole
+MAX_SPAN = 1 << 30
+WRAP = 1 << 32
+
+
+def keyed_by_int(info: TableInfo) -> bool:
+    return len(info.primary_key) == 1 and info.pk_columns[0].kind == "int"
+
+
+def state(conn: Connection, info: TableInfo | None) -> dict[str, Any]:
+    """This transaction's horizon, and the table's file node and vacuum counts."""
+    row = conn.execute(
+        text(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
+            " pg_snapshot_xmax(pg_current_snapshot())::text::bigint,"
+            " current_setting('server_version_num')::int,"
+            " current_setting('vacuum_freeze_min_age')::bigint"
+        )
+    ).one()
+    out: dict[str, Any] = {"xid": int(row[0])}
+    if info is not None:
+        out.update(table_marks(conn, info))
+    out["_xmax"], out["_version"], out["_freeze_age"] = (
+        int(row[1]),
+        int(row[2]),
+        int(row[3]),
+    )
+    return out
+
+
+def table_marks(conn: Connection, info: TableInfo) -> dict[str, Any]:
+    row = conn.execute(
+        text(
+            "SELECT pg_relation_filenode(c.oid)::text,"
+            " coalesce(s.vacuum_count, -1), coalesce(s.autovacuum_count, -1),"
+            " coalesce(array_to_string(c.reloptions, ','), '')"
+            " FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid"
+            " WHERE c.oid = CAST(:t AS regclass)"
+        ),
+        {"t": info.qualified_text},
+    ).one()
+    return {
+        "node": str(row[0]),
+        "vacuums": int(row[1]),
+        "autovacuums": int(row[2]),
+        "_freeze_option": "freeze_min_age" in str(row[3]),
+    }
+
+
+def public(st: dict[str, Any]) -> dict[str, Any]:
+    """The state as stored and sent (without this run's working values)."""
+    return {k: v for k, v in st.items() if not k.startswith("_")}
+
+
+def usable(since: Any, now: dict[str, Any]) -> bool:
+    """Whether rows changed after ``since`` are exactly those ``xmin`` shows."""
+    if not isinstance(since, dict):
+        return False
+    try:
+        xid, node = int(since["xid"]), str(since["node"])
+        vacuums, autovacuums = int(since["vacuums"]), int(since["autovacuums"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    span = now["_xmax"] - xid
+    if not 0 <= span < MAX_SPAN or node != now["node"] or vacuums != now["vacuums"]:
+        return False
+    if vacuums < 0 or autovacuums < 0:
+        return False
+    if autovacuums != now["autovacuums"]:
+        # PostgreSQL 15 and before freeze a tuple only below the freeze age.
+        young = span < now["_freeze_age"] and not now["_freeze_option"]
+        return now["_version"] < 160000 and young
+    return True
+
+
+def changed_rows(
+    conn: Connection,
+    info: TableInfo,
+    since: dict[str, Any],
+    now: dict[str, Any],
+    columns: Sequence[str] | None,
+    *,
+    exclude: Sequence[int] = (),
+    limit: int = MAX_CHANGED,
+) -> list[list[Any]]:
+    """``[KEY, hash]`` of the rows whose xmin is at or after ``since``'s horizon
+    (``exclude``: 64-bit ids of transactions whose rows to leave out).
+
+    Unsupported when more than ``limit`` rows changed.
+    """
+    names = check_columns(info, columns)
+    conn.exec_driver_sql(FINGERPRINT_SETTINGS)
+    pk = info.pk_columns[0]
+    encode = _pg_tuple_encoder(TableInfo(info.name, [pk], info.primary_key))
+    xid = int(since["xid"])
+    where = "((xmin::text::bigint - :h + :wrap) % :wrap) < :span"
+    params: dict[str, Any] = {
+        "h": xid % WRAP,
+        "wrap": WRAP,
+        "span": now["_xmax"] - xid,
+        "lim": limit + 1,
+    }
+    if exclude:
+        where += " AND NOT (xmin::text::bigint = ANY(CAST(:own AS bigint[])))"
+        params["own"] = sorted({int(x) % WRAP for x in exclude})
+    rows = conn.execute(
+        text(
+            f"SELECT {_pg_select_expr(pk)}, {row_hash(info, names)}::text"
+            f" FROM {info.qualified_text} WHERE {where} LIMIT :lim"
+        ),
+        params,
+    ).all()
+    if len(rows) > limit:
+        raise Unsupported(f"more than {limit} rows changed")
+    return [[encode((r[0],))[pk.name], str(r[1])] for r in rows]
+
+
+def xids_since(
+    conn: Connection, info: TableInfo, since: dict[str, Any], limit: int = 20_000
+) -> list[int] | None:
+    """The (32-bit) ids of the transactions that wrote the rows changed since
+    ``since``'s horizon; None when more than ``limit``."""
+    now = state(conn, info)
+    xid = int(since["xid"])
+    rows = conn.execute(
+        text(
+            f"SELECT DISTINCT xmin::text::bigint FROM {info.qualified_text}"
+            " WHERE ((xmin::text::bigint - :h + :wrap) % :wrap) < :span LIMIT :lim"
+        ),
+        {"h": xid % WRAP, "wrap": WRAP, "span": now["_xmax"] - xid, "lim": limit + 1},
+    ).all()
+    return None if len(rows) > limit else sorted(int(r[0]) for r in rows)
+
+
+def key_print(conn: Connection, info: TableInfo) -> list[Any]:
+    """``[count, sum]`` of the table's key hashes (sum as text)."""
+    key = quote_text(info.pk_columns[0].name)
+    row = conn.execute(
+        text(
+            f"SELECT count(*), coalesce(sum(hashint8({key}::bigint)), 0)::text"
+            f" FROM {info.qualified_text}"
+        )
+    ).one()
+    return [int(row[0]), str(row[1])]
+
+
+def key_buckets(conn: Connection, info: TableInfo) -> dict[int, tuple[int, str]]:
+    """Each non-empty bucket (key div BUCKET) -> (count, sum of key hashes)."""
+    key = quote_text(info.pk_columns[0].name)
+    rows = conn.execute(
+        text(
+            f"SELECT ({key}::bigint >> {SHIFT}) AS b, count(*),"
+            f" sum(hashint8({key}::bigint))::text FROM {info.qualified_text}"
+            " GROUP BY 1"
+        )
+    ).all()
+    return {int(r[0]): (int(r[1]), str(r[2])) for r in rows}
+
+
+def bucket_keys(conn: Connection, info: TableInfo, buckets: Sequence[int]) -> list[int]:
+    """The keys in these buckets, ascending."""
+    key = quote_text(info.pk_columns[0].name)
+    return [
+        int(r[0])
+        for r in conn.execute(
+            text(
+                f"SELECT t.{key} FROM {info.qualified_text} t"
+                " JOIN unnest(CAST(:b AS bigint[])) AS u(b)"
+                f" ON t.{key} >= u.b * {BUCKET} AND t.{key} < (u.b + 1) * {BUCKET}"
+                f" ORDER BY 1"
+            ),
+            {"b": [int(b) for b in buckets]},
+        )
+    ]
+
+
+def hashes_of(
+    conn: Connection, info: TableInfo, keys: Sequence[int], columns: Sequence[str]
+) -> dict[int, str]:
+    """Row hash of each of these keys that exists here."""
+    names = check_columns(info, columns)
+    conn.exec_driver_sql(FINGERPRINT_SETTINGS)
+    pk = info.pk_columns[0]
+    key = quote_text(pk.name)
+    return {
+        int(r[0]): str(r[1])
+        for r in conn.execute(
+            text(
+                f"SELECT {key}, {row_hash(info, names)}::text FROM {info.qualified_text}"
+                f" WHERE {key} = ANY(CAST(:k AS {pk.type}[]))"
+            ),
+            {"k": [int(k) for k in keys]},
+        )
+    }
