@@ -39,7 +39,13 @@ ALGORITHM = "hashtext64-sum-v1"
 MAX_ROWS = 64_000  # rows one ``rows`` answer may list (about 2.5 MB)
 MAX_RANGES = 1000
 MAX_SPLIT = 256
-FINGERPRINT_SETTINGS = f"{PG_READ_SETTINGS}; SET LOCAL extra_float_digits = 1"
+# One core per fingerprint scan: a peer's request (or a receiver's own
+# verification) never takes every core from the control plane with parallel
+# workers (measured: 8 verifications at once pushed status p95 to 955 ms).
+FINGERPRINT_SETTINGS = (
+    f"{PG_READ_SETTINGS}; SET LOCAL extra_float_digits = 1;"
+    " SET LOCAL max_parallel_workers_per_gather = 0"
+)
 
 
 class Unsupported(Exception):
