@@ -120,46 +120,26 @@ def _act(sync_id: str, as_json: bool, action: str) -> None:
     emit(data, as_json, _show)
 
 
-@syncs.command("show")
-@click.argument("sync_id")
-@click.option("--json", "as_json", is_flag=True)
-@friendly
-def show(sync_id: str, as_json: bool) -> None:
-    """One sync: options, state, next run, last run and its error."""
-    _act(sync_id, as_json, "show")
+ACTIONS = {
+    "show": "One sync: options, state, next run, last run and its error.",
+    "pause": "Start no more runs (a run in progress finishes).",
+    "resume": "Run again on schedule (at once if a run was missed).",
+    "run": "Run at beat's next tick (after a run in progress ends).",
+    "delete": "Delete the sync (its transfers stay).",
+}
 
 
-@syncs.command("pause")
-@click.argument("sync_id")
-@click.option("--json", "as_json", is_flag=True)
-@friendly
-def pause(sync_id: str, as_json: bool) -> None:
-    """Start no more runs (a run in progress finishes)."""
-    _act(sync_id, as_json, "pause")
+def _action_command(action: str, help_text: str) -> click.Command:
+    """``dbsync syncs ACTION SYNC_ID [--json]``: one command per action."""
+
+    @click.argument("sync_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @friendly
+    def command(sync_id: str, as_json: bool) -> None:
+        _act(sync_id, as_json, action)
+
+    return syncs.command(action, help=help_text)(command)
 
 
-@syncs.command("resume")
-@click.argument("sync_id")
-@click.option("--json", "as_json", is_flag=True)
-@friendly
-def resume(sync_id: str, as_json: bool) -> None:
-    """Run again on schedule (at once if a run was missed)."""
-    _act(sync_id, as_json, "resume")
-
-
-@syncs.command("run")
-@click.argument("sync_id")
-@click.option("--json", "as_json", is_flag=True)
-@friendly
-def run(sync_id: str, as_json: bool) -> None:
-    """Run at beat's next tick (after a run in progress ends)."""
-    _act(sync_id, as_json, "run")
-
-
-@syncs.command("delete")
-@click.argument("sync_id")
-@click.option("--json", "as_json", is_flag=True)
-@friendly
-def delete(sync_id: str, as_json: bool) -> None:
-    """Delete the sync (its transfers stay)."""
-    _act(sync_id, as_json, "delete")
+for _action, _help in ACTIONS.items():
+    _action_command(_action, _help)
