@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -617,10 +618,30 @@ class _Job:
         self.checksums: dict[str, str | None] = meta.get("checksums") or {}
         self.expected = {tt.table_name: tt.rows_expected for tt in tables}
         for tt in tables:
-            if tt.status != "completed" and not verify.delta_table(self, tt.table_name):
-                self.pull_table(tt.table_name)
-                verify.after_full(self, tt.table_name)
+            if tt.status == "completed":
+                continue
+            started = time.monotonic()
+            if verify.delta_table(self, tt.table_name):
+                log.info(
+                    "%s: delta run %.2f s",
+                    safe_text(tt.table_name, 100),
+                    time.monotonic() - started,
+                )
+                continue
+            compared = time.monotonic()
+            self.pull_table(tt.table_name)
+            pulled = time.monotonic()
+            verify.after_full(self, tt.table_name)
+            log.info(
+                "%s: before the pull %.2f s, pull %.2f s, after it %.2f s",
+                safe_text(tt.table_name, 100),
+                compared - started,
+                pulled - compared,
+                time.monotonic() - pulled,
+            )
+        started = time.monotonic()
         verify.verify_all(self, [tt.table_name for tt in tables])
+        log.info("verification %.2f s", time.monotonic() - started)
 
     def target(self, name: str) -> TableInfo:
         if name in PROTECTED_TABLES:
