@@ -35,7 +35,7 @@ from sqlalchemy import Engine, text
 from shared.control.peer import PeerRefused, PeerResponse
 from shared.data import wire
 from shared.data.keyset import Keyset, decode_cursor
-from shared.data.receiver import sources
+from shared.data.receiver import drift, sources
 from shared.data.receiver.pages import ImportRefused, PageResult
 from shared.data.receiver.writer import Writer
 from shared.data.schema import TableInfo, quote_text
@@ -73,16 +73,25 @@ class Outcome:
 class Remote:
     """The sender's ``table-fingerprints`` for one table."""
 
-    def __init__(self, sender: sources.Sender, table: str, columns: list[str]):
+    def __init__(
+        self,
+        sender: sources.Sender,
+        table: str,
+        columns: list[str],
+        hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
+    ):
         self.sender = sender
         self.table = table
         self.columns = columns
+        self.hashing = hashing
         self.requests = 0
         self.leaf_counts: dict[str, int] = {}  # the sender's rows in each leaf
 
     def _ask(self, body: dict[str, Any]) -> list[Any]:
         try:
-            resp = self.sender.post("table-fingerprints", body)
+            resp = self.sender.post(
+                "table-fingerprints", {**body, **self.hashing.as_wire()}
+            )
         except PeerRefused as ex:
             raise Failed(str(ex)) from None
         self.requests += 1
@@ -90,7 +99,7 @@ class Remote:
             raise NotAvailable("the sender does not offer table-fingerprints")
         if resp.status != 200 or resp.body.get("success") is not True:
             raise Failed(f"table-fingerprints: {resp.error}")
-        if resp.body.get("algorithm") != fingerprints.ALGORITHM:
+        if resp.body.get("algorithm") != self.hashing.algorithm:
             raise NotAvailable("the sender fingerprints rows another way")
         got = resp.body.get("ranges")
         if not isinstance(got, list) or len(got) != len(body["ranges"]):
@@ -155,7 +164,11 @@ def check_local(engine: Engine, info: TableInfo) -> None:
 
 
 def local_prints(
-    engine: Engine, info: TableInfo, ranges: Sequence[Range], columns: list[str]
+    engine: Engine,
+    info: TableInfo,
+    ranges: Sequence[Range],
+    columns: list[str],
+    hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
 ) -> list[RangePrint]:
     """This site's fingerprints of wire-encoded ranges, in one snapshot."""
     pk = info.pk_columns
@@ -170,6 +183,7 @@ def local_prints(
                 info,
                 decoded,  # type: ignore[arg-type]
                 columns=columns,
+                hashing=hashing,
             )
 
 
@@ -179,6 +193,13 @@ def shared_columns(info: TableInfo, schema: Any) -> list[str]:
     if isinstance(schema, dict) and isinstance(schema.get("columns"), list):
         theirs = {c.get("name") for c in schema["columns"] if isinstance(c, dict)}
     return sorted(c.name for c in info.columns if c.name in theirs)
+
+
+def hashing_for(engine: Engine, info: TableInfo, schema: Any) -> fingerprints.Hashing:
+    """The typed row hashing (shared.data.sender.fingerprints), with every
+    column whose type differs between the two sides hashed as text."""
+    retyped = [r["column"] for r in drift.report(info, schema).get("retyped", [])]
+    return fingerprints.typed_hashing(engine, retyped)
 
 
 def differing(
@@ -192,7 +213,7 @@ def differing(
     # The two sides fingerprint the whole table at the same time.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-fp") as pool:
         pending = pool.submit(remote.prints, whole)
-        ours = local_prints(engine, info, whole, remote.columns)[0]
+        ours = local_prints(engine, info, whole, remote.columns, remote.hashing)[0]
         if _same(pending.result()[0], ours):
             return True, []
     leaves: list[Range] = []
@@ -213,9 +234,7 @@ def differing(
                     ((lower, upper), RangePrint(part.count, part.fingerprint))
                 )
                 lower = part.until
-            mine.extend(
-                _local_parts(engine, info, (after, until), theirs, remote.columns)
-            )
+            mine.extend(_local_parts(engine, info, (after, until), theirs, remote))
         frontier = []
         for (rng, theirs), ours in zip(children, mine):
             if _same(theirs, ours):
@@ -231,7 +250,7 @@ def differing(
 
 
 def _local_parts(
-    engine: Engine, info: TableInfo, rng: Range, theirs: RangePrint, columns: list[str]
+    engine: Engine, info: TableInfo, rng: Range, theirs: RangePrint, remote: Remote
 ) -> list[RangePrint]:
     """This site's fingerprints of a range cut where the sender cut it, in one
     scan (shared.data.sender.fingerprints.bucket_prints)."""
@@ -240,7 +259,13 @@ def _local_parts(
     bounds = [decode_cursor(p.until, pk)[0] for p in theirs.parts[:-1]]
     with engine.connect() as conn:
         return fingerprints.bucket_prints(
-            conn, info, after, until, bounds, columns=columns
+            conn,
+            info,
+            after,
+            until,
+            bounds,
+            columns=remote.columns,
+            hashing=remote.hashing,
         )
 
 
@@ -379,7 +404,9 @@ def sync_table(
 
     ``txids`` collects the ids of the transactions that wrote rows here."""
     check_local(engine, info)
-    remote = Remote(sender, name, shared_columns(info, schema))
+    remote = Remote(
+        sender, name, shared_columns(info, schema), hashing_for(engine, info, schema)
+    )
     outcome = Outcome()
     with engine.connect() as conn:
         if (
@@ -454,7 +481,7 @@ def _chunks(leaves: list[Range], counts: dict[str, int]) -> list[list[Range]]:
 
 
 def _local_rows(
-    engine: Engine, info: TableInfo, ranges: Sequence[Range], columns: list[str]
+    engine: Engine, info: TableInfo, ranges: Sequence[Range], remote: Remote
 ) -> dict[str, tuple[Any, str]]:
     """This site's rows of these ranges: canonical key -> (key, row hash)."""
     pk = info.pk_columns
@@ -469,7 +496,12 @@ def _local_rows(
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             listed = fingerprints.range_rows(
-                conn, info, decoded, columns=columns, limit=10**12
+                conn,
+                info,
+                decoded,
+                columns=remote.columns,
+                limit=10**12,
+                hashing=remote.hashing,
             )
     return {
         wire.canonical_json(key): (key, str(digest))
@@ -511,7 +543,7 @@ class RowSettler:
     def add(self, ranges: list[Range]) -> None:
         spans = merge(ranges)  # rows are listed one by one: adjacent ranges as one
         theirs = self.remote.rows(spans)
-        ours = _local_rows(self.engine, self.info, spans, self.remote.columns)
+        ours = _local_rows(self.engine, self.info, spans, self.remote)
         self.wanted.extend(
             wire.parse_json(k)
             for k, digest in theirs.items()

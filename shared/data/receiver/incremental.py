@@ -57,11 +57,18 @@ class Run:
     note: dict[str, Any] | None = None  # why not, or what xmin found
 
 
-def _ask(sender: sources.Sender, table: str, ask: dict[str, Any], columns: Any) -> Any:
+def _ask(
+    sender: sources.Sender,
+    table: str,
+    ask: dict[str, Any],
+    columns: Any,
+    hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
+) -> Any:
     body: dict[str, Any] = {
         "table_name": table,
         "ranges": [{"after": None, "until": None}],
         "changes": ask,
+        **hashing.as_wire(),
     }
     if columns is not None:
         body["columns"] = columns
@@ -76,7 +83,7 @@ def _ask(sender: sources.Sender, table: str, ask: dict[str, Any], columns: Any) 
     got = resp.body.get("changes")
     if not isinstance(got, dict):
         raise Skip("the sender does not offer changes")
-    if resp.body.get("algorithm") != fingerprints.ALGORITHM:
+    if resp.body.get("algorithm") != hashing.algorithm:
         raise Skip("the sender fingerprints rows another way")
     return got
 
@@ -111,6 +118,7 @@ def run(
     mirror: bool,
     prev: dict[str, Any] | None,
     txids: set[int],
+    hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
 ) -> Run:
     """The steps of the module docstring; Run.outcome None: compare whole."""
     delta.check_local(engine, info)
@@ -128,14 +136,20 @@ def run(
                     return now, None, None
                 try:
                     rows = changes.changed_rows(
-                        conn, info, mine, now, columns, exclude=mine.get("own") or []
+                        conn,
+                        info,
+                        mine,
+                        now,
+                        columns,
+                        exclude=mine.get("own") or [],
+                        hashing=hashing,
                     )
                 except fingerprints.Unsupported:
                     return now, None, None
                 return now, rows, changes.key_print(conn, info)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-xmin") as pool:
-        pending = pool.submit(_ask, sender, name, {"since": since}, columns)
+        pending = pool.submit(_ask, sender, name, {"since": since}, columns, hashing)
         now, local_rows, local_print = here()
         theirs = pending.result()
     states = {"sender": theirs.get("state"), "local": now}
@@ -157,7 +171,7 @@ def run(
     except (TypeError, ValueError, IndexError):
         raise delta.Failed("table-fingerprints: the changes are malformed") from None
     with engine.connect() as conn:
-        ours = changes.hashes_of(conn, info, list(their_rows), columns)
+        ours = changes.hashes_of(conn, info, list(their_rows), columns, hashing)
     wanted = {k for k, h in their_rows.items() if ours.get(k) != h}
     wanted |= {int(k) for k, _ in local_rows}
     extra: set[int] = set()
@@ -168,7 +182,7 @@ def run(
         if mirror:
             extra |= gone
     outcome.equal_before = not wanted and not extra and their_print == local_print
-    remote = delta.Remote(sender, name, columns)
+    remote = delta.Remote(sender, name, columns, hashing)
     settler = delta.RowSettler(remote, engine, info, strategy, mirror, outcome)
     settler.writer.txids = txids
     settler.wanted = sorted(wanted)
@@ -178,7 +192,7 @@ def run(
     outcome.requests += remote.requests
     outcome.ranges_pulled = 0
     verified = outcome.equal_before or _check(
-        sender, engine, info, name, columns, wanted, their_rows, outcome
+        sender, engine, info, name, remote, wanted, their_rows, outcome
     )
     log.info(
         "delta %s from xmin: %d fetched, %d deleted, %s",
@@ -233,7 +247,7 @@ def _check(
     engine: Engine,
     info: TableInfo,
     name: str,
-    columns: list[str],
+    remote: delta.Remote,
     fetched: set[int],
     their_rows: dict[int, str],
     outcome: delta.Outcome,
@@ -245,10 +259,14 @@ def _check(
         return False  # the whole-table verification decides
     expected = dict(their_rows)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-check") as pool:
-        pending = pool.submit(_ask, sender, name, {"hashes_of": unknown}, columns)
+        pending = pool.submit(
+            _ask, sender, name, {"hashes_of": unknown}, remote.columns, remote.hashing
+        )
         with engine.connect() as conn:
             local_print = changes.key_print(conn, info)
-            ours = changes.hashes_of(conn, info, sorted(fetched), columns)
+            ours = changes.hashes_of(
+                conn, info, sorted(fetched), remote.columns, remote.hashing
+            )
         got = pending.result()
     outcome.requests += 1
     try:

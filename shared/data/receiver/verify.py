@@ -164,6 +164,7 @@ def _from_xmin(job: Any, name: str) -> bool:
             opts["mirror_deletes"],
             prev,
             own_txids(job, name),
+            delta.hashing_for(engine, info, _schema(job, name)),
         )
     except (incremental.Skip, delta.NotAvailable) as ex:
         log.info("delta %s: not from xmin (%s)", name, ex)
@@ -268,8 +269,12 @@ def verify_table(job: Any, name: str) -> dict[str, Any]:
     try:
         info = job.catalog.describe(name)
         delta.check_local(engine, info)
+        schema = _schema(job, name)
         remote = delta.Remote(
-            job.sender, name, delta.shared_columns(info, _schema(job, name))
+            job.sender,
+            name,
+            delta.shared_columns(info, schema),
+            delta.hashing_for(engine, info, schema),
         )
         equal, leaves = delta.differing(remote, engine, info, first_only=True)
     except delta.NotAvailable as ex:

@@ -37,6 +37,8 @@ from sqlalchemy import Connection, text
 from shared.data.schema import TableInfo, quote_text
 from shared.data.sender.fingerprints import (
     FINGERPRINT_SETTINGS,
+    TEXT_HASHING,
+    Hashing,
     Unsupported,
     check_columns,
     row_hash,
@@ -129,6 +131,7 @@ def changed_rows(
     *,
     exclude: Sequence[int] = (),
     limit: int = MAX_CHANGED,
+    hashing: Hashing = TEXT_HASHING,
 ) -> list[list[Any]]:
     """``[KEY, hash]`` of the rows whose xmin is at or after ``since``'s horizon
     (``exclude``: 64-bit ids of transactions whose rows to leave out).
@@ -152,7 +155,7 @@ def changed_rows(
         params["own"] = sorted({int(x) % WRAP for x in exclude})
     rows = conn.execute(
         text(
-            f"SELECT {_pg_select_expr(pk)}, {row_hash(info, names)}::text"
+            f"SELECT {_pg_select_expr(pk)}, {row_hash(info, names, hashing)}::text"
             f" FROM {info.qualified_text} WHERE {where} LIMIT :lim"
         ),
         params,
@@ -222,7 +225,11 @@ def bucket_keys(conn: Connection, info: TableInfo, buckets: Sequence[int]) -> li
 
 
 def hashes_of(
-    conn: Connection, info: TableInfo, keys: Sequence[int], columns: Sequence[str]
+    conn: Connection,
+    info: TableInfo,
+    keys: Sequence[int],
+    columns: Sequence[str],
+    hashing: Hashing = TEXT_HASHING,
 ) -> dict[int, str]:
     """Row hash of each of these keys that exists here."""
     names = check_columns(info, columns)
@@ -233,7 +240,8 @@ def hashes_of(
         int(r[0]): str(r[1])
         for r in conn.execute(
             text(
-                f"SELECT {key}, {row_hash(info, names)}::text FROM {info.qualified_text}"
+                f"SELECT {key}, {row_hash(info, names, hashing)}::text"
+                f" FROM {info.qualified_text}"
                 f" WHERE {key} = ANY(CAST(:k AS {pk.type}[]))"
             ),
             {"k": [int(k) for k in keys]},

@@ -5,16 +5,27 @@ Both sides of a sync run the same statements: the sender for the
 rows whose key is after ``after`` (exclusive) and up to ``until``
 (inclusive), either bound open when None, exactly as pull-data pages.
 
-A row's hash is PostgreSQL's 64-bit ``hashtextextended(ROW(...)::text, 0)``
-over the named columns in name order (the hash that hash partitioning keeps
-stable across versions; about twice as fast as the first 64 bits of an MD5,
-measured on this machine class); a range's
-fingerprint is the exact (numeric) sum of its rows' hashes with its count.
-The sum does not depend on the order rows are read in, so a range is one
-index range scan, and a split range's parts add up to it. Values are
-rendered by PostgreSQL's output functions under fixed settings (UTC, ISO
-dates, shortest exact floats), so equal values in equal column types give
-equal fingerprints on any two PostgreSQL databases.
+A row's hash is a 64-bit PostgreSQL hash over the named columns in name
+order, by one of two algorithms the receiver names (``Hashing``):
+
+- ``hashtyped64-sum-v2`` (what dbsync receivers ask for, PostgreSQL 14 and
+  later): ``hash_record_extended(ROW(...), 0)``, each column hashed by its
+  type's own extended hash function (the ones hash partitioning keeps stable
+  across versions), without rendering it; a column whose type has no such
+  function, or whose hash would call different values equal (numeric scale,
+  interval units, citext case, enum OIDs, json), or whose type differs
+  between the two sides, goes in as its text. Measured on the bench table
+  (16 mixed columns, 1M rows): 0.85 s a scan against 2.5 s for v1.
+- ``hashtext64-sum-v1`` (the default when a request names none):
+  ``hashtextextended(ROW(...)::text, 0)``, every value rendered by its output
+  function.
+
+Values are read under fixed settings (UTC, ISO dates, shortest exact floats),
+so equal values in equal column types give equal fingerprints on any two
+PostgreSQL databases. A range's fingerprint is the exact (numeric) sum of its
+rows' hashes with its count. The sum does not depend on the order rows are
+read in, so a range is one index range scan, and a split range's parts add
+up to it.
 
 ``split`` asks for a range cut into up to that many parts of about equal
 row counts (by row number in key order), each with its last key: the
@@ -24,6 +35,7 @@ into parts that differ.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,10 +44,29 @@ from sqlalchemy import Connection, text
 
 from shared.data import wire
 from shared.data.keyset import Keyset, column_list
-from shared.data.schema import PG_READ_SETTINGS, TableInfo, quote_text
+from shared.data.schema import PG_READ_SETTINGS, ColumnInfo, TableInfo, quote_text
 from shared.data.sender.pages import _pg_select_expr, _pg_tuple_encoder
 
-ALGORITHM = "hashtext64-sum-v1"
+ALGORITHM = "hashtext64-sum-v1"  # a request that names no algorithm
+TYPED = "hashtyped64-sum-v2"
+ALGORITHMS = (ALGORITHM, TYPED)
+# Types hashed as they are by TYPED: their hash calls two values equal only
+# when their text is equal too (numeric, interval, citext, bpchar, enums and
+# json are not: they go in as text).
+_NATIVE_KINDS = frozenset(
+    (
+        "int",
+        "float",
+        "bool",
+        "date",
+        "time",
+        "timestamp",
+        "timestamptz",
+        "uuid",
+        "bytea",
+    )
+)
+_NATIVE_TEXT = re.compile(r"\A(?:text|character varying(?:\(\d+\))?)\Z")
 MAX_ROWS = 64_000  # rows one ``rows`` answer may list (about 2.5 MB)
 MAX_RANGES = 1000
 MAX_SPLIT = 256
@@ -77,11 +108,59 @@ class RangePrint:
         return out
 
 
-def row_hash(info: TableInfo, columns: Sequence[str]) -> str:
+def hashed_natively(column: ColumnInfo) -> bool:
+    """Whether TYPED hashes ``column`` by its type rather than its text."""
+    if column.kind == "text":
+        return bool(_NATIVE_TEXT.match(column.type))
+    return column.kind in _NATIVE_KINDS or column.type == "jsonb"
+
+
+@dataclass(frozen=True)
+class Hashing:
+    """How a row's hash is computed: the algorithm, and which columns TYPED
+    takes as text beyond those its types require (``as_text``)."""
+
+    algorithm: str = ALGORITHM
+    as_text: frozenset[str] = frozenset()
+
+    def as_wire(self) -> dict[str, Any]:
+        if self.algorithm == ALGORITHM:
+            return {}
+        return {"algorithm": self.algorithm, "text_columns": sorted(self.as_text)}
+
+    def row_hash(self, info: TableInfo, columns: Sequence[str]) -> str:
+        """The SQL expression of one row's 64-bit hash over ``columns``."""
+        names = sorted(columns)
+        if self.algorithm == ALGORITHM:
+            row = ", ".join(quote_text(n) for n in names)
+            return f"hashtextextended(ROW({row})::text, 0)"
+        kinds = {c.name: c for c in info.columns}
+        parts = [
+            quote_text(n)
+            if n not in self.as_text and hashed_natively(kinds[n])
+            else f"{quote_text(n)}::text"
+            for n in names
+        ]
+        return f"hash_record_extended(ROW({', '.join(parts)}), 0)"
+
+
+TEXT_HASHING = Hashing()
+
+
+def typed_hashing(engine_or_conn: Any, as_text: Sequence[str] = ()) -> Hashing:
+    """TYPED when this site's PostgreSQL has ``hash_record_extended`` (14 and
+    later), else the text algorithm."""
+    version = getattr(engine_or_conn.dialect, "server_version_info", None) or (0,)
+    if tuple(version) < (14,):
+        return TEXT_HASHING
+    return Hashing(TYPED, frozenset(as_text))
+
+
+def row_hash(
+    info: TableInfo, columns: Sequence[str], hashing: Hashing = TEXT_HASHING
+) -> str:
     """The SQL expression of one row's 64-bit hash over ``columns``."""
-    names = sorted(columns)
-    row = ", ".join(quote_text(n) for n in names)
-    return f"hashtextextended(ROW({row})::text, 0)"
+    return hashing.row_hash(info, columns)
 
 
 def check_columns(info: TableInfo, columns: Sequence[str] | None) -> list[str]:
@@ -102,6 +181,7 @@ def fingerprint_ranges(
     *,
     columns: Sequence[str] | None = None,
     split: int = 1,
+    hashing: Hashing = TEXT_HASHING,
 ) -> list[RangePrint]:
     """Count and fingerprint each (after, until) range of decoded key values.
 
@@ -114,7 +194,7 @@ def fingerprint_ranges(
     conn.exec_driver_sql(FINGERPRINT_SETTINGS)
     pk = info.pk_columns
     keys = column_list(pk)
-    digest = row_hash(info, names)
+    digest = row_hash(info, names, hashing)
     encode = _pg_tuple_encoder(TableInfo(info.name, pk, info.primary_key))
     out = []
     for after, until in ranges:
@@ -157,7 +237,14 @@ def fingerprint_ranges(
             out.append(RangePrint(0, "0"))
             continue
         prints = bucket_prints(
-            conn, info, after, until, cuts, columns=names, as_selected=True
+            conn,
+            info,
+            after,
+            until,
+            cuts,
+            columns=names,
+            as_selected=True,
+            hashing=hashing,
         )
         ends = [*cuts, last[0]]
         parts = [
@@ -176,6 +263,7 @@ def range_rows(
     *,
     columns: Sequence[str] | None = None,
     limit: int = MAX_ROWS,
+    hashing: Hashing = TEXT_HASHING,
 ) -> list[list[list[Any]]]:
     """Each range's rows as ``[KEY, hash]`` (hash as text) in key order.
 
@@ -187,7 +275,7 @@ def range_rows(
     conn.exec_driver_sql(FINGERPRINT_SETTINGS)
     pk = info.pk_columns
     encode = _pg_tuple_encoder(TableInfo(info.name, pk, info.primary_key))
-    digest = row_hash(info, names)
+    digest = row_hash(info, names, hashing)
     out: list[list[list[Any]]] = []
     left = limit
     for after, until in ranges:
@@ -212,6 +300,7 @@ def bucket_prints(
     *,
     columns: Sequence[str] | None = None,
     as_selected: bool = False,
+    hashing: Hashing = TEXT_HASHING,
 ) -> list[RangePrint]:
     """Fingerprints of the parts of one range cut at ``bounds`` (decoded key
     values, ascending; each the inclusive end of a part), in one scan.
@@ -238,7 +327,7 @@ def bucket_prints(
         text(
             "SELECT CASE WHEN w > 0 AND (" + arr + ")[w] = k THEN w - 1 ELSE w END"
             " AS i, count(*), coalesce(sum(h), 0)::text"
-            f" FROM (SELECT {key} AS k, {row_hash(info, names)} AS h,"
+            f" FROM (SELECT {key} AS k, {row_hash(info, names, hashing)} AS h,"
             f" width_bucket({key}, {arr}) AS w"
             f" FROM {info.qualified_text}{keyset.where}) s GROUP BY 1"
         ),

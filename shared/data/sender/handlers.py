@@ -520,6 +520,8 @@ FINGERPRINT_FIELDS = [
     Field("columns", list),
     Field("rows", bool),
     Field("changes", dict),
+    Field("algorithm", str, max_length=64),
+    Field("text_columns", list),
 ]
 
 
@@ -537,13 +539,14 @@ def table_fingerprints(
     catalog = _table(site, conn, name)
     if not catalog.pg:
         raise SyncError(ErrorKind.NOT_FOUND, "table-fingerprints is not offered here")
+    hashing = _hashing(site, catalog.describe(name), data)
     if data["changes"] is not None:
-        answer_changes = _changes(site, catalog.describe(name), data)
+        answer_changes = _changes(site, catalog.describe(name), data, hashing)
         conn.last_connected_at = utcnow()
         return {
             "success": True,
             "table": name,
-            "algorithm": fingerprints.ALGORITHM,
+            "algorithm": hashing.algorithm,
             "changes": answer_changes,
         }
     ranges, split = data["ranges"], data["split"] or 1
@@ -572,15 +575,17 @@ def table_fingerprints(
             db = db.execution_options(isolation_level="REPEATABLE READ")
             with db.begin():
                 if data["rows"]:
-                    listed = fingerprints.range_rows(db, info, decoded, columns=columns)
+                    listed = fingerprints.range_rows(
+                        db, info, decoded, columns=columns, hashing=hashing
+                    )
                     return {
                         "success": True,
                         "table": name,
-                        "algorithm": fingerprints.ALGORITHM,
+                        "algorithm": hashing.algorithm,
                         "ranges": [{"rows": rows} for rows in listed],
                     }
                 answer = fingerprints.fingerprint_ranges(
-                    db, info, decoded, columns=columns, split=split
+                    db, info, decoded, columns=columns, split=split, hashing=hashing
                 )
     except BadCursor as ex:
         raise bad_request(f"Invalid range: {ex}", field="ranges") from None
@@ -594,12 +599,40 @@ def table_fingerprints(
     return {
         "success": True,
         "table": name,
-        "algorithm": fingerprints.ALGORITHM,
+        "algorithm": hashing.algorithm,
         "ranges": [r.as_wire() for r in answer],
     }
 
 
-def _changes(site: Site, info: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+def _hashing(site: Site, info: Any, data: Mapping[str, Any]) -> fingerprints.Hashing:
+    """The row hashing the receiver names (``algorithm``, ``text_columns``);
+    the text algorithm when it names none, or when this site's PostgreSQL
+    lacks the typed one."""
+    algorithm = data["algorithm"] or fingerprints.ALGORITHM
+    if algorithm not in fingerprints.ALGORITHMS:
+        raise bad_request(
+            f"Field algorithm must be one of {', '.join(fingerprints.ALGORITHMS)}",
+            field="algorithm",
+        )
+    listed = data["text_columns"] or []
+    if not all(isinstance(c, str) for c in listed):
+        raise bad_request(
+            "Field text_columns must be a list of names", field="text_columns"
+        )
+    have = {c.name for c in info.columns}
+    unknown = sorted(set(listed) - have)
+    if unknown:
+        raise bad_request(
+            f"unknown column(s): {', '.join(unknown)}"[:200], field="text_columns"
+        )
+    if algorithm == fingerprints.ALGORITHM:
+        return fingerprints.TEXT_HASHING
+    return fingerprints.typed_hashing(site.db.data_engine, listed)
+
+
+def _changes(
+    site: Site, info: Any, data: Mapping[str, Any], hashing: fingerprints.Hashing
+) -> dict[str, Any]:
     """``table-fingerprints``' ``changes``: see shared.data.sender.changes and
     the README ("Delta runs from xmin")."""
     ask = data["changes"]
@@ -635,6 +668,7 @@ def _changes(site: Site, info: Any, data: Mapping[str, Any]) -> dict[str, Any]:
                         info,
                         ask["hashes_of"],
                         columns or [c.name for c in info.columns],
+                        hashing,
                     )
                     return {
                         "hashes": [[k, h] for k, h in sorted(got.items())],
@@ -656,7 +690,7 @@ def _changes(site: Site, info: Any, data: Mapping[str, Any]) -> dict[str, Any]:
                 if since is not None and changes.usable(since, now):
                     try:
                         out["rows"] = changes.changed_rows(
-                            db, info, since, now, columns
+                            db, info, since, now, columns, hashing=hashing
                         )
                     except fingerprints.Unsupported:
                         pass

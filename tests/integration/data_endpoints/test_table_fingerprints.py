@@ -119,6 +119,19 @@ def test_bad_input_is_a_clear_400_and_controls_apply(
         401,
         "Invalid connection",
     )
+    assert status({**base, "ranges": [{}], "algorithm": "md5"}) == (
+        400,
+        "Field algorithm must be one of hashtext64-sum-v1, hashtyped64-sum-v2",
+    )
+    typed = {**base, "ranges": [{}], "algorithm": fingerprints.TYPED}
+    assert status({**typed, "text_columns": ["nope"]}) == (
+        400,
+        "unknown column(s): nope",
+    )
+    assert status({**typed, "text_columns": [1]}) == (
+        400,
+        "Field text_columns must be a list of names",
+    )
 
 
 def test_rows_list_each_key_with_its_hash_and_pull_keys_fetches_them(
@@ -183,3 +196,88 @@ def test_bucket_prints_cut_a_range_as_separate_ranges_would(
         (e.count, e.fingerprint) for e in each
     ]
     assert [p.count for p in parts] == [10, 1, 78, 41]
+
+
+def test_the_typed_algorithm_hashes_by_type_and_names_itself(
+    site: Site, client: testing.TestClient, tables: Callable[..., None]
+) -> None:
+    tables("dt_items")
+    enable(site)
+    token_hash = offering_sender(site)
+    body = {
+        "auth_token_hash": token_hash,
+        "table_name": "dt_items",
+        "ranges": [{"after": None, "until": None}],
+        "algorithm": fingerprints.TYPED,
+        "text_columns": ["label"],
+    }
+    r = post(client, "table-fingerprints", body)
+    assert r.status_code == 200, r.json
+    assert r.json["algorithm"] == "hashtyped64-sum-v2"
+    info = site.catalog().describe("dt_items")
+    hashing = fingerprints.Hashing(fingerprints.TYPED, frozenset(["label"]))
+    with site.db.data_engine.connect() as conn:
+        ours = fingerprints.fingerprint_ranges(
+            conn, info, [(None, None)], hashing=hashing
+        )
+        by_text = fingerprints.fingerprint_ranges(conn, info, [(None, None)])
+    assert r.json["ranges"] == [ours[0].as_wire()]
+    assert ours[0].count == 10 and ours[0].fingerprint != by_text[0].fingerprint
+    # A column named in text_columns is hashed through its text.
+    assert "label" in hashing.row_hash(info, ["id", "label"])
+    assert hashing.row_hash(info, ["id", "label"]) == (
+        'hash_record_extended(ROW("id", "label"::text), 0)'
+    )
+
+
+def test_typed_hashes_tell_apart_what_text_tells_apart(site: Site) -> None:
+    """Values a type's hash calls equal but whose text differs (numeric
+    scale, interval units, citext-like case, enum labels, json spacing) go
+    in as text, so a change of any of them changes the fingerprint."""
+    engine = site.db.data_engine
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS fp_kinds"))
+        conn.execute(text("DROP TYPE IF EXISTS fp_mood"))
+        conn.execute(text("CREATE TYPE fp_mood AS ENUM ('calm', 'busy')"))
+        conn.execute(
+            text(
+                "CREATE TABLE fp_kinds (id int PRIMARY KEY, n numeric, i interval,"
+                " j json, b jsonb, m fp_mood, c char(4), p point, a int[],"
+                " t timestamptz, f float8)"
+            )
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO fp_kinds VALUES (1, 1.0, '1 day', '{\"a\":1}',"
+            " '{\"a\": 1}', 'calm', 'ab', '(1,2)', '{1,2}', now(), 0.5)"
+        )
+    info = site.catalog().describe("fp_kinds")
+    typed = fingerprints.typed_hashing(engine)
+    columns = [c.name for c in info.columns]
+
+    def whole() -> str:
+        with engine.connect() as conn:
+            got = fingerprints.fingerprint_ranges(
+                conn, info, [(None, None)], columns=columns, hashing=typed
+            )
+        return got[0].fingerprint
+
+    seen = {whole()}
+    for change in (
+        "n = 1.00",
+        "i = '24 hours'",
+        "j = '{\"a\": 1}'",
+        "m = 'busy'",
+        "p = '(1,3)'",
+        "a = '{1,3}'",
+        "f = -0.5",
+    ):
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE fp_kinds SET {change}")
+        seen.add(whole())
+    assert len(seen) == 8
+    assert typed.row_hash(info, ["id", "n", "t", "b", "m"]) == (
+        'hash_record_extended(ROW("b", "id", "m"::text, "n"::text, "t"), 0)'
+    )
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE fp_kinds"))
+        conn.execute(text("DROP TYPE fp_mood"))
