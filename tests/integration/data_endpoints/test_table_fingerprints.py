@@ -12,12 +12,19 @@ from shared.data.sender import fingerprints
 from tests.helpers import enable, items, offering_sender, post, sender_row
 
 
-def _prints(site: Site, ranges: list, split: int = 1) -> list[dict]:
+def _prints(
+    site: Site,
+    ranges: list,
+    split: int = 1,
+    hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
+) -> list[dict]:
     info = site.catalog().describe("dt_items")
     with site.db.data_engine.connect() as conn:
         return [
             r.as_wire()
-            for r in fingerprints.fingerprint_ranges(conn, info, ranges, split=split)
+            for r in fingerprints.fingerprint_ranges(
+                conn, info, ranges, split=split, hashing=hashing
+            )
         ]
 
 
@@ -203,28 +210,26 @@ def test_the_typed_algorithm_hashes_by_type_and_names_itself(
 ) -> None:
     tables("dt_items")
     enable(site)
-    token_hash = offering_sender(site)
-    body = {
-        "auth_token_hash": token_hash,
-        "table_name": "dt_items",
-        "ranges": [{"after": None, "until": None}],
-        "algorithm": fingerprints.TYPED,
-        "text_columns": ["label"],
-    }
-    r = post(client, "table-fingerprints", body)
+    r = post(
+        client,
+        "table-fingerprints",
+        {
+            "auth_token_hash": offering_sender(site),
+            "table_name": "dt_items",
+            "ranges": [{"after": None, "until": None}],
+            "algorithm": fingerprints.TYPED,
+            "text_columns": ["label"],
+        },
+    )
     assert r.status_code == 200, r.json
     assert r.json["algorithm"] == "hashtyped64-sum-v2"
-    info = site.catalog().describe("dt_items")
     hashing = fingerprints.Hashing(fingerprints.TYPED, frozenset(["label"]))
-    with site.db.data_engine.connect() as conn:
-        ours = fingerprints.fingerprint_ranges(
-            conn, info, [(None, None)], hashing=hashing
-        )
-        by_text = fingerprints.fingerprint_ranges(conn, info, [(None, None)])
-    assert r.json["ranges"] == [ours[0].as_wire()]
-    assert ours[0].count == 10 and ours[0].fingerprint != by_text[0].fingerprint
+    ours = _prints(site, [(None, None)], hashing=hashing)
+    assert r.json["ranges"] == ours
+    assert ours[0]["count"] == 10
+    assert ours[0]["fingerprint"] != _prints(site, [(None, None)])[0]["fingerprint"]
     # A column named in text_columns is hashed through its text.
-    assert "label" in hashing.row_hash(info, ["id", "label"])
+    info = site.catalog().describe("dt_items")
     assert hashing.row_hash(info, ["id", "label"]) == (
         'hash_record_extended(ROW("id", "label"::text), 0)'
     )
