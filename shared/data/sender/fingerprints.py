@@ -135,13 +135,16 @@ class Hashing:
             row = ", ".join(quote_text(n) for n in names)
             return f"hashtextextended(ROW({row})::text, 0)"
         kinds = {c.name: c for c in info.columns}
-        parts = [
-            quote_text(n)
-            if n not in self.as_text and hashed_natively(kinds[n])
-            else f"{quote_text(n)}::text"
-            for n in names
-        ]
-        return f"hash_record_extended(ROW({', '.join(parts)}), 0)"
+        row = ", ".join(self._typed(n, kinds[n]) for n in names)
+        return f"hash_record_extended(ROW({row}), 0)"
+
+    def _typed(self, name: str, column: ColumnInfo) -> str:
+        if name in self.as_text or not hashed_natively(column):
+            return f"{quote_text(name)}::text"
+        if column.kind == "text":
+            # A nondeterministic collation's hash would call 'a' and 'A' equal.
+            return f'{quote_text(name)} COLLATE "C"'
+        return quote_text(name)
 
 
 TEXT_HASHING = Hashing()

@@ -233,6 +233,10 @@ def test_the_typed_algorithm_hashes_by_type_and_names_itself(
     assert hashing.row_hash(info, ["id", "label"]) == (
         'hash_record_extended(ROW("id", "label"::text), 0)'
     )
+    # Otherwise a text column is hashed by its bytes, whatever its collation.
+    assert fingerprints.Hashing(fingerprints.TYPED).row_hash(info, ["label"]) == (
+        'hash_record_extended(ROW("label" COLLATE "C"), 0)'
+    )
 
 
 def test_typed_hashes_tell_apart_what_text_tells_apart(site: Site) -> None:
