@@ -406,6 +406,14 @@ def test_a_cursor_sync_moves_only_the_rows_whose_column_advanced(
         "--cursor-column body: events.body is text, not an integer, numeric, date"
         " or timestamp column" in refused.stderr
     )
+    every = receiver.cli(
+        "syncs", *args[:2], "--all", *args[3:], "--cursor-column", "updated_at",
+        check=False,
+    )  # fmt: skip
+    assert every.returncode == 1
+    assert "--cursor-column updated_at: " in every.stderr
+    assert "items has no column updated_at" in every.stderr
+    assert receiver.cli_json("syncs", "list") == []
     created = sync_json(receiver, *args, "--cursor-column", "updated_at")
     sid = created["id"]
     assert (created["mode"], created["cursor_column"], created["look_back"]) == (

@@ -131,3 +131,62 @@ def test_the_sender_applied_the_filter_only_when_it_repeats_it() -> None:
     off.body(body := {})
     off.answer(None, None)
     assert (body, off.ignored) == ({}, False)
+
+
+@pytest.mark.parametrize(
+    ("mark", "kept"),
+    [
+        ("2024-01-01T00:00:00+00:00", True),
+        (17, True),
+        (None, True),  # an empty table: no mark, the next run asks for every row
+        ("9" * 201, False),
+        ("a\x00b", False),
+        (True, False),
+        ([1], False),
+        ({"x": 1}, False),
+        (float("nan"), False),
+    ],
+)
+def test_only_a_plain_value_is_kept_as_the_mark(mark: Any, kept: bool) -> None:
+    assert cursor_mode._plain_value(mark) is kept
+
+
+COLUMNS = {"t": [{"name": "id", "type": "bigint"}, {"name": "at", "type": "date"}]}
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"cursor_column": None}, "--mode cursor needs --cursor-column"),
+        ({"strategy": "append"}, "--strategy append cannot go with --mode cursor"
+         " (rows pulled again would be added again)"),
+        ({"sender_columns": None}, "--mode cursor needs the sender's table schemas"
+         " to check the column"),
+        ({"sender_columns": {}}, "The sender offers no table to sync"),
+        ({"cursor_column": "nope"}, "--cursor-column nope: t has no column nope"),
+        ({"look_back": "2 weeks"}, "--look-back takes a number (100) or a duration"
+         " (30s, 5m, 2h, 1d)"),
+        ({"mode": "delta"}, "--cursor-column and --look-back need --mode cursor"),
+    ],
+)  # fmt: skip
+def test_a_cursor_sync_with_bad_options_is_refused(
+    options: dict[str, Any], error: str
+) -> None:
+    from types import SimpleNamespace
+
+    from shared.data.receiver import syncs
+
+    given: dict[str, Any] = {
+        "all_tables": False,
+        "every_seconds": 60,
+        "strategy": "overwrite",
+        "mode": "cursor",
+        "mirror_deletes": False,
+        "cursor_column": "at",
+        "sender_columns": COLUMNS,
+        **options,
+    }
+    conn: Any = SimpleNamespace(direction="receiver")
+    with pytest.raises(SyncError) as caught:
+        syncs.create(None, conn, ["t"], **given)  # type: ignore[arg-type]
+    assert caught.value.message == error

@@ -39,6 +39,7 @@ from shared.errors import ErrorKind, SyncError
 from shared.state.models import Transfer
 
 NOTE = "cursor"  # the transfer's note, per table
+MAX_MARK_CHARS = 200
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TEMPORAL = ("timestamp", "timestamptz", "date")
 DEFAULT_LOOK_BACK = {"timestamp": "1m", "timestamptz": "1m", "date": "1d"}
@@ -202,9 +203,19 @@ def seen(job: Any, name: str, source: Any) -> None:
         return
     mark = got.first.get("high_water")
     got.first = None
-    if mark is not None and not isinstance(mark, (str, int, float)):
-        return  # not a value: no mark
+    if not _plain_value(mark):
+        return  # not a value this site keeps: no mark, the next run asks as this one
     _note(job, name, high_water=mark, filtered=True)
+
+
+def _plain_value(value: Any) -> bool:
+    """Whether a sender's high-water mark is a value to keep: a JSON scalar,
+    text short and without NUL (the sender chooses it)."""
+    if isinstance(value, str):
+        return len(value) <= MAX_MARK_CHARS and "\x00" not in value
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def finish(job: Any, name: str, source: Any) -> None:
