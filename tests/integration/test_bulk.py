@@ -955,7 +955,7 @@ def _cursor_sync(pair: Pair) -> str:
             conn,
             ["stamped"],
             all_tables=False,
-            every_seconds=1,
+            every_seconds=3600,
             strategy="overwrite",
             mode="cursor",
             mirror_deletes=False,
