@@ -68,7 +68,13 @@ def check_value(f: Field, value: Any) -> Any:
 
 
 def _wrong(f: Field) -> SyncError:
-    names = {str: "a string", int: "an integer", list: "a list", bool: "a boolean"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        list: "a list",
+        bool: "a boolean",
+        dict: "an object",
+    }
     kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
     want = " or ".join(names.get(k, k.__name__) for k in kinds)
     return bad_request(f"Field {f.name} must be {want}", field=f.name)

@@ -93,6 +93,22 @@ DATA_ENDPOINT_TABLES: dict[str, str] = {
         CREATE TABLE dt_words (w text PRIMARY KEY);
         INSERT INTO dt_words VALUES ('alpha'), ('beta'), ('gamma');
     """,
+    "dt_stamped": """
+        CREATE TABLE dt_stamped (
+            id integer PRIMARY KEY,
+            label text,
+            seq smallint,
+            at timestamptz,
+            day date,
+            amount numeric(6, 2),
+            flag boolean
+        );
+        INSERT INTO dt_stamped SELECT g, 'row ' || g, 100 - g,
+               timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour',
+               date '2024-01-01' + g, g * 1.5, mod(g, 2) = 0
+        FROM generate_series(1, 10) g;
+        UPDATE dt_stamped SET at = NULL, seq = NULL WHERE id = 10;
+    """,
     "dt_values": """
         CREATE TABLE dt_values (
             id integer PRIMARY KEY,

@@ -30,6 +30,12 @@ def syncs() -> None:
 @click.option("--mirror-deletes", is_flag=True, help="delete rows the sender deleted")
 @click.option("--mode", type=click.Choice(["delta", "full", "cursor"]), default="delta")
 @click.option("--cursor-column", default=None, help="for --mode cursor")
+@click.option(
+    "--look-back",
+    default=None,
+    help="for --mode cursor: a number for an integer column (default 0),"
+    " a duration for a timestamp (default 1m) or a date (default 1d)",
+)
 @click.option("--evolve", is_flag=True, help="add columns the sender added")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
@@ -42,13 +48,20 @@ def create(
     mirror_deletes: bool,
     mode: str,
     cursor_column: str | None,
+    look_back: str | None,
     evolve: bool,
     as_json: bool,
 ) -> None:
-    """Create a sync of a receiver connection's tables."""
+    """Create a sync of a receiver connection's tables.
+
+    With --mode cursor the column is checked first on each table at the
+    sender (its table-schema; with --all, every table it offers)."""
     from shared.control import connections
     from shared.data.receiver import syncs as svc
 
+    columns = None
+    if mode == "cursor" and cursor_column:
+        columns = _sender_columns(connection_id, table_names, all_tables)
     with site().db.session() as session:
         conn = connections.get(session, connection_id)
         sync = svc.create(
@@ -62,9 +75,36 @@ def create(
             mirror_deletes=mirror_deletes,
             cursor_column=cursor_column,
             evolve=evolve,
+            look_back=look_back,
+            sender_columns=columns,
         )
         data = svc.describe(session, sync)
     emit(data, as_json, lambda d: click.echo(f"sync {d['id']} created"))
+
+
+def _sender_columns(
+    connection_id: str, table_names: tuple[str, ...], all_tables: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """The columns of the tables to sync, from the sender's table-schema."""
+    from cli.commands.data import _ask, _objects
+    from shared.data.receiver.pulls import PROTECTED_TABLES
+
+    names = [t.strip() for t in table_names if t.strip()]
+    if all_tables:
+        offered = _objects(
+            _ask(connection_id, "list-tables", {}).get("tables"), "tables"
+        )
+        names = [
+            t["name"]
+            for t in offered
+            if isinstance(t.get("name"), str) and t["name"] not in PROTECTED_TABLES
+        ]
+    columns = {}
+    for name in names:
+        schema = _ask(connection_id, "table-schema", {"table_name": name}).get("schema")
+        found = schema.get("columns") if isinstance(schema, dict) else None
+        columns[name] = _objects(found, f"columns of {name}")
+    return columns
 
 
 @syncs.command("list")

@@ -3,6 +3,7 @@ scheduled syncs run by beat, between two real sites driven through the CLI."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -378,3 +379,100 @@ def test_schema_drift_is_reported_and_evolve_adds_new_columns(
     assert failed["drift"]["gadgets"]["retyped"] == [
         {"column": "name", "sender": "character varying(40)", "here": "text"}
     ]
+
+
+EVENTS = """
+CREATE TABLE events (id bigserial PRIMARY KEY, body text,
+                     updated_at timestamptz NOT NULL);
+"""
+
+
+def test_a_cursor_sync_moves_only_the_rows_whose_column_advanced(
+    sites: tuple[SiteProcesses, SiteProcesses],
+) -> None:
+    sender, receiver = sites
+    sender.sql(EVENTS)
+    receiver.sql(EVENTS)
+    sender.sql(
+        "INSERT INTO events (body, updated_at) SELECT 'e' || g,"
+        " timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute'"
+        " FROM generate_series(1, 500) g"
+    )
+    rid = field(receiver, "id")
+    args = ("create", rid, "events", "--every", "3s", "--mode", "cursor")
+    refused = receiver.cli("syncs", *args, "--cursor-column", "body", check=False)
+    assert refused.returncode == 1
+    assert (
+        "--cursor-column body: events.body is text, not an integer, numeric, date"
+        " or timestamp column" in refused.stderr
+    )
+    every = receiver.cli(
+        "syncs", *args[:2], "--all", *args[3:], "--cursor-column", "updated_at",
+        check=False,
+    )  # fmt: skip
+    assert every.returncode == 1
+    assert "--cursor-column updated_at: " in every.stderr
+    assert "items has no column updated_at" in every.stderr
+    assert receiver.cli_json("syncs", "list") == []
+    created = sync_json(receiver, *args, "--cursor-column", "updated_at")
+    sid = created["id"]
+    assert (created["mode"], created["cursor_column"], created["look_back"]) == (
+        "cursor",
+        "updated_at",
+        "1m",
+    )
+    assert created["high_water_mark"] == {}
+
+    def started(transfer: dict[str, Any]) -> float:
+        return dt.datetime.fromisoformat(transfer["created_at"]).timestamp()
+
+    def runs_of_the_sync() -> list[dict[str, Any]]:
+        found = [
+            t
+            for t in receiver.cli_json("transfers", "list")
+            if t["sync_id"] == sid and t["status"] in ("completed", "failed")
+        ]
+        return sorted(found, key=started)
+
+    try:
+        first = eventually(lambda: runs_of_the_sync() or None, timeout=60)[0]
+        assert first["records_transferred"] == 500
+        assert first["cursor"]["events"]["after"] is None  # no mark: every row
+        assert first["verification"] == {"events": {"status": "verified"}}
+        sync_json(receiver, "pause", sid)
+
+        def idle() -> dict[str, Any] | None:
+            data = sync_json(receiver, "show", sid)
+            return data if data["last_status"] != "running" else None
+
+        shown = eventually(idle)
+        # Initial rows are a minute apart: the mark is row 500's.
+        assert shown["high_water_mark"] == {"events": "2024-01-01T08:20:00+00:00"}
+
+        sender.sql(
+            "INSERT INTO events (body, updated_at) VALUES"
+            " ('new1', '2024-02-01 00:01+00'), ('new2', '2024-02-01 00:02+00'),"
+            " ('new3', '2024-02-01 00:03+00');"
+            " UPDATE events SET body = 'upd', updated_at = '2024-02-01 00:10+00'"
+            " WHERE id IN (10, 20);"
+            " UPDATE events SET body = 'not advanced' WHERE id = 30"
+        )
+        mark = time.time()
+        sync_json(receiver, "resume", sid)
+        run = eventually(
+            lambda: next((t for t in runs_of_the_sync() if started(t) > mark), None)
+        )
+        # The new and advanced rows, and row 500 (within the 1m look-back).
+        assert (run["records_transferred"], run["records_created"]) == (6, 3)
+        assert run["records_updated"] == 3
+        assert run["cursor"]["events"]["after"] == "2024-01-01T08:19:00+00:00"
+        assert run["cursor"]["events"]["high_water"] == "2024-02-01T00:10:00+00:00"
+        # Row 30's column did not advance: not seen, and the run does not read clean.
+        assert run["verification"]["events"]["status"] == "differs"
+        expected = sender.sql("SELECT * FROM events WHERE id <> 30 ORDER BY id")
+        assert receiver.sql("SELECT * FROM events WHERE id <> 30 ORDER BY id") == (
+            expected
+        )
+        assert receiver.sql("SELECT body FROM events WHERE id = 30") == [("e30",)]
+    finally:
+        sync_json(receiver, "delete", sid)

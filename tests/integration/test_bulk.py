@@ -8,6 +8,7 @@ app yields it, like gunicorn does.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import time
@@ -929,3 +930,128 @@ def test_the_pull_format_setting_is_checked() -> None:
     with pytest.raises(SettingsError, match="SYNC_PULL_FORMAT"):
         Settings.from_env({"SYNC_PULL_FORMAT": "csv"})
     assert Settings.from_env({"SYNC_BULK_PAGE_ROWS": "5000"}).bulk_page_rows == 5000
+
+
+# --- cursor mode -------------------------------------------------------------------
+
+STAMPED = (
+    "CREATE TABLE stamped (id integer PRIMARY KEY, v text,"
+    " updated_at timestamptz NOT NULL)",
+    "INSERT INTO stamped SELECT g, 'v' || g,"
+    " timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute'"
+    " FROM generate_series(1, 3000) g",
+)
+
+
+def _cursor_sync(pair: Pair) -> str:
+    from shared.data.receiver import syncs
+
+    columns = [{"name": "id", "type": "integer"}, {"name": "v", "type": "text"}]
+    columns.append({"name": "updated_at", "type": "timestamp with time zone"})
+    with pair.receiver.db.session() as session:
+        conn = session.query(Connection).one()
+        sync = syncs.create(
+            session,
+            conn,
+            ["stamped"],
+            all_tables=False,
+            every_seconds=3600,
+            strategy="overwrite",
+            mode="cursor",
+            mirror_deletes=False,
+            cursor_column="updated_at",
+            sender_columns={"stamped": columns},
+        )
+        return str(sync.id)
+
+
+def _sync_run(pair: Pair, sid: str) -> Transfer:
+    """Let beat start the sync's next run, run it, and let beat note its end."""
+    from shared.data.receiver import syncs
+
+    with pair.receiver.db.session() as session:
+        syncs.run_now(session, syncs.get(session, sid))
+    assert syncs._tick_one(pair.receiver, uuid.UUID(sid)) == 1
+    with pair.receiver.db.session() as session:
+        tid = str(syncs.get(session, sid).last_transfer_id)
+    assert pulls.run(pair.receiver, pair.peer(), tid, "test").state == "completed"
+    syncs._tick_one(pair.receiver, uuid.UUID(sid))  # notes the end, keeps the mark
+    return pair.transfer(tid)
+
+
+def _mark(pair: Pair, sid: str) -> Any:
+    from shared.data.receiver import syncs
+
+    with pair.receiver.db.session() as session:
+        return syncs.describe(session, syncs.get(session, sid))["high_water_mark"]
+
+
+@pytest.mark.parametrize("setting", ["json", "pg_copy_binary"])
+def test_a_cursor_sync_pulls_only_rows_beyond_the_mark_minus_the_look_back(
+    pair: Pair, setting: str
+) -> None:
+    run(pair.src, *STAMPED)
+    run(pair.dst, STAMPED[0])
+    pair.receiver.settings = dataclasses.replace(
+        pair.receiver.settings, pull_format=setting
+    )
+    sid = _cursor_sync(pair)
+    first = _sync_run(pair, sid)  # no mark yet: every row, and the mark
+    assert (first.records_transferred, first.records_created) == (3000, 3000)
+    assert first.meta["cursor"]["stamped"] == {
+        "column": "updated_at",
+        "mark_before": None,
+        "look_back": "1m",
+        "after": None,
+        "high_water": "2024-01-03T02:00:00+00:00",
+        "filtered": True,
+    }
+    assert first.meta["verification"] == {"stamped": {"status": "verified"}}
+    assert _mark(pair, sid) == {"stamped": "2024-01-03T02:00:00+00:00"}
+
+    run(
+        pair.src,
+        # Advanced: seen.
+        "UPDATE stamped SET v = 'new', updated_at = '2024-02-01' WHERE id IN (5, 6)",
+        "INSERT INTO stamped VALUES (3001, 'added', '2024-02-02')",
+        # Not advanced: a cursor run does not see it.
+        "UPDATE stamped SET v = 'unseen' WHERE id = 7",
+    )
+    second = _sync_run(pair, sid)
+    note = second.meta["cursor"]["stamped"]
+    assert (note["mark_before"], note["after"]) == (
+        "2024-01-03T02:00:00+00:00",
+        "2024-01-03T01:59:00+00:00",
+    )
+    # 3000 (the mark itself, within the look-back), 5, 6 and 3001.
+    assert (second.records_transferred, second.records_created) == (4, 1)
+    assert second.records_updated == 3
+    assert rows(pair.dst, "stamped")[4:7] == [
+        (5, "new", dt.datetime(2024, 2, 1, tzinfo=dt.UTC)),
+        (6, "new", dt.datetime(2024, 2, 1, tzinfo=dt.UTC)),
+        (7, "v7", dt.datetime(2024, 1, 1, 0, 7, tzinfo=dt.UTC)),
+    ]
+    assert rows(pair.dst, "stamped")[-1][0] == 3001
+    # The row whose column did not move differs: the run does not read clean.
+    assert second.meta["verification"]["stamped"]["status"] == "differs"
+    assert second.error_message.startswith("Verification: stamped differ(s)")
+    assert _mark(pair, sid) == {"stamped": "2024-02-02T00:00:00+00:00"}
+
+
+def test_a_sender_that_ignores_since_gives_a_full_pull_and_the_mark_stays(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.data.sender import handlers
+
+    run(pair.src, *STAMPED)
+    run(pair.dst, STAMPED[0])
+    sid = _cursor_sync(pair)
+    _sync_run(pair, sid)
+    monkeypatch.setattr(handlers, "_since", lambda *a: (None, None))
+    again = _sync_run(pair, sid)
+    assert again.records_transferred == 3000
+    note = again.meta["cursor"]["stamped"]
+    assert note["filtered"] is False
+    assert note["reason"] == "the sender does not filter by cursor: pulled whole"
+    assert "high_water" not in note
+    assert _mark(pair, sid) == {"stamped": "2024-01-03T02:00:00+00:00"}

@@ -40,7 +40,7 @@ from shared.context import Site
 from shared.control import audit
 from shared.control.peer import PeerClient, PeerRefused, PeerUnavailable
 from shared.data import copy_format, ddl, wire
-from shared.data.receiver import bulk_in, checkpoints, sources, verify
+from shared.data.receiver import bulk_in, checkpoints, cursor_mode, sources, verify
 from shared.data.receiver import copy_in as copyin
 from shared.data.receiver.pages import ImportRefused, Page, PageResult, check_append
 from shared.data.receiver.sources import CopySource, JsonSource, Sender
@@ -689,8 +689,9 @@ class _Job:
         self._progress(name, cp, status="running")
         writer = Writer(info, self.strategy)
         writer.txids = verify.own_txids(self, name)
+        since = None if cp.done else cursor_mode.since_for(self, name, info)
         try:
-            with self._source(name, info) as source:
+            with self._source(name, info, since) as source:
                 while not cp.done:
                     try:
                         page = self._write(source, writer, cp)
@@ -700,10 +701,12 @@ class _Job:
                         source.restage(as_text=ex.as_text)
                         continue
                     self.rows_this_run += page.count
+                    cursor_mode.seen(self, name, source)
                     self._progress(
                         name, cp, status="completed" if cp.done else "running"
                     )
                     del page  # written: only one page's rows at a time
+                cursor_mode.finish(self, name, source)
         except (PeerRefused, sources.BadAnswer) as ex:
             raise PullFailed(str(ex)) from None
         except ImportRefused as ex:
@@ -802,10 +805,12 @@ class _Job:
             )
         return table, key
 
-    def _source(self, name: str, info: TableInfo) -> CopySource | JsonSource:
+    def _source(
+        self, name: str, info: TableInfo, since: dict[str, Any] | None = None
+    ) -> CopySource | JsonSource:
         """Where the table's pages come from: table-records from a PhoenixKit
         sender, COPY data when this site's data database takes it, JSON rows
-        otherwise."""
+        otherwise; with ``since`` (cursor mode) only the rows it keeps."""
         if self.phoenixkit:
             # PhoenixKit orders by its first key column, falling back to "id".
             key = info.primary_key[0] if info.primary_key else "id"
@@ -821,9 +826,14 @@ class _Job:
                 self.strategy,
                 plan,
                 self.site.settings.bulk_page_rows,
+                since,
             )
         return JsonSource(
-            self.sender, name, self.strategy, direct=self._copies_like_insert(info)
+            self.sender,
+            name,
+            self.strategy,
+            direct=self._copies_like_insert(info),
+            since=since,
         )
 
     def _copies_like_insert(self, info: TableInfo) -> bool:

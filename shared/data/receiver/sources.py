@@ -113,6 +113,45 @@ class Sender:
         )
 
 
+class SinceSeen:
+    """What a sender said of a pull's ``since`` filter (cursor mode), page by page.
+
+    A sender that applied the filter repeats it in each answer; one that does
+    not know it (an older site) ignores it and sends every row, which is a
+    full pull: ``ignored`` says so. ``high_water`` is the mark the first page
+    (the one asked without a cursor) carried.
+    """
+
+    def __init__(self, since: dict[str, Any] | None) -> None:
+        self.since = since
+        self.ignored = False
+        self.first: dict[str, Any] | None = None
+
+    def body(self, body: dict[str, Any]) -> None:
+        if self.since is not None:
+            body["since"] = self.since
+
+    def answer(self, echo: Any, cursor: Any) -> None:
+        if self.since is None:
+            return
+        applied = (
+            isinstance(echo, dict)
+            and echo.get("column") == self.since["column"]
+            and echo.get("after") == self.since["after"]
+        )
+        if not applied:
+            self.ignored = True
+        elif cursor is None and "high_water" in echo:
+            self.first = echo
+
+    def header(self, text: str | None, cursor: Any) -> None:
+        try:
+            echo = None if text is None else wire.parse_json(text)
+        except ValueError:
+            echo = None
+        self.answer(echo, cursor)
+
+
 def json_page(answer: PeerResponse, size: int) -> JsonPage:
     """The JSON page in a pull-data answer; BadAnswer if it holds none."""
     if answer.status != 200 or answer.body.get("success") is not True:
@@ -136,12 +175,19 @@ class JsonSource:
     """
 
     def __init__(
-        self, sender: Sender, table: str, strategy: str, *, direct: bool
+        self,
+        sender: Sender,
+        table: str,
+        strategy: str,
+        *,
+        direct: bool,
+        since: dict[str, Any] | None = None,
     ) -> None:
         self._sender = sender
         self._table = table
         self._strategy = strategy
         self.direct = direct  # whether its pages may be copied straight in
+        self.seen = SinceSeen(since)
         self._ahead = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="dbsync-fetch"
         )
@@ -174,8 +220,10 @@ class JsonSource:
         # turns at the interpreter lock, and that thread's socket reads
         # would wait behind the parse.
         status, content, size = upcoming[1].result()
-        page = self._parse(PeerResponse.parse(status, content), size, cursor)
-        del content, upcoming  # parsed: only one page's body and rows at a time
+        answer = PeerResponse.parse(status, content)
+        page = self._parse(answer, size, cursor)
+        self.seen.answer(answer.body.get("since"), cursor)
+        del content, upcoming, answer  # parsed: only one page's body and rows at a time
         if page.has_more:
             self._upcoming = (
                 page.next_cursor,
@@ -211,6 +259,7 @@ class JsonSource:
         }
         if cursor is not None:
             body["after"] = cursor
+        self.seen.body(body)
         with self._sender.open(
             "pull-data", body, rows * settings.pull_json_row_bytes
         ) as resp:
@@ -307,12 +356,14 @@ class CopySource:
         strategy: str,
         plan: bulk_in.Plan,
         page_rows: int,
+        since: dict[str, Any] | None = None,
     ) -> None:
         self._sender = sender
         self._table = table
         self._strategy = strategy
         self._page_rows = page_rows
         self.plan = plan
+        self.seen = SinceSeen(since)
 
     def __enter__(self) -> CopySource:
         return self
@@ -339,6 +390,7 @@ class CopySource:
         }
         if cursor is not None:
             body["after"] = cursor
+        self.seen.body(body)
         settings = self._sender.client.settings
         # A sender that cannot serve COPY data answers with a JSON page (of
         # SYNC_JSON_PAGE_CAP rows at most, from dbsync): it may take what a
@@ -359,6 +411,7 @@ class CopySource:
                         "Invalid response from remote site (a page of"
                         f" {incoming.count} rows, asked for {self._page_rows})"
                     )
+                self.seen.header(resp.headers.get("x-sync-since"), cursor)
                 row_max = settings.pull_row_max_bytes
                 resp.max_bytes = min(
                     settings.pull_page_max_bytes,
@@ -373,7 +426,9 @@ class CopySource:
                 return
             # Asked for COPY data, answered with JSON: a table the sender
             # cannot serve as COPY data (see the sender's pull_data).
-            page = json_page(resp.response(), resp.bytes_read)
+            answer = resp.response()
+            page = json_page(answer, resp.bytes_read)
+            self.seen.answer(answer.body.get("since"), cursor)
         yield page
 
 

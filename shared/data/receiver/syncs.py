@@ -10,6 +10,10 @@ from the sender) counts a failure: the next run waits the interval plus an
 exponential backoff (SYNC_RETRY_BASE_SECONDS doubling, at most
 SYNC_RETRY_MAX_SECONDS), and the sync shows the run's error until a run
 succeeds.
+
+A sync in cursor mode keeps each table's high-water mark (``meta["marks"]``),
+taken from a run's transfer when the run ends; the next run pulls only the
+rows beyond it (shared.data.receiver.cursor_mode).
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ from sqlalchemy.orm import Session
 from shared.backoff import backoff
 from shared.context import Site
 from shared.control import audit
-from shared.data.receiver import pulls
+from shared.data.receiver import cursor_mode, pulls
 from shared.db import parse_uuid, utcnow
 from shared.errors import ErrorKind, SyncError
-from shared.state.models import STRATEGIES, Connection, Sync, Transfer
+from shared.state.models import STRATEGIES, Connection, Sync, Transfer, TransferTable
 
 log = logging.getLogger("dbsync.syncs")
 
@@ -65,7 +69,16 @@ def create(
     cursor_column: str | None,
     evolve: bool = False,
     actor: str = "operator",
+    look_back: str | None = None,
+    sender_columns: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Sync:
+    """A new sync, due at once.
+
+    Cursor mode needs ``sender_columns``: the columns of each table named
+    (or, with ``all_tables``, of every table offered) from the sender's
+    table-schema, for the cursor column to be checked on each (the caller
+    asks the sender: no call to a peer is made here).
+    """
     if conn.direction != "receiver":
         raise SyncError(ErrorKind.BAD_REQUEST, "Only a receiver connection can sync")
     names = [t.strip() for t in tables if t and t.strip()]
@@ -86,11 +99,12 @@ def create(
         raise SyncError(
             ErrorKind.BAD_REQUEST, f"mode must be one of {', '.join(MODES)}"
         )
+    meta: dict[str, Any] = {"evolve": evolve}
     if mode == "cursor":
-        # Needs the sender to filter rows by a column, which no call offers yet.
+        meta.update(_cursor_options(strategy, cursor_column, look_back, sender_columns))
+    elif cursor_column or look_back is not None:
         raise SyncError(
-            ErrorKind.BAD_REQUEST,
-            "--mode cursor is not available yet: use delta (the default) or full",
+            ErrorKind.BAD_REQUEST, "--cursor-column and --look-back need --mode cursor"
         )
     sync = Sync(
         id=uuid.uuid4(),
@@ -101,12 +115,12 @@ def create(
         strategy=strategy,
         mode=mode,
         mirror_deletes=mirror_deletes,
-        cursor_column=cursor_column,
+        cursor_column=cursor_column if mode == "cursor" else None,
         paused=False,
         next_run_at=utcnow(),
         failures=0,
         runs=0,
-        meta={"evolve": evolve},
+        meta=meta,
     )
     session.add(sync)
     session.flush()
@@ -119,6 +133,36 @@ def create(
         tables=names or ["*"],
     )
     return sync
+
+
+def _cursor_options(
+    strategy: str,
+    column: str | None,
+    look_back: str | None,
+    sender_columns: dict[str, list[dict[str, Any]]] | None,
+) -> dict[str, Any]:
+    """Check a cursor sync's options; its look-back, as kept on the sync."""
+    if not column:
+        raise SyncError(ErrorKind.BAD_REQUEST, "--mode cursor needs --cursor-column")
+    if strategy == "append":
+        raise SyncError(
+            ErrorKind.BAD_REQUEST,
+            "--strategy append cannot go with --mode cursor"
+            " (rows pulled again would be added again)",
+        )
+    if sender_columns is None:
+        raise SyncError(
+            ErrorKind.BAD_REQUEST,
+            "--mode cursor needs the sender's table schemas to check the column",
+        )
+    if not sender_columns:
+        raise SyncError(ErrorKind.BAD_REQUEST, "The sender offers no table to sync")
+    kinds = cursor_mode.check_columns(column, sender_columns, look_back)
+    if look_back is None:
+        # The default of the column's kind, when every table agrees on one.
+        defaults = {cursor_mode.DEFAULT_LOOK_BACK.get(k, "0") for k in kinds.values()}
+        look_back = defaults.pop() if len(defaults) == 1 else None
+    return {"look_back": look_back.strip() if look_back else look_back, "marks": {}}
 
 
 def get(session: Session, sync_id: str) -> Sync:
@@ -148,6 +192,10 @@ def describe(session: Session, sync: Sync) -> dict[str, Any]:
         "mode": sync.mode,
         "mirror_deletes": sync.mirror_deletes,
         "cursor_column": sync.cursor_column,
+        "look_back": (sync.meta or {}).get("look_back"),
+        "high_water_mark": (sync.meta or {}).get("marks")
+        if sync.mode == "cursor"
+        else None,
         "evolve": bool((sync.meta or {}).get("evolve")),
         "state": "paused"
         if sync.paused
@@ -222,6 +270,8 @@ def _tick_one(site: Site, sync_id: uuid.UUID) -> int:
                 return 0  # never two runs of one sync at once
             if sync.last_status == "running":
                 _ended(site, sync, last, now)
+                if last is not None and sync.mode == "cursor":
+                    _keep_marks(session, sync, last)
         if sync.paused or sync.next_run_at > now:
             return 0
         conn = session.get(Connection, sync.connection_id)
@@ -245,6 +295,14 @@ def _tick_one(site: Site, sync_id: uuid.UUID) -> int:
                 "mirror_deletes": sync.mirror_deletes,
                 "cursor_column": sync.cursor_column,
                 "evolve": bool((sync.meta or {}).get("evolve")),
+                **(
+                    {
+                        "look_back": (sync.meta or {}).get("look_back"),
+                        "cursor_marks": (sync.meta or {}).get("marks") or {},
+                    }
+                    if sync.mode == "cursor"
+                    else {}
+                ),
             },
         )
         sync.last_transfer_id = transfer.id
@@ -254,6 +312,27 @@ def _tick_one(site: Site, sync_id: uuid.UUID) -> int:
         # From now: runs missed while the site was down make one run, not many.
         sync.next_run_at = now + dt.timedelta(seconds=sync.every_seconds)
         return 1
+
+
+def _keep_marks(session: Session, sync: Sync, last: Transfer) -> None:
+    """Take the high-water marks of the tables the run pulled to the end.
+
+    However the run ended (a table that failed, a verification that found a
+    difference), a table it pulled to the end saw every row up to its mark:
+    the next run starts there. Tables it did not finish keep their mark."""
+    completed = set(
+        session.scalars(
+            select(TransferTable.table_name).where(
+                TransferTable.transfer_id == last.id,
+                TransferTable.status == "completed",
+            )
+        )
+    )
+    found = cursor_mode.marks(last.meta or {}, completed)
+    if found:
+        meta = dict(sync.meta or {})
+        meta["marks"] = {**(meta.get("marks") or {}), **found}
+        sync.meta = meta
 
 
 def _ended(site: Site, sync: Sync, last: Transfer | None, now: dt.datetime) -> None:

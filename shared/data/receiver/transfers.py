@@ -61,6 +61,7 @@ def describe(transfer: Transfer, with_tables: bool = True) -> dict[str, Any]:
         "sync_id": (transfer.meta or {}).get("sync_id"),
         "verification": (transfer.meta or {}).get("verification"),
         "delta": (transfer.meta or {}).get("delta"),
+        "cursor": (transfer.meta or {}).get("cursor"),
         "drift": (transfer.meta or {}).get("drift"),
     }
     if with_tables:

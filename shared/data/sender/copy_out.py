@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from shared.data.copy_format import COPY_FORMATS, MEDIA_TYPES, utf8
-from shared.data.keyset import Keyset, column_list
+from shared.data.keyset import Keyset, Since, column_list
 from shared.data.schema import PG_READ_SETTINGS, TableInfo, Tables, quote_text
 from shared.data.sender.pages import PageExtent, page_extent
 
@@ -61,8 +61,11 @@ def open_page(
     wire_format: str,
     max_bytes: int | None = None,
     until: list[Any] | None = None,
+    since: Since | None = None,
+    since_answer: dict[str, Any] | None = None,
 ) -> CopyPage | None:
-    """Fix the page after ``after`` and prepare its COPY stream.
+    """Fix the page after ``after`` (of the rows ``since`` keeps) and prepare
+    its COPY stream; ``since_answer`` goes in its X-Sync-Since header.
 
     Returns None when the page cannot travel this way after all (metadata
     too large for headers, a connection that is not UTF-8); the caller then
@@ -77,10 +80,13 @@ def open_page(
         conn.execution_options(isolation_level="REPEATABLE READ")
         conn.exec_driver_sql(_SENDER_SETTINGS)
         if max_bytes is not None:
-            limit = _rows_within(conn, tables, info, after, limit, max_bytes)
-        extent = page_extent(tables, conn, table, after=after, limit=limit, until=until)
-        sql = _copy_out_sql(conn, info, extent, COPY_FORMATS[wire_format])
+            limit = _rows_within(conn, tables, info, after, limit, max_bytes, since)
+        extent = page_extent(
+            tables, conn, table, after=after, limit=limit, until=until, since=since
+        )
+        sql = _copy_out_sql(conn, info, extent, COPY_FORMATS[wire_format], since)
         page = CopyPage(conn, info, wire_format, extent, sql)
+        page.since = since_answer
     except BaseException:
         conn.close()
         raise
@@ -102,12 +108,13 @@ def _rows_within(
     after: list[Any] | None,
     limit: int,
     max_bytes: int,
+    since: Since | None = None,
 ) -> int:
     """The rows of a page of at most ``limit`` that fit ``max_bytes``, by the
     text size of the page's first rows (a sample: a COPY page is streamed,
     so the sender's memory never depends on it; the budget keeps a page of
     wide rows within what a receiver takes)."""
-    keyset = Keyset.after_cursor(info, after, pg=True)
+    keyset = Keyset.after_cursor(info, after, pg=True, since=since)
     # The table's name alone in the SELECT list is its whole row.
     size = f"octet_length({quote_text(info.name)}::text) AS n"
     sample = keyset.select(size, limit=min(limit, _SAMPLE_ROWS))
@@ -120,7 +127,11 @@ def _rows_within(
 
 
 def _copy_out_sql(
-    conn: Connection, info: TableInfo, extent: PageExtent, copy_format: str
+    conn: Connection,
+    info: TableInfo,
+    extent: PageExtent,
+    copy_format: str,
+    since: Since | None = None,
 ) -> str:
     """The COPY of exactly the extent's rows, as one driver-ready statement.
 
@@ -128,7 +139,7 @@ def _copy_out_sql(
     connection's dialect (placeholders, doubled percent signs) and bound by
     psycopg2 here, because COPY takes no parameters.
     """
-    keyset = Keyset.after_key(info, extent.after, pg=True)
+    keyset = Keyset.after_key(info, extent.after, pg=True, since=since)
     # LIMIT on the snapshot the extent was counted on gives exactly its rows
     # (none for an empty extent: LIMIT 0 reads nothing).
     select = keyset.select(column_list(info.columns), limit=extent.count)
@@ -171,6 +182,7 @@ class CopyPage:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._finished = False
+        self.since: dict[str, Any] | None = None  # pull-data's since, answered
 
     @property
     def content_type(self) -> str:
@@ -178,7 +190,11 @@ class CopyPage:
 
     @property
     def headers(self) -> dict[str, str]:
+        since = {}
+        if self.since is not None:
+            since["X-Sync-Since"] = json.dumps(self.since, separators=(",", ":"))
         return {
+            **since,
             "X-Sync-Table": self.table,
             "X-Sync-Format": self.format,
             "X-Sync-Columns": json.dumps(self.columns),

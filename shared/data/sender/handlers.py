@@ -21,7 +21,7 @@ from shared.context import Site
 from shared.control import access
 from shared.control.handlers import TOKEN_HASH, require_enabled
 from shared.data import copy_format, wire
-from shared.data.keyset import BadCursor, decode_cursor
+from shared.data.keyset import BadCursor, BadSince, Since, decode_cursor, decode_since
 from shared.data.schema import NoPrimaryKey, quote_text
 from shared.data.sender import changes, copy_out, delivery, fingerprints, pages, streams
 from shared.data.sender.offer import Catalog
@@ -278,6 +278,7 @@ PULL_FIELDS = [
     Field("until", list),
     Field("limit", int, minimum=1),
     Field("format", str, max_length=32),
+    Field("since", dict),
 ]
 
 
@@ -309,6 +310,9 @@ def pull_data(
 
     To a PhoenixKit receiver (``phoenixkit``) uuid values go as PhoenixKit
     sends them, their 16 bytes wrapped (its import binds a uuid only so).
+
+    ``since`` (dbsync's cursor extension, see ``_since``) keeps only the rows
+    whose cursor column is beyond a value.
     """
     require_enabled(session)
     data = validate(body, [TOKEN_HASH, *PULL_FIELDS])
@@ -361,6 +365,7 @@ def _serve_page(
 ) -> delivery.Served:
     name = data["table_name"]
     strategy = data["conflict_strategy"] or "skip"
+    since, since_answer = _since(catalog, name, data)
     cap = site.settings.bulk_page_rows if wire_format else site.settings.json_page_cap
     limit = min(
         data["limit"] or conn.max_records_per_request, conn.max_records_per_request, cap
@@ -377,6 +382,8 @@ def _serve_page(
                 wire_format=wire_format,
                 max_bytes=site.settings.page_max_bytes,
                 until=data["until"],
+                since=since,
+                since_answer=since_answer,
             )
             if copy_page is not None:
                 try:
@@ -405,6 +412,7 @@ def _serve_page(
             for_body=True,
             max_bytes=site.settings.page_max_bytes,
             until=data["until"],
+            since=since,
         )
     except BadCursor as ex:
         raise bad_request(f"Invalid cursor: {ex}", field="after") from None
@@ -437,7 +445,34 @@ def _serve_page(
         "has_more": page.has_more,
         "next_cursor": page.next_cursor,
     }
+    if since_answer is not None:
+        answer["since"] = since_answer
     return delivery.Served(answer, receipt, slot)
+
+
+def _since(
+    catalog: Catalog, name: str, data: dict[str, Any]
+) -> tuple[Since | None, dict[str, Any] | None]:
+    """pull-data's ``since`` filter, decoded, and what the answer says of it.
+
+    ``{"column": C, "after": VALUE}``: only rows whose C is greater than
+    VALUE (wire-encoded as C's type; null: every row). The answer repeats
+    column and after, which tells the receiver the filter was applied; the
+    first page of a pull (no ``after`` cursor) adds ``high_water``, the
+    largest C in the table read before the page (``pages.high_water``).
+    """
+    raw = data["since"]
+    if raw is None:
+        return None, None
+    info = catalog.describe(name)
+    try:
+        since = decode_since(raw, info, pg=catalog.pg)
+    except BadSince as ex:
+        raise bad_request(f"Invalid since: {ex.message}", field="since") from None
+    answer: dict[str, Any] = {"column": since.column.name, "after": raw.get("after")}
+    if data["after"] is None:
+        answer["high_water"] = pages.high_water(catalog, info, since.column.name)
+    return since, answer
 
 
 def _slot(session: Session, site: Site, conn: Connection) -> streams.StreamSlot:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from shared.data.keyset import Since
 from shared.data.schema import Tables
 from shared.data.sender import checksum, pages, preview
 from shared.data.sender.pages import Page
@@ -51,6 +52,7 @@ class Catalog(Tables):
         for_body: bool = False,
         max_bytes: int | None = None,
         until: list[Any] | None = None,
+        since: Since | None = None,
     ) -> Page:
         """See ``pages.fetch_page``."""
         return pages.fetch_page(
@@ -61,6 +63,7 @@ class Catalog(Tables):
             for_body=for_body,
             max_bytes=max_bytes,
             until=until,
+            since=since,
         )
 
     def preview(

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import Connection, Engine, Result, text
 
 from shared.data import wire
-from shared.data.keyset import BadCursor, Keyset, column_list
+from shared.data.keyset import BadCursor, Keyset, Since, binds, column_list
 from shared.data.schema import (
     PG_READ_SETTINGS,
     ColumnInfo,
@@ -65,6 +65,7 @@ def fetch_page(
     for_body: bool = False,
     max_bytes: int | None = None,
     until: list[Any] | None = None,
+    since: Since | None = None,
 ) -> Page:
     """One page of wire-encoded rows in primary-key order (keyset paging).
 
@@ -78,7 +79,8 @@ def fetch_page(
     parsing each value only to write it again.
 
     ``after`` is the ``next_cursor`` of the previous page: the wire-encoded
-    key of its last row (see ``shared.data.keyset``).
+    key of its last row (see ``shared.data.keyset``). ``since`` keeps only
+    the rows whose cursor column is beyond a value (paging stays on the key).
 
     A table without a primary key has no order that survives concurrent
     writes (``ctid`` moves on update), so it is served only when it fits
@@ -89,9 +91,9 @@ def fetch_page(
         raise ValueError("limit must be positive")
     info = tables.describe(table)
     if not info.primary_key:
-        return _fetch_unkeyed(tables, info, after, limit, until)
+        return _fetch_unkeyed(tables, info, after, limit, until, since)
     pk = info.pk_columns
-    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until)
+    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until, since=since)
     sql = keyset.select(select_list(tables, info), limit=int(limit) + 1)
     with reader(tables) as conn:
         if max_bytes is None:
@@ -120,6 +122,7 @@ def page_extent(
     after: list[Any] | None,
     limit: int,
     until: list[Any] | None = None,
+    since: Since | None = None,
 ) -> PageExtent:
     """Count the keyset page after ``after`` and find its next cursor.
 
@@ -134,7 +137,7 @@ def page_extent(
     if not info.primary_key:
         raise NoPrimaryKey(info.name, f"Table {info.name} has no primary key")
     pk = info.pk_columns
-    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until)
+    keyset = Keyset.after_cursor(info, after, pg=tables.pg, until=until, since=since)
     keys = ", ".join(_pg_select_expr(c) for c in pk) if tables.pg else column_list(pk)
     values = keyset.after
     # The page's last key and, if there is one, the key after it.
@@ -149,6 +152,28 @@ def page_extent(
         return PageExtent(values, limit, None, False)
     count: int = conn.execute(text(keyset.count()), keyset.params).scalar_one()
     return PageExtent(values, int(count), None, False)
+
+
+def high_water(tables: Tables, info: TableInfo, column: str) -> Any:
+    """The largest value of ``column`` in the table now, wire-encoded (None:
+    no row has one): a ``since`` pull's high-water mark.
+
+    Read before the pull's first page, in its own statement: every row that
+    page and the later ones skip for being at or below the mark was
+    committed by then (or commits late, which the receiver's look-back is
+    for)."""
+    col = info.column(column)
+    one = TableInfo(info.name, [col], [])
+    expr = _pg_select_expr(col) if tables.pg else quote_text(col.name)
+    with reader(tables) as conn:
+        row = conn.execute(
+            text(
+                f"SELECT {expr} FROM {info.qualified_text}"
+                f" WHERE {quote_text(col.name)} IS NOT NULL"
+                f" ORDER BY {quote_text(col.name)} DESC LIMIT 1"
+            )
+        ).first()
+    return None if row is None else tuple_encoder(tables, one)(row)[col.name]
 
 
 def row_bytes(row: Sequence[Any]) -> int:
@@ -191,12 +216,18 @@ def _fetch_unkeyed(
     after: list[Any] | None,
     limit: int,
     until: list[Any] | None = None,
+    since: Since | None = None,
 ) -> Page:
     if after is not None or until is not None:
         raise BadCursor("a table without a primary key has a single page")
+    params: dict[str, Any] = {}
+    where = ""
+    if since is not None and since.value is not None:
+        holder = binds([since.column], "s", params, [since.value], pg=tables.pg)
+        where = f" WHERE {quote_text(since.column.name)} > {holder}"
     with reader(tables) as conn:
         count: int = conn.execute(
-            text(f"SELECT count(*) FROM {info.qualified_text}")
+            text(f"SELECT count(*) FROM {info.qualified_text}{where}"), params
         ).scalar_one()
         if count > limit:
             raise NoPrimaryKey(
@@ -208,7 +239,11 @@ def _fetch_unkeyed(
             tables,
             info,
             conn.execute(
-                text(f"SELECT {select_list(tables, info)} FROM {info.qualified_text}")
+                text(
+                    f"SELECT {select_list(tables, info)}"
+                    f" FROM {info.qualified_text}{where}"
+                ),
+                params,
             ),
         )
     rows.sort(key=wire.canonical_json)
