@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,16 +203,22 @@ def hashing_for(engine: Engine, info: TableInfo, schema: Any) -> fingerprints.Ha
 
 
 def differing(
-    remote: Remote, engine: Engine, info: TableInfo, *, first_only: bool = False
+    remote: Remote,
+    engine: Engine,
+    info: TableInfo,
+    *,
+    first_only: bool = False,
+    asked: Future[list[RangePrint]] | None = None,
 ) -> tuple[bool, list[Range]]:
     """Whether the whole table was equal, and the leaf ranges that differ.
 
     ``first_only`` stops at the first differing leaf (verification).
+    ``asked``: the sender's whole-table print, already asked for.
     """
     whole: list[Range] = [(None, None)]
     # The two sides fingerprint the whole table at the same time.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-fp") as pool:
-        pending = pool.submit(remote.prints, whole)
+        pending = asked or pool.submit(remote.prints, whole)
         ours = local_prints(engine, info, whole, remote.columns, remote.hashing)[0]
         if _same(pending.result()[0], ours):
             return True, []

@@ -754,6 +754,8 @@ class _Job:
             self.site.db.data_engine.begin() as conn,
         ):
             seen = self._check_cursor(page, cp)
+            if not page.has_more:
+                verify.prefetch(self, cp.table_name)
             # Fence: the checkpoint must still be the one this run loaded
             # (its row stays locked to the end of the page), and the lease
             # still this run's, or a worker that stalled past its lease would

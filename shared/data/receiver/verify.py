@@ -19,6 +19,7 @@ at the end, so its own paging stays as it is:
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import select
@@ -261,22 +262,54 @@ def after_full(job: Any, name: str) -> None:
     _note(job, "delta", name, {"mode": "full", "deleted": outcome.deleted})
 
 
+def _remote(job: Any, name: str) -> tuple[Any, delta.Remote]:
+    engine = job.site.db.data_engine
+    info = job.catalog.describe(name)
+    delta.check_local(engine, info)
+    schema = _schema(job, name)
+    return info, delta.Remote(
+        job.sender,
+        name,
+        delta.shared_columns(info, schema),
+        delta.hashing_for(engine, info, schema),
+    )
+
+
+def prefetch(job: Any, name: str) -> None:
+    """Ask the sender for ``name``'s whole-table print as the last page of
+    its full pull arrives, so the sender's scan runs while this site still
+    writes that page; ``verify_table`` then compares with it.
+
+    Not after a pull whose delete pass (mirror-deletes) writes on: the print
+    must be of the sender as this site's rows last followed it.
+    """
+    if options(job)["mirror_deletes"] or getattr(job, "phoenixkit", False):
+        return
+    pending = getattr(job, "_prefetched", None)
+    if pending is None:
+        pending = job._prefetched = {}
+    if name in pending:
+        return
+    try:
+        info, remote = _remote(job, name)
+    except Exception:  # verify_table finds and reports it
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-verify")
+    pending[name] = (remote, pool.submit(remote.prints, [(None, None)]))
+    pool.shutdown(wait=False)
+
+
 def verify_table(job: Any, name: str) -> dict[str, Any]:
     """Compare ``name`` whole with the sender: verified, differs, or unavailable."""
     if name in options(job).get("equal", ()):
         return {"status": "verified"}
     engine = job.site.db.data_engine
     try:
-        info = job.catalog.describe(name)
-        delta.check_local(engine, info)
-        schema = _schema(job, name)
-        remote = delta.Remote(
-            job.sender,
-            name,
-            delta.shared_columns(info, schema),
-            delta.hashing_for(engine, info, schema),
+        remote, theirs = getattr(job, "_prefetched", {}).get(name, (None, None))
+        info, fresh = _remote(job, name)
+        equal, leaves = delta.differing(
+            remote or fresh, engine, info, first_only=True, asked=theirs
         )
-        equal, leaves = delta.differing(remote, engine, info, first_only=True)
     except delta.NotAvailable as ex:
         return {"status": "unavailable", "reason": str(ex)}
     except Exception as ex:  # verification must not undo a pull that landed

@@ -285,7 +285,7 @@ def test_typed_hashes_tell_apart_what_text_tells_apart(site: Site) -> None:
         seen.add(whole())
     assert len(seen) == 8
     assert typed.row_hash(info, ["id", "n", "t", "b", "m"]) == (
-        'hash_record_extended(ROW("b", "id", "m"::text, "n"::text, "t"), 0)'
+        'hash_record_extended(ROW("b", "id", "m"::text, "n", scale("n"), "t"), 0)'
     )
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE fp_kinds"))
