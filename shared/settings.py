@@ -158,6 +158,9 @@ class Settings:
     expire_interval_seconds: int = 60
     outbox_sweep_seconds: int = 30
     syncs_tick_seconds: int = 5  # beat: start the scheduled syncs that are due
+    # Processes of this site's database one verification scan of its own
+    # rows may use (1: no parallel workers). Scans answering a peer use one.
+    verify_scan_processes: int = 2
     retry_base_seconds: int = 5
     retry_max_seconds: int = 900
     retry_horizon_seconds: int = 86_400

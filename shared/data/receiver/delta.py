@@ -169,6 +169,7 @@ def local_prints(
     ranges: Sequence[Range],
     columns: list[str],
     hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
+    parallel: int = 0,
 ) -> list[RangePrint]:
     """This site's fingerprints of wire-encoded ranges, in one snapshot."""
     pk = info.pk_columns
@@ -184,6 +185,7 @@ def local_prints(
                 decoded,  # type: ignore[arg-type]
                 columns=columns,
                 hashing=hashing,
+                parallel=parallel,
             )
 
 
@@ -209,17 +211,21 @@ def differing(
     *,
     first_only: bool = False,
     asked: Future[list[RangePrint]] | None = None,
+    parallel: int = 0,
 ) -> tuple[bool, list[Range]]:
     """Whether the whole table was equal, and the leaf ranges that differ.
 
     ``first_only`` stops at the first differing leaf (verification).
     ``asked``: the sender's whole-table print, already asked for.
+    ``parallel``: parallel workers this site's whole-table scan may add.
     """
     whole: list[Range] = [(None, None)]
     # The two sides fingerprint the whole table at the same time.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-fp") as pool:
         pending = asked or pool.submit(remote.prints, whole)
-        ours = local_prints(engine, info, whole, remote.columns, remote.hashing)[0]
+        ours = local_prints(
+            engine, info, whole, remote.columns, remote.hashing, parallel
+        )[0]
         if _same(pending.result()[0], ours):
             return True, []
     leaves: list[Range] = []

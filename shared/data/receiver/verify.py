@@ -308,7 +308,12 @@ def verify_table(job: Any, name: str) -> dict[str, Any]:
         remote, theirs = getattr(job, "_prefetched", {}).get(name, (None, None))
         info, fresh = _remote(job, name)
         equal, leaves = delta.differing(
-            remote or fresh, engine, info, first_only=True, asked=theirs
+            remote or fresh,
+            engine,
+            info,
+            first_only=True,
+            asked=theirs,
+            parallel=job.site.settings.verify_scan_processes - 1,
         )
     except delta.NotAvailable as ex:
         return {"status": "unavailable", "reason": str(ex)}

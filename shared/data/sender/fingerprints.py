@@ -190,16 +190,22 @@ def fingerprint_ranges(
     columns: Sequence[str] | None = None,
     split: int = 1,
     hashing: Hashing = TEXT_HASHING,
+    parallel: int = 0,
 ) -> list[RangePrint]:
     """Count and fingerprint each (after, until) range of decoded key values.
 
     Runs on ``conn`` as it is: the caller opens the REPEATABLE READ
-    transaction that makes every range one snapshot.
+    transaction that makes every range one snapshot. ``parallel``: the
+    parallel workers a scan may add (a site scanning its own rows).
     """
     if len(info.primary_key) != 1:
         raise Unsupported(f"table {info.name} has no single-column primary key")
     names = check_columns(info, columns)
     conn.exec_driver_sql(FINGERPRINT_SETTINGS)
+    if parallel > 0:
+        conn.exec_driver_sql(
+            f"SET LOCAL max_parallel_workers_per_gather = {int(parallel)}"
+        )
     pk = info.pk_columns
     keys = column_list(pk)
     digest = row_hash(info, names, hashing)
