@@ -31,6 +31,7 @@ which stores fresh states when it verifies.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ class Run:
     outcome: delta.Outcome | None = None  # None: compare the whole table
     verified: bool = False
     note: dict[str, Any] | None = None  # why not, or what xmin found
+    written: list[int] | None = None  # the keys fetched and applied
 
 
 def _ask(
@@ -148,10 +150,13 @@ def run(
                     return now, None, None
                 return now, rows, changes.key_print(conn, info)
 
+    clock = _Clock()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-xmin") as pool:
         pending = pool.submit(_ask, sender, name, {"since": since}, columns, hashing)
         now, local_rows, local_print = here()
+        clock.mark("here")
         theirs = pending.result()
+        clock.mark("there")
     states = {"sender": theirs.get("state"), "local": now}
     why = None
     if prev is None:
@@ -172,15 +177,19 @@ def run(
         raise delta.Failed("table-fingerprints: the changes are malformed") from None
     with engine.connect() as conn:
         ours = changes.hashes_of(conn, info, list(their_rows), columns, hashing)
+    clock.mark("hashes")
     wanted = {k for k, h in their_rows.items() if ours.get(k) != h}
     wanted |= {int(k) for k, _ in local_rows}
     extra: set[int] = set()
     if their_print != local_print:
-        found, gone, asked = _key_difference(sender, engine, info, name)
+        # Keys the sender listed as changed that this site lacks: its inserts.
+        new = {k for k in their_rows if k not in ours}
+        found, gone, asked = _key_difference(sender, engine, info, name, new)
         outcome.requests += asked
         wanted |= found
         if mirror:
             extra |= gone
+        clock.mark("keys")
     outcome.equal_before = not wanted and not extra and their_print == local_print
     remote = delta.Remote(sender, name, columns, hashing)
     settler = delta.RowSettler(remote, engine, info, strategy, mirror, outcome)
@@ -189,46 +198,115 @@ def run(
     settler.extra = sorted(extra)
     if wanted or extra:
         settler.flush(settler.step)
+        clock.mark("applied")
     outcome.requests += remote.requests
     outcome.ranges_pulled = 0
     verified = outcome.equal_before or _check(
         sender, engine, info, name, remote, wanted, their_rows, outcome
     )
+    clock.mark("checked")
     log.info(
-        "delta %s from xmin: %d fetched, %d deleted, %s",
+        "delta %s from xmin: %d fetched, %d deleted, %s (%s)",
         name,
         outcome.rows_pulled,
         outcome.deleted,
         "verified" if verified else "not verified",
+        clock,
     )
     note = {"changed_there": len(their_rows), "changed_here": len(local_rows)}
-    return Run(states, outcome, verified, note)
+    return Run(states, outcome, verified, note, written=sorted(wanted))
+
+
+class _Clock:
+    """Seconds between the marks of a run, for its log line."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.marks: list[str] = []
+
+    def mark(self, what: str) -> None:
+        now = time.monotonic()
+        self.marks.append(f"{what} {now - self.last:.3f} s")
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self.marks)
 
 
 def _key_difference(
-    sender: sources.Sender, engine: Engine, info: TableInfo, name: str
+    sender: sources.Sender,
+    engine: Engine,
+    info: TableInfo,
+    name: str,
+    new: set[int],
 ) -> tuple[set[int], set[int], int]:
-    """Keys the sender has and this site lacks, and the reverse, by buckets."""
+    """Keys the sender has and this site lacks, and the reverse, by buckets.
+
+    Both sides count each bucket's keys and sum their hashes and their
+    values. ``new`` (keys the sender listed as changed that this site lacks)
+    are taken out of the sender's buckets first; a bucket that then differs
+    by one key whose value and hash are the differences of the sums has
+    that key as its difference (checked here: its hash, and whether this
+    site has it). The keys of the other differing buckets are listed by the
+    sender (``keys_in``). The key prints compared after the writes check
+    the result whole.
+    """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbsync-keys") as pool:
-        pending = pool.submit(_ask, sender, name, {"buckets": True}, None)
+        pending = pool.submit(
+            _ask, sender, name, {"buckets": True, "key_sums": True}, None
+        )
         with engine.connect() as conn:
-            ours = changes.key_buckets(conn, info)
+            ours = changes.key_buckets(conn, info, sums=True)
+            peeled = changes.key_hashes(conn, info, sorted(new)) if new else {}
         theirs = pending.result()
     if "buckets" not in theirs:
         raise delta.NotAvailable("too many rows to compare keys by buckets")
     try:
-        their_buckets = {int(b): (int(c), str(h)) for b, c, h in theirs["buckets"]}
-    except (KeyError, TypeError, ValueError):
+        their_buckets = {
+            int(e[0]): (int(e[1]), int(e[2]), int(e[3]) if len(e) > 3 else None)
+            for e in theirs["buckets"]
+        }
+    except (KeyError, TypeError, ValueError, IndexError):
         raise delta.Failed("table-fingerprints: the buckets are malformed") from None
-    differ = sorted(
-        b for b in set(ours) | set(their_buckets) if ours.get(b) != their_buckets.get(b)
-    )
-    found: set[int] = set()
+    local = {b: (int(c), int(h), int(k)) for b, (c, h, k) in ours.items()}
+    found = {k for k, (_, here) in peeled.items() if not here}
+    for k in found:
+        b = k >> changes.SHIFT
+        c, h, s = their_buckets.get(b, (0, 0, 0))
+        if s is None:
+            break  # a sender without key sums: every differing bucket is listed
+        their_buckets[b] = (c - 1, h - peeled[k][0], s - k)
     gone: set[int] = set()
+    undecided: list[int] = []
+    guesses: dict[int, tuple[int, int, int]] = {}  # key -> (bucket, +1/-1, hash)
+    for b in sorted(set(local) | set(their_buckets)):
+        c, h, s = their_buckets.get(b, (0, 0, 0))
+        lc, lh, ls = local.get(b, (0, 0, 0))
+        if (c, h) == (lc, lh) and s in (ls, None):
+            continue
+        dc = c - lc
+        if s is not None and dc in (1, -1):
+            key = (s - ls) * dc
+            if key >> changes.SHIFT == b:
+                guesses[key] = (b, dc, (h - lh) * dc)
+                continue
+        undecided.append(b)
+    if guesses:
+        with engine.connect() as conn:
+            checked = changes.key_hashes(conn, info, sorted(guesses))
+        for key, (b, side, digest) in guesses.items():
+            got, here = checked.get(key, (None, None))
+            if got != digest or here != (side < 0):
+                undecided.append(b)
+            elif side > 0:
+                found.add(key)
+            else:
+                gone.add(key)
     asked = 1
     step = fingerprints.MAX_RANGES
-    for start in range(0, len(differ), step):
-        chunk = differ[start : start + step]
+    undecided.sort()
+    for start in range(0, len(undecided), step):
+        chunk = undecided[start : start + step]
         got = _ask(sender, name, {"keys_in": chunk}, None)
         asked += 1
         try:
@@ -236,9 +314,9 @@ def _key_difference(
         except (KeyError, TypeError, ValueError):
             raise delta.Failed("table-fingerprints: the keys are malformed") from None
         with engine.connect() as conn:
-            local = set(changes.bucket_keys(conn, info, chunk))
-        found |= there - local
-        gone |= local - there
+            here_keys = set(changes.bucket_keys(conn, info, chunk))
+        found |= there - here_keys
+        gone |= here_keys - there
     return found, gone, asked
 
 

@@ -176,6 +176,7 @@ def _from_xmin(job: Any, name: str) -> bool:
     _states(job)[name] = got.states
     if got.outcome is not None and prev is not None:
         got.states["own_before"] = (prev.get("local") or {}).get("own")
+        got.states["written"] = got.written
     job._xmin_notes = {**getattr(job, "_xmin_notes", {}), name: got.note or {}}
     if got.outcome is None:
         return False
@@ -335,10 +336,20 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
             with conn.begin():
                 marks = changes.table_marks(conn, info)
                 before = states.get("own_before")
+                written = states.get("written")
                 if not own_txids(job, name) and isinstance(before, list):
                     # This run wrote no row: the last run's writers stay its own,
                     # and a local write during this run is seen next time.
                     own: list[int] | None = before
+                elif isinstance(written, list) and isinstance(before, list):
+                    # A run from xmin wrote only these keys: their rows' xmin
+                    # are its writers (sub-transactions included), and the last
+                    # run's writers still at or after the horizon stay its own.
+                    now = changes.state(conn, info)
+                    own = sorted(
+                        set(changes.xids_of(conn, info, written))
+                        | set(changes.at_or_after(before, local, now))
+                    )
                 else:
                     own = changes.xids_since(conn, info, local)
     except Exception as ex:

@@ -194,17 +194,67 @@ def key_print(conn: Connection, info: TableInfo) -> list[Any]:
     return [int(row[0]), str(row[1])]
 
 
-def key_buckets(conn: Connection, info: TableInfo) -> dict[int, tuple[int, str]]:
-    """Each non-empty bucket (key div BUCKET) -> (count, sum of key hashes)."""
+def key_buckets(
+    conn: Connection, info: TableInfo, *, sums: bool = False
+) -> dict[int, tuple[Any, ...]]:
+    """Each non-empty bucket (key div BUCKET) -> (count, sum of key hashes),
+    and with ``sums`` the exact sum of its keys too (as text)."""
     key = quote_text(info.pk_columns[0].name)
+    extra = f", sum({key}::bigint)::text" if sums else ""
     rows = conn.execute(
         text(
             f"SELECT ({key}::bigint >> {SHIFT}) AS b, count(*),"
-            f" sum(hashint8({key}::bigint))::text FROM {info.qualified_text}"
+            f" sum(hashint8({key}::bigint))::text{extra} FROM {info.qualified_text}"
             " GROUP BY 1"
         )
     ).all()
-    return {int(r[0]): (int(r[1]), str(r[2])) for r in rows}
+    return {int(r[0]): tuple(r[1:]) for r in rows}
+
+
+def key_hashes(
+    conn: Connection, info: TableInfo, keys: Sequence[int]
+) -> dict[int, Any]:
+    """For each of these keys: ``[hashint8(key), whether the table has it]``."""
+    key = quote_text(info.pk_columns[0].name)
+    rows = conn.execute(
+        text(
+            "SELECT u.k, hashint8(u.k),"
+            f" EXISTS (SELECT 1 FROM {info.qualified_text} t WHERE t.{key} = u.k)"
+            " FROM unnest(CAST(:k AS bigint[])) AS u(k)"
+        ),
+        {"k": sorted({int(k) for k in keys})},
+    ).all()
+    return {int(r[0]): [int(r[1]), bool(r[2])] for r in rows}
+
+
+def xids_of(conn: Connection, info: TableInfo, keys: Sequence[int]) -> list[int]:
+    """The (32-bit) ids of the transactions that wrote the rows of these keys
+    (sub-transactions' own ids included: a row's xmin is its writer's)."""
+    key = quote_text(info.pk_columns[0].name)
+    found: set[int] = set()
+    ordered = sorted({int(k) for k in keys})
+    for start in range(0, len(ordered), MAX_CHANGED):
+        found.update(
+            int(r[0])
+            for r in conn.execute(
+                text(
+                    f"SELECT DISTINCT xmin::text::bigint FROM {info.qualified_text}"
+                    f" WHERE {key} = ANY(CAST(:k AS bigint[]))"
+                ),
+                {"k": ordered[start : start + MAX_CHANGED]},
+            )
+        )
+    return sorted(found)
+
+
+def at_or_after(
+    xids: Sequence[int], since: dict[str, Any], now: dict[str, Any]
+) -> list[int]:
+    """The (32-bit) ids of ``xids`` at or after ``since``'s horizon (before
+    ``now``'s xmax): the ones whose rows a scan from ``since`` lists."""
+    h = int(since["xid"]) % WRAP
+    span = now["_xmax"] - int(since["xid"])
+    return sorted({int(x) for x in xids if (int(x) - h) % WRAP < span})
 
 
 def bucket_keys(conn: Connection, info: TableInfo, buckets: Sequence[int]) -> list[int]:

@@ -680,10 +680,11 @@ def _changes(
                     out["key_print"] = changes.key_print(db, info)
                     small = out["key_print"][0] <= changes.MAX_CHANGED * changes.BUCKET
                     if ask.get("buckets") is True and small:  # answer size bound
+                        sums = ask.get("key_sums") is True
                         out["buckets"] = [
-                            [b, c, h]
-                            for b, (c, h) in sorted(
-                                changes.key_buckets(db, info).items()
+                            [b, int(v[0]), *v[1:]]
+                            for b, v in sorted(
+                                changes.key_buckets(db, info, sums=sums).items()
                             )
                         ]
                 since = ask.get("since")
