@@ -571,6 +571,14 @@ class RowSettler:
                 _add(self.outcome, result)
                 self.outcome.rows_pulled += page.count
             if gone:
+                if page is None:  # the writer did not note this transaction
+                    self.writer.txids.add(
+                        int(
+                            conn.exec_driver_sql(
+                                "SELECT pg_current_xact_id()::text"
+                            ).scalar_one()
+                        )
+                    )
                 keys = [
                     wire.pg_param(wire.decode_value(k, pk.kind), pk.kind) for k in gone
                 ]

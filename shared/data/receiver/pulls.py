@@ -46,6 +46,7 @@ from shared.data.receiver.pages import ImportRefused, Page, PageResult, check_ap
 from shared.data.receiver.sources import CopySource, JsonSource, Sender
 from shared.data.receiver.writer import Writer
 from shared.data.schema import TableInfo, TableNotFound, plain_name, quote_driver
+from shared.data.sender import tracking
 from shared.db import after_commit, utcnow
 from shared.errors import ErrorKind, SyncError
 from shared.state.models import (
@@ -61,7 +62,7 @@ log = logging.getLogger("dbsync.pulls")
 
 TERMINAL = ("completed", "failed", "cancelled")
 PROTECTED_TABLES = frozenset(
-    OWN_TABLES | {checkpoints.CHECKPOINT_TABLE, "alembic_version"}
+    OWN_TABLES | tracking.TABLES | {checkpoints.CHECKPOINT_TABLE, "alembic_version"}
 )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 
 from shared.data.receiver import checkpoints, delta, drift, incremental
-from shared.data.sender import changes
+from shared.data.sender import changes, tracking
 from shared.state.models import Transfer, TransferTable
 
 log = logging.getLogger("dbsync.verify")
@@ -153,6 +153,9 @@ def _from_xmin(job: Any, name: str) -> bool:
     prev = previous_state(job, name)
     if prev is not None and prev.get("columns") != columns:
         prev = None  # a column added or dropped changes rows without xmin
+    # Installed before this run's state is taken: the next run can list the
+    # changes made here since from the log.
+    tracked = job.site.settings.tracks_changes(name) and tracking.ensure(engine, info)
     try:
         got = incremental.run(
             job.sender,
@@ -165,6 +168,7 @@ def _from_xmin(job: Any, name: str) -> bool:
             prev,
             own_txids(job, name),
             delta.hashing_for(engine, info, _schema(job, name)),
+            tracked,
         )
     except (incremental.Skip, delta.NotAvailable) as ex:
         log.info("delta %s: not from xmin (%s)", name, ex)
@@ -174,6 +178,13 @@ def _from_xmin(job: Any, name: str) -> bool:
 
         raise PullFailed(str(ex)) from None
     _states(job)[name] = got.states
+    if (got.note or {}).get("here") == "log" and prev is not None:
+        tracking.note_reader(
+            engine,
+            info,
+            f"receiver:{job.sender.site_url}",
+            int(prev["local_log"]["xid"]),
+        )
     if got.outcome is not None and prev is not None:
         got.states["own_before"] = (prev.get("local") or {}).get("own")
         got.states["written"] = got.written
@@ -289,8 +300,40 @@ def verify_table(job: Any, name: str) -> dict[str, Any]:
     return {"status": "differs", "first_range": {"after": first[0], "until": first[1]}}
 
 
+def _track_before_verifying(job: Any, name: str) -> None:
+    """With change tracking, a table whose log this run's state could not
+    use gets its triggers now and a state taken now, before the whole-table
+    verification: a change made here before it is seen by the verification,
+    one made after it by the log (``local_log`` of the kept state)."""
+    states = _states(job).get(name)
+    if (
+        not job.site.settings.tracks_changes(name)
+        or not states
+        or "epoch" in (states.get("local") or {})
+        or name in options(job).get("equal", ())
+    ):
+        return
+    engine = job.site.db.data_engine
+    try:
+        info = job.catalog.describe(name)
+        if not tracking.ensure(engine, info):
+            return
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                now = changes.state(conn, info)
+                mark = tracking.epoch(conn, info)
+    except Exception as ex:  # the next run compares without the log
+        log.info("state %s: no change log (%s)", name, ex)
+        return
+    if mark is not None:
+        states["local_log"] = {**now, "epoch": mark}
+
+
 def verify_all(job: Any, names: list[str]) -> None:
     """Verify each table; a table that differs sets the transfer's error."""
+    for name in names:
+        _track_before_verifying(job, name)
     results = {name: verify_table(job, name) for name in names}
     differs = [n for n, r in results.items() if r["status"] == "differs"]
     kept = {
@@ -361,8 +404,18 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
         local.update({**marks, "autovacuums": 0})
     if any(local[k] != marks[k] for k in ("node", "vacuums")):
         return None
-    return {
+    kept = {
         "sender": states["sender"],
         "local": {**changes.public(local), "own": own},
         "columns": columns,
     }
+    # The log's horizon: this run's start when its state saw the triggers,
+    # else the state taken before the verification; the writers of this run
+    # by their top-level ids (the log's, savepoints included).
+    logged = states["local"] if "epoch" in states["local"] else states.get("local_log")
+    if job.site.settings.tracks_changes(name) and isinstance(logged, dict):
+        kept["local_log"] = {
+            **changes.public(logged),
+            "own_xids": sorted(own_txids(job, name)),
+        }
+    return kept
