@@ -57,6 +57,7 @@ class Run:
     verified: bool = False
     note: dict[str, Any] | None = None  # why not, or what xmin found
     written: list[int] | None = None  # the keys fetched and applied
+    schema_moved: bool = False  # the sender's columns are not the ones assumed
 
 
 def _ask(
@@ -122,10 +123,13 @@ def run(
     txids: set[int],
     hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
     tracked: bool = False,
+    columns_mark: str | None = None,
 ) -> Run:
     """The steps of the module docstring; Run.outcome None: compare whole.
 
     ``tracked``: this site logs the table's changes (shared.data.sender.tracking).
+    ``columns_mark``: the mark of the schema the caller took from the last
+    run; when the sender's differs, nothing is done (Run.schema_moved).
     """
     delta.check_local(engine, info)
     if not changes.keyed_by_int(info):
@@ -183,6 +187,8 @@ def run(
         theirs = pending.result()
         clock.mark("there")
     states = {"sender": theirs.get("state"), "local": now}
+    if columns_mark is not None and theirs.get("columns_mark") != columns_mark:
+        return Run(states, schema_moved=True)
     their_logged = theirs.get("source") == "log"
     why = None
     if prev is None:
@@ -340,14 +346,20 @@ def _from_logs(
         except (KeyError, TypeError, ValueError):
             raise delta.Failed("table-fingerprints: the hashes are malformed") from None
         their_rows.update({k: listed.get(k) for k in only_here})
+    remote = delta.Remote(sender, name, columns, hashing)
+    settler = delta.RowSettler(remote, engine, info, strategy, mirror, outcome)
+    # The rows the sender listed are nearly always the ones that differ:
+    # they are fetched while this site's hashes are read.
+    present = sorted(k for k, h in their_rows.items() if h is not None)
+    fetched = settler.prefetch(present) if 0 < len(present) <= settler.step else None
     with engine.connect() as conn:
         ours = changes.hashes_of(conn, info, list(their_rows), columns, hashing)
+    if fetched is not None:
+        fetched()
     clock.mark("hashes")
     wanted = {k for k, h in their_rows.items() if h is not None and ours.get(k) != h}
     extra = {k for k, h in their_rows.items() if h is None and k in ours}
     outcome.equal_before = not wanted and not extra
-    remote = delta.Remote(sender, name, columns, hashing)
-    settler = delta.RowSettler(remote, engine, info, strategy, mirror, outcome)
     settler.writer.txids = txids
     settler.wanted = sorted(wanted)
     settler.extra = sorted(extra) if mirror else []

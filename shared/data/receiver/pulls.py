@@ -568,22 +568,26 @@ class _Job:
             transfer = session.get_one(Transfer, self.transfer_id)
             requested = list(transfer.meta.get("requested_tables") or [])
             all_tables = bool(transfer.meta.get("all_tables"))
-        answer = self.call("list-tables", {})
-        offered = offered_tables(answer)
-        phoenixkit = from_phoenixkit(answer)
-        if all_tables:
-            names = sorted(n for n in offered if n not in PROTECTED_TABLES)
+        known = verify.known_tables(self, requested, all_tables)
+        if known is not None:
+            ordered, phoenixkit, offered = known, False, {}
         else:
-            missing = [n for n in requested if n not in offered]
-            if missing:
-                raise PullFailed(f"Sender does not offer: {', '.join(missing)}")
-            names = requested
-        ordered = dependency_order(names, {n: offered[n].depends_on for n in names})
+            answer = self.call("list-tables", {})
+            offered = offered_tables(answer)
+            phoenixkit = from_phoenixkit(answer)
+            if all_tables:
+                names = sorted(n for n in offered if n not in PROTECTED_TABLES)
+            else:
+                missing = [n for n in requested if n not in offered]
+                if missing:
+                    raise PullFailed(f"Sender does not offer: {', '.join(missing)}")
+                names = requested
+            ordered = dependency_order(names, {n: offered[n].depends_on for n in names})
         with self.site.db.session() as session:
             transfer = session.get_one(Transfer, self.transfer_id)
             expected = 0
             for position, name in enumerate(ordered):
-                rows = offered[name].row_count
+                rows = offered[name].row_count if name in offered else None
                 expected += rows or 0
                 session.add(
                     TransferTable(

@@ -120,6 +120,85 @@ def _states(job: Any) -> dict[str, Any]:
 def previous_state(job: Any, name: str) -> dict[str, Any] | None:
     """The states the last transfer of this connection that pulled ``name``
     stored (only when that table verified there)."""
+    if not hasattr(job, "_previous_states"):
+        job._previous_states = {}
+    if name not in job._previous_states:
+        job._previous_states[name] = _previous_state(job, name)
+    found: dict[str, Any] | None = job._previous_states[name]
+    return found
+
+
+def known_tables(job: Any, requested: list[str], all_tables: bool) -> list[str] | None:
+    """The tables of a delta run in the order to pull them, without asking
+    the sender's list-tables, when the last transfer of this connection
+    pulled exactly these tables and every one of them verified from a
+    dbsync sender (it kept their states): a table the sender stopped
+    offering then fails at its first call (403/404) as it would have at
+    list-tables; the order is the one list-tables gave that run (a foreign
+    key added at the sender since counts from the next full listing); the
+    run does not know the row counts ahead (rows_expected empty)."""
+    if all_tables or not requested or options(job)["mode"] != "delta":
+        return None
+    with job.site.db.session() as session:
+        me = session.get_one(Transfer, job.transfer_id)
+        if me.connection_id is None:
+            return None
+        last = session.scalars(
+            select(Transfer)
+            .where(
+                Transfer.connection_id == me.connection_id,
+                Transfer.direction == "receive",
+                Transfer.id != me.id,
+                Transfer.created_at <= me.created_at,
+            )
+            .order_by(Transfer.created_at.desc())
+            .limit(1)
+        ).first()
+        meta = dict(last.meta or {}) if last is not None else {}
+    tables = meta.get("tables")
+    kept = meta.get("sync_state") or {}
+    if (
+        not isinstance(tables, list)
+        or sorted(tables) != sorted(set(requested))
+        or meta.get("phoenixkit")
+        or not all(isinstance(kept.get(t), dict) for t in tables)
+    ):
+        return None
+    return [str(t) for t in tables]
+
+
+def _use_kept_schema(job: Any, name: str) -> None:
+    """In delta mode, take the sender's schema the last verified run kept
+    instead of asking table-schema, provisionally: when it shows no drift
+    here, and until the sender's ``changes`` answer confirms it unchanged
+    (``columns_mark``; incremental.run stops before writing otherwise)."""
+    if (
+        options(job)["mode"] != "delta"
+        or name in job._schemas
+        or job.site.db.data_engine.dialect.name != "postgresql"
+    ):
+        return
+    schema = (previous_state(job, name) or {}).get("schema")
+    if not isinstance(schema, dict):
+        return
+    try:
+        info = job.catalog.describe(name)
+        if drift.report(info, schema):
+            return
+    except Exception:  # not here, or not comparable: ask the sender
+        return
+    job._schemas[name] = schema
+    _marks(job)[name] = changes.columns_mark(schema)
+
+
+def _marks(job: Any) -> dict[str, str | None]:
+    if not hasattr(job, "_schema_marks"):
+        job._schema_marks = {}
+    found: dict[str, str | None] = job._schema_marks
+    return found
+
+
+def _previous_state(job: Any, name: str) -> dict[str, Any] | None:
     with job.site.db.session() as session:
         me = session.get_one(Transfer, job.transfer_id)
         if me.connection_id is None:
@@ -169,14 +248,26 @@ def _from_xmin(job: Any, name: str) -> bool:
             own_txids(job, name),
             delta.hashing_for(engine, info, _schema(job, name)),
             tracked,
+            _marks(job).get(name),
         )
     except (incremental.Skip, delta.NotAvailable) as ex:
         log.info("delta %s: not from xmin (%s)", name, ex)
+        if _marks(job).pop(name, None) is not None:  # not confirmed: ask
+            job._schemas.pop(name, None)
+            check_drift(job, name)
         return False
     except delta.Failed as ex:
         from shared.data.receiver.pulls import PullFailed
 
         raise PullFailed(str(ex)) from None
+    if got.schema_moved:
+        # The schema kept from the last run is not the sender's now: ask.
+        log.info("delta %s: the sender's schema changed, asking for it", name)
+        job._schemas.pop(name, None)
+        _marks(job).pop(name, None)
+        check_drift(job, name)
+        return _from_xmin(job, name)
+    _marks(job).pop(name, None)  # confirmed by the sender's answer
     _states(job)[name] = got.states
     if (got.note or {}).get("here") == "log" and prev is not None:
         tracking.note_reader(
@@ -203,6 +294,7 @@ def delta_table(job: Any, name: str) -> bool:
     Checks the table's column drift first (``check_drift``).
     """
     opts = options(job)
+    _use_kept_schema(job, name)
     check_drift(job, name)
     if opts["mode"] != "delta":
         try:
@@ -408,6 +500,7 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
         "sender": states["sender"],
         "local": {**changes.public(local), "own": own},
         "columns": columns,
+        "schema": _schema(job, name),
     }
     # The log's horizon: this run's start when its state saw the triggers,
     # else the state taken before the verification; the writers of this run

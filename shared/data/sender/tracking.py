@@ -7,14 +7,16 @@ tables, AFTER TRUNCATE). They log the key of every row a statement touched,
 with the writing transaction's top-level id (``pg_current_xact_id()``, the
 same inside savepoints), into ``dbsync_change_log`` in the table's schema;
 ``dbsync_change_tracking`` holds one row per tracked table: its *epoch*
-(the id of the transaction that installed the triggers), the oldest horizon
-the log is still complete from, and the horizons its readers last asked from.
+(the id of the transaction that installed the triggers), the horizon the
+log is complete from (pruning raises it), and the horizons its readers last
+asked from.
 
 A state (shared.data.sender.changes) taken in a snapshot that sees the
 table's epoch row carries that epoch. Every transaction that snapshot does
 not see wrote the table after the triggers were in place (creating a trigger
 waits for every transaction that holds a write lock on the table), so its
-keys are in the log with an id at or after the state's horizon. A later
+keys are in the log with an id at or after the state's horizon (which may
+be older than the epoch: another session's long transaction holds it back). A later
 snapshot lists the keys changed since the state from the log alone, with no
 scan of the table, while (``covers``): the epoch is the same (the triggers
 were not dropped and made again), the four triggers exist and fire always
@@ -196,8 +198,7 @@ def _install(conn: Connection, info: TableInfo) -> None:
     conn.execute(
         text(
             f"INSERT INTO {s}.{MARK_TABLE} (table_oid, epoch, complete_since)"
-            " VALUES (CAST(:t AS regclass), pg_current_xact_id()::text,"
-            " pg_current_xact_id())"
+            " VALUES (CAST(:t AS regclass), pg_current_xact_id()::text, '1')"
             " ON CONFLICT (table_oid) DO UPDATE SET epoch = EXCLUDED.epoch,"
             " complete_since = EXCLUDED.complete_since, readers = '{}'"
         ),
