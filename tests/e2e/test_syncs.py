@@ -208,6 +208,7 @@ def test_change_tracking_lists_the_changes_of_both_sides_from_their_logs(
     assert run["error"] is None
     moved = run["delta"]["tracked"]
     assert moved["there"] == "log" and moved["here"] == "log"
+    assert moved["from"] == "log"
     assert moved["changed_there"] == 5 and moved["changed_here"] == 3
     assert moved["rows_pulled"] == 5  # 10, 9000, 9001; 40 and 50 put back
     assert moved["deleted"] == 3  # 20 and 30 (gone at the sender), 9500 (extra)

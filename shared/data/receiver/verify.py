@@ -347,10 +347,16 @@ def _finish(
             "rows_pulled": outcome.rows_pulled,
             "deleted": outcome.deleted,
             "requests": outcome.requests,
-            **({"from": "xmin"} if from_xmin else {}),
+            **({"from": _source(job, name)} if from_xmin else {}),
             **getattr(job, "_xmin_notes", {}).get(name, {}),
         },
     )
+
+
+def _source(job: Any, name: str) -> str:
+    """``log`` when both sides listed their changes from change logs."""
+    note = getattr(job, "_xmin_notes", {}).get(name, {})
+    return "log" if note.get("there") == note.get("here") == "log" else "xmin"
 
 
 def after_full(job: Any, name: str) -> None:
