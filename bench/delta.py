@@ -13,6 +13,7 @@ is sampled during each run.
 
     .venv/bin/python -m bench.delta                 # 1,000,000 rows
     .venv/bin/python -m bench.delta --rows 100000
+    .venv/bin/python -m bench.delta --tracking      # SYNC_CHANGE_TRACKING on both sites
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 state_db=f"dbsync_bench_{tag}_{name}_dstate",
                 data_db_url=pg.url(db),
                 queue_prefix=f"bench-{tag}-{name}-",
+                extra_env={"SYNC_CHANGE_TRACKING": T} if args.tracking else {},
             )
             sites.append(site)
             site.cli("db", "upgrade")
@@ -172,6 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("no change:", json.dumps(calm)[:400], flush=True)
         result = {
             "rows": args.rows,
+            "change_tracking": args.tracking,
             "changed": changed,
             "full": full,
             "delta": delta,
@@ -181,7 +184,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        out = Path(__file__).parent / "results" / f"delta-{args.rows}-{tag}.json"
+        out = (
+            Path(__file__).parent
+            / "results"
+            / f"delta-{args.rows}{'-tracked' if args.tracking else ''}-{tag}.json"
+        )
         out.write_text(json.dumps(result, indent=2))
         print(
             json.dumps(
@@ -200,6 +207,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument(
+        "--tracking",
+        action="store_true",
+        help="both sites log changes by triggers (SYNC_CHANGE_TRACKING)",
+    )
     p.add_argument(
         "--pg-url",
         default=os.environ.get(

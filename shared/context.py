@@ -27,6 +27,7 @@ class Site:
         """
         from shared.data.receiver.checkpoints import CHECKPOINT_TABLE
         from shared.data.sender.offer import Catalog
+        from shared.data.sender.tracking import TABLES as TRACKING_TABLES
         from shared.state.models import OWN_TABLES
 
         engine = self.db.data_engine
@@ -37,6 +38,7 @@ class Site:
             else None,
             excluded=set(OWN_TABLES)
             | {CHECKPOINT_TABLE}
+            | TRACKING_TABLES
             | set(self.settings.excluded_tables),
             sensitive_offered=self.settings.offer_sensitive_tables,
             checksum_row_limit=self.settings.checksum_row_limit,

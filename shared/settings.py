@@ -201,6 +201,9 @@ class Settings:
     send_idle_seconds: int = 3600
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
+    # Delta runs: the tables (names, or "*" for every one) whose changes this
+    # site logs by triggers (shared.data.sender.tracking) instead of scanning.
+    change_tracking: tuple[str, ...] = ()
     # The furthest table-records (a preview, paged by offset) may skip: each
     # call scans that many rows.
     preview_max_offset: int = 10_000
@@ -310,6 +313,10 @@ class Settings:
             values["trust_forwarded"] = _bool(
                 "SYNC_TRUST_FORWARDED", env["SYNC_TRUST_FORWARDED"]
             )
+        if env.get("SYNC_CHANGE_TRACKING"):
+            values["change_tracking"] = tuple(
+                t.strip() for t in env["SYNC_CHANGE_TRACKING"].split(",") if t.strip()
+            )
         if env.get("SYNC_SECRET_KEY"):
             key = env["SYNC_SECRET_KEY"].strip()
             if len(key) < 32:
@@ -356,6 +363,10 @@ class Settings:
                 f" SYNC_WEB_THREADS ({threads}): data calls need threads too"
             )
         return cls(**values)  # type: ignore[arg-type]  # values parsed above, typed per field
+
+    def tracks_changes(self, table: str) -> bool:
+        """Whether delta runs log ``table``'s changes by triggers here."""
+        return "*" in self.change_tracking or table in self.change_tracking
 
     def ensure_home(self) -> None:
         """Create the folder of the embedded SQLite files, private to this user.

@@ -24,6 +24,7 @@ ENV = {
     "SYNC_PULL_LEASE_SECONDS": "4",
     "SYNC_SYNCS_TICK_SECONDS": "1",
     "SYNC_PULL_MAX_ATTEMPTS": "3",
+    "SYNC_CHANGE_TRACKING": "tracked",
 }
 ITEMS = """
 CREATE TABLE items (id bigint PRIMARY KEY, name text, qty integer, price numeric(10,2),
@@ -165,6 +166,78 @@ def test_verification_catches_a_planted_difference_and_delta_repairs_it(
         (6000 % 97,),
     ]
     assert checksum(receiver, "items") == checksum(sender, "items")
+
+
+def test_change_tracking_lists_the_changes_of_both_sides_from_their_logs(
+    sites: tuple[SiteProcesses, SiteProcesses],
+) -> None:
+    sender, receiver = sites
+    sender.sql(ITEMS.replace("items", "tracked"), n=3_000)
+    first = pull(receiver, "tracked", "--create-missing", "--mode", "full")
+    assert first["verification"] == {"tracked": {"status": "verified"}}
+    triggers = (
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tracked'::regclass"
+        " AND tgname LIKE 'dbsync_track_%' AND tgenabled = 'A'"
+    )
+    assert sender.sql(triggers) == [(4,)] and receiver.sql(triggers) == [(4,)]
+
+    def delta() -> dict[str, Any]:
+        return pull(
+            receiver,
+            "tracked",
+            "--mode",
+            "delta",
+            "--mirror-deletes",
+            "--strategy",
+            "overwrite",
+        )
+
+    # At the sender: an update inside a savepoint, a delete, an insert, a key
+    # moved; here: a changed, a deleted and an extra row.
+    sender.sql(
+        "SAVEPOINT s; UPDATE tracked SET qty = -7 WHERE id = 10; RELEASE SAVEPOINT s;"
+        " DELETE FROM tracked WHERE id = 20;"
+        " INSERT INTO tracked (id, name) VALUES (9000, 'new');"
+        " UPDATE tracked SET id = 9001 WHERE id = 30"
+    )
+    receiver.sql(
+        "UPDATE tracked SET qty = -1 WHERE id = 40; DELETE FROM tracked WHERE id = 50;"
+        " INSERT INTO tracked (id, name) VALUES (9500, 'extra')"
+    )
+    run = delta()
+    assert run["verification"] == {"tracked": {"status": "verified"}}
+    assert run["error"] is None
+    moved = run["delta"]["tracked"]
+    assert moved["there"] == "log" and moved["here"] == "log"
+    assert moved["from"] == "log"
+    assert moved["changed_there"] == 5 and moved["changed_here"] == 3
+    assert moved["rows_pulled"] == 5  # 10, 9000, 9001; 40 and 50 put back
+    assert moved["deleted"] == 3  # 20 and 30 (gone at the sender), 9500 (extra)
+    assert checksum(receiver, "tracked") == checksum(sender, "tracked")
+
+    # No change: nothing moves (keys are listed again only while another
+    # session's transaction holds the horizon back: they compare equal).
+    calm = delta()
+    assert calm["verification"] == {"tracked": {"status": "verified"}}
+    moved = calm["delta"]["tracked"]
+    assert moved["equal_before"] is True and moved["rows_pulled"] == 0
+    assert moved["from"] == "log"
+
+    # TRUNCATE empties the log's promise: the next run compares the whole
+    # table (and still levels it), the one after uses the logs again.
+    sender.sql(
+        "TRUNCATE tracked; INSERT INTO tracked (id, name) SELECT g, 'again'"
+        " FROM generate_series(1, 100) g"
+    )
+    again = delta()
+    assert again["verification"] == {"tracked": {"status": "verified"}}
+    assert "there" not in again["delta"]["tracked"]
+    assert checksum(receiver, "tracked") == checksum(sender, "tracked")
+    sender.sql("UPDATE tracked SET qty = 3 WHERE id = 7")
+    last = delta()
+    assert last["delta"]["tracked"]["there"] == "log"
+    assert last["delta"]["tracked"]["rows_pulled"] == 1
+    assert checksum(receiver, "tracked") == checksum(sender, "tracked")
 
 
 def sync_json(receiver: SiteProcesses, *args: str) -> Any:

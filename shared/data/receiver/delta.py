@@ -36,10 +36,10 @@ from shared.control.peer import PeerRefused, PeerResponse
 from shared.data import wire
 from shared.data.keyset import Keyset, decode_cursor
 from shared.data.receiver import drift, sources
-from shared.data.receiver.pages import ImportRefused, PageResult
+from shared.data.receiver.pages import ImportRefused, JsonPage, PageResult
 from shared.data.receiver.writer import Writer
 from shared.data.schema import TableInfo, quote_text
-from shared.data.sender import fingerprints
+from shared.data.sender import changes, fingerprints
 from shared.data.sender.fingerprints import RangePrint
 
 log = logging.getLogger("dbsync.delta")
@@ -551,6 +551,36 @@ class RowSettler:
         self.step = remote.sender.client.settings.json_page_cap
         self.wanted: list[Any] = []
         self.extra: list[Any] = []
+        # Rows fetched ahead (``prefetch``): the first batch takes its rows
+        # from them when they hold every key it wants.
+        self.prefetched: JsonPage | None = None
+
+    def prefetch(self, keys: list[Any], parts: int = 1) -> Any:
+        """Start fetching the rows of ``keys`` (at most one batch) in
+        ``parts`` calls at once (a sender serves one connection's row calls
+        one at a time); call the result to wait and keep them."""
+        step = max(1, -(-len(keys) // parts))
+        chunks = [keys[i : i + step] for i in range(0, len(keys), step)]
+        pool = ThreadPoolExecutor(max_workers=len(chunks) or 1)
+        pending = [
+            pool.submit(_fetch_keys, self.remote, chunk, self.strategy)
+            for chunk in chunks
+        ]
+
+        def done() -> None:
+            try:
+                pages = [p.result() for p in pending]
+            finally:
+                pool.shutdown()
+            if pages:
+                self.prefetched = JsonPage(
+                    [r for p in pages for r in p.rows],
+                    None,
+                    False,
+                    sum(p.size for p in pages),
+                )
+
+        return done
 
     def add(self, ranges: list[Range]) -> None:
         spans = merge(ranges)  # rows are listed one by one: adjacent ranges as one
@@ -572,7 +602,15 @@ class RowSettler:
         most = most or max(len(self.wanted), len(self.extra), 1)
         batch, self.wanted = self.wanted[:most], self.wanted[most:]
         gone, self.extra = self.extra[:most], self.extra[most:]
-        page = _fetch_keys(self.remote, batch, self.strategy) if batch else None
+        page: Any = None
+        if self.prefetched is not None and batch:
+            wanted = {wire.canonical_json(k) for k in batch}
+            ahead, self.prefetched = self.prefetched, None
+            rows = [r for r in ahead.rows if _row_key(r, self.info) in wanted]
+            if len(rows) == len(wanted):  # else not all there: ask for them
+                page = JsonPage(rows, None, False, ahead.size)
+        if page is None and batch:
+            page = _fetch_keys(self.remote, batch, self.strategy)
         pk = self.info.pk_columns[0]
         with self.engine.begin() as conn:
             if page is not None:
@@ -583,9 +621,19 @@ class RowSettler:
                 _add(self.outcome, result)
                 self.outcome.rows_pulled += page.count
             if gone:
-                keys = [
+                if page is None:  # the writer did not note this transaction
+                    self.writer.txids.add(
+                        int(
+                            conn.exec_driver_sql(
+                                "SELECT pg_current_xact_id()::text"
+                            ).scalar_one()
+                        )
+                    )
+                keys: Any = [
                     wire.pg_param(wire.decode_value(k, pk.kind), pk.kind) for k in gone
                 ]
+                if pk.kind == "int":
+                    keys = changes.int_array(keys)
                 deleted = conn.execute(
                     text(
                         f"DELETE FROM {self.info.qualified_text}"
@@ -596,6 +644,10 @@ class RowSettler:
                 self.outcome.deleted += int(deleted.rowcount or 0)
         if self.wanted or self.extra:
             self.flush(most)
+
+
+def _row_key(row: dict[str, Any], info: TableInfo) -> str:
+    return wire.canonical_json(row.get(info.pk_columns[0].name))
 
 
 def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Any:

@@ -46,6 +46,7 @@ from shared.data.receiver.pages import ImportRefused, Page, PageResult, check_ap
 from shared.data.receiver.sources import CopySource, JsonSource, Sender
 from shared.data.receiver.writer import Writer
 from shared.data.schema import TableInfo, TableNotFound, plain_name, quote_driver
+from shared.data.sender import tracking
 from shared.db import after_commit, utcnow
 from shared.errors import ErrorKind, SyncError
 from shared.state.models import (
@@ -61,7 +62,7 @@ log = logging.getLogger("dbsync.pulls")
 
 TERMINAL = ("completed", "failed", "cancelled")
 PROTECTED_TABLES = frozenset(
-    OWN_TABLES | {checkpoints.CHECKPOINT_TABLE, "alembic_version"}
+    OWN_TABLES | tracking.TABLES | {checkpoints.CHECKPOINT_TABLE, "alembic_version"}
 )
 
 
@@ -567,22 +568,26 @@ class _Job:
             transfer = session.get_one(Transfer, self.transfer_id)
             requested = list(transfer.meta.get("requested_tables") or [])
             all_tables = bool(transfer.meta.get("all_tables"))
-        answer = self.call("list-tables", {})
-        offered = offered_tables(answer)
-        phoenixkit = from_phoenixkit(answer)
-        if all_tables:
-            names = sorted(n for n in offered if n not in PROTECTED_TABLES)
+        known = verify.known_tables(self, requested, all_tables)
+        if known is not None:
+            ordered, phoenixkit, offered = known, False, {}
         else:
-            missing = [n for n in requested if n not in offered]
-            if missing:
-                raise PullFailed(f"Sender does not offer: {', '.join(missing)}")
-            names = requested
-        ordered = dependency_order(names, {n: offered[n].depends_on for n in names})
+            answer = self.call("list-tables", {})
+            offered = offered_tables(answer)
+            phoenixkit = from_phoenixkit(answer)
+            if all_tables:
+                names = sorted(n for n in offered if n not in PROTECTED_TABLES)
+            else:
+                missing = [n for n in requested if n not in offered]
+                if missing:
+                    raise PullFailed(f"Sender does not offer: {', '.join(missing)}")
+                names = requested
+            ordered = dependency_order(names, {n: offered[n].depends_on for n in names})
         with self.site.db.session() as session:
             transfer = session.get_one(Transfer, self.transfer_id)
             expected = 0
             for position, name in enumerate(ordered):
-                rows = offered[name].row_count
+                rows = offered[name].row_count if name in offered else None
                 expected += rows or 0
                 session.add(
                     TransferTable(

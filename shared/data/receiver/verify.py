@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 
 from shared.data.receiver import checkpoints, delta, drift, incremental
-from shared.data.sender import changes
+from shared.data.sender import changes, tracking
 from shared.state.models import Transfer, TransferTable
 
 log = logging.getLogger("dbsync.verify")
@@ -121,6 +121,85 @@ def _states(job: Any) -> dict[str, Any]:
 def previous_state(job: Any, name: str) -> dict[str, Any] | None:
     """The states the last transfer of this connection that pulled ``name``
     stored (only when that table verified there)."""
+    if not hasattr(job, "_previous_states"):
+        job._previous_states = {}
+    if name not in job._previous_states:
+        job._previous_states[name] = _previous_state(job, name)
+    found: dict[str, Any] | None = job._previous_states[name]
+    return found
+
+
+def known_tables(job: Any, requested: list[str], all_tables: bool) -> list[str] | None:
+    """The tables of a delta run in the order to pull them, without asking
+    the sender's list-tables, when the last transfer of this connection
+    pulled exactly these tables and every one of them verified from a
+    dbsync sender (it kept their states): a table the sender stopped
+    offering then fails at its first call (403/404) as it would have at
+    list-tables; the order is the one list-tables gave that run (a foreign
+    key added at the sender since counts from the next full listing); the
+    run does not know the row counts ahead (rows_expected empty)."""
+    if all_tables or not requested or options(job)["mode"] != "delta":
+        return None
+    with job.site.db.session() as session:
+        me = session.get_one(Transfer, job.transfer_id)
+        if me.connection_id is None:
+            return None
+        last = session.scalars(
+            select(Transfer)
+            .where(
+                Transfer.connection_id == me.connection_id,
+                Transfer.direction == "receive",
+                Transfer.id != me.id,
+                Transfer.created_at <= me.created_at,
+            )
+            .order_by(Transfer.created_at.desc())
+            .limit(1)
+        ).first()
+        meta = dict(last.meta or {}) if last is not None else {}
+    tables = meta.get("tables")
+    kept = meta.get("sync_state") or {}
+    if (
+        not isinstance(tables, list)
+        or sorted(tables) != sorted(set(requested))
+        or meta.get("phoenixkit")
+        or not all(isinstance(kept.get(t), dict) for t in tables)
+    ):
+        return None
+    return [str(t) for t in tables]
+
+
+def _use_kept_schema(job: Any, name: str) -> None:
+    """In delta mode, take the sender's schema the last verified run kept
+    instead of asking table-schema, provisionally: when it shows no drift
+    here, and until the sender's ``changes`` answer confirms it unchanged
+    (``columns_mark``; incremental.run stops before writing otherwise)."""
+    if (
+        options(job)["mode"] != "delta"
+        or name in job._schemas
+        or job.site.db.data_engine.dialect.name != "postgresql"
+    ):
+        return
+    schema = (previous_state(job, name) or {}).get("schema")
+    if not isinstance(schema, dict):
+        return
+    try:
+        info = job.catalog.describe(name)
+        if drift.report(info, schema):
+            return
+    except Exception:  # not here, or not comparable: ask the sender
+        return
+    job._schemas[name] = schema
+    _marks(job)[name] = changes.columns_mark(schema)
+
+
+def _marks(job: Any) -> dict[str, str | None]:
+    if not hasattr(job, "_schema_marks"):
+        job._schema_marks = {}
+    found: dict[str, str | None] = job._schema_marks
+    return found
+
+
+def _previous_state(job: Any, name: str) -> dict[str, Any] | None:
     with job.site.db.session() as session:
         me = session.get_one(Transfer, job.transfer_id)
         if me.connection_id is None:
@@ -154,6 +233,9 @@ def _from_xmin(job: Any, name: str) -> bool:
     prev = previous_state(job, name)
     if prev is not None and prev.get("columns") != columns:
         prev = None  # a column added or dropped changes rows without xmin
+    # Installed before this run's state is taken: the next run can list the
+    # changes made here since from the log.
+    tracked = job.site.settings.tracks_changes(name) and tracking.ensure(engine, info)
     try:
         got = incremental.run(
             job.sender,
@@ -166,17 +248,38 @@ def _from_xmin(job: Any, name: str) -> bool:
             prev,
             own_txids(job, name),
             delta.hashing_for(engine, info, _schema(job, name)),
+            tracked,
+            _marks(job).get(name),
         )
     except (incremental.Skip, delta.NotAvailable) as ex:
         log.info("delta %s: not from xmin (%s)", name, ex)
+        if _marks(job).pop(name, None) is not None:  # not confirmed: ask
+            job._schemas.pop(name, None)
+            check_drift(job, name)
         return False
     except delta.Failed as ex:
         from shared.data.receiver.pulls import PullFailed
 
         raise PullFailed(str(ex)) from None
+    if got.schema_moved:
+        # The schema kept from the last run is not the sender's now: ask.
+        log.info("delta %s: the sender's schema changed, asking for it", name)
+        job._schemas.pop(name, None)
+        _marks(job).pop(name, None)
+        check_drift(job, name)
+        return _from_xmin(job, name)
+    _marks(job).pop(name, None)  # confirmed by the sender's answer
     _states(job)[name] = got.states
+    if (got.note or {}).get("here") == "log" and prev is not None:
+        tracking.note_reader(
+            engine,
+            info,
+            f"receiver:{job.sender.site_url}",
+            int(prev["local_log"]["xid"]),
+        )
     if got.outcome is not None and prev is not None:
         got.states["own_before"] = (prev.get("local") or {}).get("own")
+        got.states["written"] = got.written
     job._xmin_notes = {**getattr(job, "_xmin_notes", {}), name: got.note or {}}
     if got.outcome is None:
         return False
@@ -192,6 +295,7 @@ def delta_table(job: Any, name: str) -> bool:
     Checks the table's column drift first (``check_drift``).
     """
     opts = options(job)
+    _use_kept_schema(job, name)
     check_drift(job, name)
     if opts["mode"] != "delta":
         try:
@@ -244,10 +348,16 @@ def _finish(
             "rows_pulled": outcome.rows_pulled,
             "deleted": outcome.deleted,
             "requests": outcome.requests,
-            **({"from": "xmin"} if from_xmin else {}),
+            **({"from": _source(job, name)} if from_xmin else {}),
             **getattr(job, "_xmin_notes", {}).get(name, {}),
         },
     )
+
+
+def _source(job: Any, name: str) -> str:
+    """``log`` when both sides listed their changes from change logs."""
+    note = getattr(job, "_xmin_notes", {}).get(name, {})
+    return "log" if note.get("there") == note.get("here") == "log" else "xmin"
 
 
 def after_full(job: Any, name: str) -> None:
@@ -326,8 +436,40 @@ def verify_table(job: Any, name: str) -> dict[str, Any]:
     return {"status": "differs", "first_range": {"after": first[0], "until": first[1]}}
 
 
+def _track_before_verifying(job: Any, name: str) -> None:
+    """With change tracking, a table whose log this run's state could not
+    use gets its triggers now and a state taken now, before the whole-table
+    verification: a change made here before it is seen by the verification,
+    one made after it by the log (``local_log`` of the kept state)."""
+    states = _states(job).get(name)
+    if (
+        not job.site.settings.tracks_changes(name)
+        or not states
+        or "epoch" in (states.get("local") or {})
+        or name in options(job).get("equal", ())
+    ):
+        return
+    engine = job.site.db.data_engine
+    try:
+        info = job.catalog.describe(name)
+        if not tracking.ensure(engine, info):
+            return
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                now = changes.state(conn, info)
+                mark = tracking.epoch(conn, info)
+    except Exception as ex:  # the next run compares without the log
+        log.info("state %s: no change log (%s)", name, ex)
+        return
+    if mark is not None:
+        states["local_log"] = {**now, "epoch": mark}
+
+
 def verify_all(job: Any, names: list[str]) -> None:
     """Verify each table; a table that differs sets the transfer's error."""
+    for name in names:
+        _track_before_verifying(job, name)
     results = {name: verify_table(job, name) for name in names}
     differs = [n for n, r in results.items() if r["status"] == "differs"]
     kept = {
@@ -373,10 +515,20 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
             with conn.begin():
                 marks = changes.table_marks(conn, info)
                 before = states.get("own_before")
+                written = states.get("written")
                 if not own_txids(job, name) and isinstance(before, list):
                     # This run wrote no row: the last run's writers stay its own,
                     # and a local write during this run is seen next time.
                     own: list[int] | None = before
+                elif isinstance(written, list) and isinstance(before, list):
+                    # A run from xmin wrote only these keys: their rows' xmin
+                    # are its writers (sub-transactions included), and the last
+                    # run's writers still at or after the horizon stay its own.
+                    now = changes.state(conn, info)
+                    own = sorted(
+                        set(changes.xids_of(conn, info, written))
+                        | set(changes.at_or_after(before, local, now))
+                    )
                 else:
                     own = changes.xids_since(conn, info, local)
     except Exception as ex:
@@ -388,8 +540,19 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
         local.update({**marks, "autovacuums": 0})
     if any(local[k] != marks[k] for k in ("node", "vacuums")):
         return None
-    return {
+    kept = {
         "sender": states["sender"],
         "local": {**changes.public(local), "own": own},
         "columns": columns,
+        "schema": _schema(job, name),
     }
+    # The log's horizon: this run's start when its state saw the triggers,
+    # else the state taken before the verification; the writers of this run
+    # by their top-level ids (the log's, savepoints included).
+    logged = states["local"] if "epoch" in states["local"] else states.get("local_log")
+    if job.site.settings.tracks_changes(name) and isinstance(logged, dict):
+        kept["local_log"] = {
+            **changes.public(logged),
+            "own_xids": sorted(own_txids(job, name)),
+        }
+    return kept

@@ -29,11 +29,13 @@ difference to buckets of ``BUCKET`` consecutive key values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from shared.data import wire
 from shared.data.schema import TableInfo, quote_text
 from shared.data.sender.fingerprints import (
     FINGERPRINT_SETTINGS,
@@ -50,6 +52,22 @@ SHIFT = 6  # key >> SHIFT is key div BUCKET, rounded down
 MAX_CHANGED = 64_000  # changed rows one answer may list; more: compare whole
 MAX_SPAN = 1 << 30
 WRAP = 1 << 32
+
+
+def columns_mark(schema: Any) -> str | None:
+    """A digest of a table-schema payload's columns and primary key: equal
+    marks, equal answers to what a delta run reads of the schema."""
+    if not isinstance(schema, dict):
+        return None
+    part = {"columns": schema.get("columns"), "primary_key": schema.get("primary_key")}
+    return hashlib.sha256(wire.canonical_json(part).encode()).hexdigest()
+
+
+def int_array(values: Sequence[int]) -> str:
+    """An array literal of integers, to pass as text and cast to bigint[]:
+    PostgreSQL reads it far faster than a driver's ARRAY[...] of 10,000
+    parameters (one expression each)."""
+    return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
 def keyed_by_int(info: TableInfo) -> bool:
@@ -152,7 +170,7 @@ def changed_rows(
     }
     if exclude:
         where += " AND NOT (xmin::text::bigint = ANY(CAST(:own AS bigint[])))"
-        params["own"] = sorted({int(x) % WRAP for x in exclude})
+        params["own"] = int_array(sorted({int(x) % WRAP for x in exclude}))
     rows = conn.execute(
         text(
             f"SELECT {_pg_select_expr(pk)}, {row_hash(info, names, hashing)}::text"
@@ -194,17 +212,67 @@ def key_print(conn: Connection, info: TableInfo) -> list[Any]:
     return [int(row[0]), str(row[1])]
 
 
-def key_buckets(conn: Connection, info: TableInfo) -> dict[int, tuple[int, str]]:
-    """Each non-empty bucket (key div BUCKET) -> (count, sum of key hashes)."""
+def key_buckets(
+    conn: Connection, info: TableInfo, *, sums: bool = False
+) -> dict[int, tuple[Any, ...]]:
+    """Each non-empty bucket (key div BUCKET) -> (count, sum of key hashes),
+    and with ``sums`` the exact sum of its keys too (as text)."""
     key = quote_text(info.pk_columns[0].name)
+    extra = f", sum({key}::bigint)::text" if sums else ""
     rows = conn.execute(
         text(
             f"SELECT ({key}::bigint >> {SHIFT}) AS b, count(*),"
-            f" sum(hashint8({key}::bigint))::text FROM {info.qualified_text}"
+            f" sum(hashint8({key}::bigint))::text{extra} FROM {info.qualified_text}"
             " GROUP BY 1"
         )
     ).all()
-    return {int(r[0]): (int(r[1]), str(r[2])) for r in rows}
+    return {int(r[0]): tuple(r[1:]) for r in rows}
+
+
+def key_hashes(
+    conn: Connection, info: TableInfo, keys: Sequence[int]
+) -> dict[int, Any]:
+    """For each of these keys: ``[hashint8(key), whether the table has it]``."""
+    key = quote_text(info.pk_columns[0].name)
+    rows = conn.execute(
+        text(
+            "SELECT u.k, hashint8(u.k),"
+            f" EXISTS (SELECT 1 FROM {info.qualified_text} t WHERE t.{key} = u.k)"
+            " FROM unnest(CAST(:k AS bigint[])) AS u(k)"
+        ),
+        {"k": int_array(sorted({int(k) for k in keys}))},
+    ).all()
+    return {int(r[0]): [int(r[1]), bool(r[2])] for r in rows}
+
+
+def xids_of(conn: Connection, info: TableInfo, keys: Sequence[int]) -> list[int]:
+    """The (32-bit) ids of the transactions that wrote the rows of these keys
+    (sub-transactions' own ids included: a row's xmin is its writer's)."""
+    key = quote_text(info.pk_columns[0].name)
+    found: set[int] = set()
+    ordered = sorted({int(k) for k in keys})
+    for start in range(0, len(ordered), MAX_CHANGED):
+        found.update(
+            int(r[0])
+            for r in conn.execute(
+                text(
+                    f"SELECT DISTINCT xmin::text::bigint FROM {info.qualified_text}"
+                    f" WHERE {key} = ANY(CAST(:k AS bigint[]))"
+                ),
+                {"k": int_array(ordered[start : start + MAX_CHANGED])},
+            )
+        )
+    return sorted(found)
+
+
+def at_or_after(
+    xids: Sequence[int], since: dict[str, Any], now: dict[str, Any]
+) -> list[int]:
+    """The (32-bit) ids of ``xids`` at or after ``since``'s horizon (before
+    ``now``'s xmax): the ones whose rows a scan from ``since`` lists."""
+    h = int(since["xid"]) % WRAP
+    span = now["_xmax"] - int(since["xid"])
+    return sorted({int(x) for x in xids if (int(x) - h) % WRAP < span})
 
 
 def bucket_keys(conn: Connection, info: TableInfo, buckets: Sequence[int]) -> list[int]:
@@ -219,7 +287,7 @@ def bucket_keys(conn: Connection, info: TableInfo, buckets: Sequence[int]) -> li
                 f" ON t.{key} >= u.b * {BUCKET} AND t.{key} < (u.b + 1) * {BUCKET}"
                 f" ORDER BY 1"
             ),
-            {"b": [int(b) for b in buckets]},
+            {"b": int_array(buckets)},
         )
     ]
 
@@ -244,6 +312,6 @@ def hashes_of(
                 f" FROM {info.qualified_text}"
                 f" WHERE {key} = ANY(CAST(:k AS {pk.type}[]))"
             ),
-            {"k": [int(k) for k in keys]},
+            {"k": int_array(keys)},
         )
     }

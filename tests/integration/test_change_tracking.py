@@ -1,0 +1,147 @@
+"""Change tracking by triggers: what the log lists, and when it may vouch."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from shared.data.schema import TableInfo, Tables
+from shared.data.sender import changes, tracking
+from tests.helpers import ScratchDatabases, run
+
+
+@pytest.fixture
+def engine(scratch_db_factory: ScratchDatabases) -> Engine:
+    engine = scratch_db_factory.engine()
+    run(
+        engine,
+        "CREATE TABLE t (id bigint PRIMARY KEY, label text)",
+        "INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g",
+    )
+    return engine
+
+
+def _info(engine: Engine) -> TableInfo:
+    return Tables(engine, schema="public").describe("t")
+
+
+def _state(engine: Engine, info: TableInfo) -> dict[str, Any]:
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            now = changes.state(conn, info)
+            mark = tracking.epoch(conn, info)
+    return {**now, "epoch": mark} if mark is not None else now
+
+
+def _listed(
+    engine: Engine, info: TableInfo, since: dict[str, Any], **kw: Any
+) -> list[list[Any]] | None:
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            now = changes.state(conn, info)
+            mark = tracking.epoch(conn, info)
+            if mark is not None:
+                now["epoch"] = mark
+            if not tracking.covers(conn, info, changes.public(since), now):
+                return None
+            return tracking.changed_rows(conn, info, since, None, limit=1000, **kw)
+
+
+def test_the_log_lists_every_key_written_since_a_state(engine: Engine) -> None:
+    info = _info(engine)
+    assert tracking.ensure(engine, info) is True
+    assert tracking.ensure(engine, info) is True  # installed once
+    since = _state(engine, info)
+    assert since["epoch"]
+    run(
+        engine,
+        "SAVEPOINT s; UPDATE t SET label = 'x' WHERE id = 1; RELEASE SAVEPOINT s",
+    )
+    run(engine, "DELETE FROM t WHERE id = 2", "UPDATE t SET id = 300 WHERE id = 3")
+    run(engine, "INSERT INTO t VALUES (200, 'new')")
+    listed = _listed(engine, info, since)
+    assert listed is not None
+    # Deleted keys (and a key moved away) have no hash.
+    assert [(k, h is None) for k, h in listed] == [
+        (1, False),
+        (2, True),
+        (3, True),
+        (200, False),
+        (300, False),
+    ]
+    # A writer's own transactions (by top-level id) are left out.
+    own = run_returning_xid(engine, "UPDATE t SET label = 'mine' WHERE id = 50")
+    later = [k for k, _ in _listed(engine, info, since, exclude=[own]) or []]
+    assert 50 not in later
+    # Nothing new since a fresh state (another session's transaction on the
+    # shared cluster may hold its horizon back: then the same keys again).
+    fresh = _listed(engine, info, _state(engine, info))
+    assert fresh is not None and {k for k, _ in fresh} <= {1, 2, 3, 50, 200, 300}
+
+
+def run_returning_xid(engine: Engine, statement: str) -> int:
+    with engine.begin() as conn:
+        conn.execute(text(statement))
+        return int(conn.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
+
+
+def test_the_log_does_not_vouch_after_truncate_or_new_triggers(engine: Engine) -> None:
+    info = _info(engine)
+    assert tracking.ensure(engine, info)
+    since = _state(engine, info)
+    untracked = _state(engine, info)
+    untracked.pop("epoch")
+    assert _listed(engine, info, untracked) is None  # a state without an epoch
+    # Triggers disabled: nothing vouches until they are made again (new epoch).
+    run(engine, "ALTER TABLE t DISABLE TRIGGER dbsync_track_update")
+    assert _listed(engine, info, since) is None
+    assert tracking.ensure(engine, info)
+    assert _listed(engine, info, since) is None
+    fresh = _state(engine, info)
+    assert fresh["epoch"] != since["epoch"] and _listed(engine, info, fresh) == []
+    run(engine, "TRUNCATE t")
+    assert _listed(engine, info, fresh) is None
+
+
+def test_other_roles_write_without_rights_on_the_log(engine: Engine) -> None:
+    info = _info(engine)
+    assert tracking.ensure(engine, info)
+    since = _state(engine, info)
+    role = f"dbsync_writer_{uuid.uuid4().hex[:8]}"
+    run(engine, f"CREATE ROLE {role}", f"GRANT SELECT, UPDATE ON t TO {role}")
+    try:
+        run(engine, f"SET LOCAL ROLE {role}", "UPDATE t SET label = 'a' WHERE id = 9")
+    finally:
+        run(engine, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+    assert [k for k, _ in _listed(engine, info, since) or []] == [9]
+
+
+def test_the_log_is_pruned_below_its_readers_horizons(engine: Engine) -> None:
+    info = _info(engine)
+    assert tracking.ensure(engine, info)
+    state = _state(engine, info)
+    first = run_returning_xid(engine, "UPDATE t SET label = 'a' WHERE id = 1")
+    second = run_returning_xid(engine, "UPDATE t SET label = 'b' WHERE id = 2")
+    since_first, since_second = {**state, "xid": first}, {**state, "xid": second}
+    tracking.note_reader(engine, info, "a", first)
+    tracking.note_reader(engine, info, "b", second)
+    # Reader a still needs what follows its horizon: nothing is pruned.
+    assert [k for k, _ in _listed(engine, info, since_first) or []] == [1, 2]
+    tracking.note_reader(engine, info, "a", second)
+    # Both are past key 1's change now: it is pruned, and a state from
+    # before is no longer vouched for.
+    assert _listed(engine, info, since_first) is None
+    assert [k for k, _ in _listed(engine, info, since_second) or []] == [2]
+
+
+def test_tables_it_cannot_track(scratch_db_factory: ScratchDatabases) -> None:
+    engine = scratch_db_factory.engine()
+    run(engine, "CREATE TABLE u (code text PRIMARY KEY)")
+    info = Tables(engine, schema="public").describe("u")
+    assert tracking.trackable(engine, info) is False
+    assert tracking.ensure(engine, info) is False
