@@ -111,6 +111,19 @@ def own_txids(job: Any, name: str) -> set[int]:
     return found
 
 
+def _in_subtransactions(job: Any) -> set[str]:
+    if not hasattr(job, "_subtransactions"):
+        job._subtransactions = set()
+    found: set[str] = job._subtransactions
+    return found
+
+
+def wrote_in_subtransactions(job: Any, name: str) -> None:
+    """``name``'s rows may carry sub-transaction ids this run's writers do
+    not list: the state kept after the run finds them by a scan."""
+    _in_subtransactions(job).add(name)
+
+
 def _states(job: Any) -> dict[str, Any]:
     if not hasattr(job, "_xmin_states"):
         job._xmin_states = {}
@@ -501,7 +514,9 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
 
     The transactions that wrote rows here since this run began are this
     run's own (``own``): the next run leaves them out of the local changes.
-    (A local write that commits while this run works is taken for its own.)"""
+    They are the ids its writers recorded, or the ids of the rows it wrote;
+    only after a page written in a savepoint does a scan take every write
+    since the run began, a local one that committed meanwhile included."""
     states = _states(job).get(name)
     if not states or not isinstance(states.get("sender"), dict):
         return None
@@ -529,6 +544,9 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
                         set(changes.xids_of(conn, info, written))
                         | set(changes.at_or_after(before, local, now))
                     )
+                elif own_txids(job, name) and name not in _in_subtransactions(job):
+                    # Every row this run wrote carries one of its writers' ids.
+                    own = sorted({x % changes.WRAP for x in own_txids(job, name)})
                 else:
                     own = changes.xids_since(conn, info, local)
     except Exception as ex:

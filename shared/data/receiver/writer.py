@@ -33,6 +33,9 @@ class Writer:
         # Ids of the transactions that wrote here (PostgreSQL), for the next
         # delta run to tell this site's own writes from local changes.
         self.txids: set[int] = set()
+        # Whether a page may have written in a sub-transaction (a savepoint),
+        # whose rows carry an id that ``txids`` does not hold.
+        self.subtransactions = False
 
     def apply(
         self, conn: Connection, page: Page, *, direct: bool = False
@@ -53,6 +56,8 @@ class Writer:
                     ).scalar_one()
                 )
             )
+        if not isinstance(page, BulkPage) and direct and self.strategy != "append":
+            self.subtransactions = True  # copy_in.import_rows tries a savepoint
         if isinstance(page, BulkPage):
             return bulk_in.apply_page(
                 conn,
