@@ -37,7 +37,7 @@ from shared.data import wire
 from shared.data.keyset import Keyset, decode_cursor
 from shared.data.receiver import drift, sources
 from shared.data.receiver.pages import ImportRefused, JsonPage, PageResult
-from shared.data.receiver.writer import Writer
+from shared.data.receiver.writer import Writer, Writes
 from shared.data.schema import TableInfo, quote_text
 from shared.data.sender import changes, fingerprints
 from shared.data.sender.fingerprints import RangePrint
@@ -320,7 +320,7 @@ def pull_range(
     rng: Range,
     mirror_deletes: bool,
     outcome: Outcome,
-    txids: set[int] | None = None,
+    txids: Writes | None = None,
 ) -> None:
     """Pull the sender's rows of one range page by page and apply them; with
     ``mirror_deletes`` delete the local rows the sender did not send, page by
@@ -410,7 +410,7 @@ def sync_table(
     schema: Any,
     strategy: str,
     mirror_deletes: bool,
-    txids: set[int] | None = None,
+    txids: Writes | None = None,
 ) -> Outcome:
     """Compare ``name`` with its sender and pull (and delete) what differs.
 

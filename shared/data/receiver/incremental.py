@@ -40,6 +40,7 @@ from sqlalchemy import Engine
 
 from shared.control.peer import PeerRefused
 from shared.data.receiver import delta, sources
+from shared.data.receiver.writer import Writes
 from shared.data.schema import TableInfo
 from shared.data.sender import changes, fingerprints, tracking
 
@@ -120,7 +121,7 @@ def run(
     strategy: str,
     mirror: bool,
     prev: dict[str, Any] | None,
-    txids: set[int],
+    txids: Writes,
     hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
     tracked: bool = False,
     columns_mark: str | None = None,
@@ -324,7 +325,7 @@ def _from_logs(
     columns: list[str],
     strategy: str,
     mirror: bool,
-    txids: set[int],
+    txids: Writes,
     hashing: fingerprints.Hashing,
     states: dict[str, Any],
     their_rows: dict[int, str | None],

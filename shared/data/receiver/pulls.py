@@ -716,8 +716,6 @@ class _Job:
             raise PullFailed(str(ex)) from None
         except ImportRefused as ex:
             raise PullFailed(f"{name}: {ex}") from None
-        if writer.subtransactions:
-            verify.wrote_in_subtransactions(self, name)
         if self.phoenixkit:
             self._check_whole(name, info, cp)
 

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select
 
 from shared.data.receiver import checkpoints, delta, drift, incremental
+from shared.data.receiver.writer import Writes
 from shared.data.sender import changes, tracking
 from shared.state.models import Transfer, TransferTable
 
@@ -103,25 +104,12 @@ def check_drift(job: Any, name: str) -> None:
         job.catalog = job.site.catalog()
 
 
-def own_txids(job: Any, name: str) -> set[int]:
+def own_txids(job: Any, name: str) -> Writes:
     """The ids of the transactions this run wrote ``name``'s rows in."""
     if not hasattr(job, "_own_txids"):
         job._own_txids = {}
-    found: set[int] = job._own_txids.setdefault(name, set())
+    found: Writes = job._own_txids.setdefault(name, Writes())
     return found
-
-
-def _in_subtransactions(job: Any) -> set[str]:
-    if not hasattr(job, "_subtransactions"):
-        job._subtransactions = set()
-    found: set[str] = job._subtransactions
-    return found
-
-
-def wrote_in_subtransactions(job: Any, name: str) -> None:
-    """``name``'s rows may carry sub-transaction ids this run's writers do
-    not list: the state kept after the run finds them by a scan."""
-    _in_subtransactions(job).add(name)
 
 
 def _states(job: Any) -> dict[str, Any]:
@@ -515,8 +503,9 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
     The transactions that wrote rows here since this run began are this
     run's own (``own``): the next run leaves them out of the local changes.
     They are the ids its writers recorded, or the ids of the rows it wrote;
-    only after a page written in a savepoint does a scan take every write
-    since the run began, a local one that committed meanwhile included."""
+    after a page written in a savepoint (any but a direct COPY page) a scan
+    takes every write since the run began, a local one that committed
+    meanwhile included."""
     states = _states(job).get(name)
     if not states or not isinstance(states.get("sender"), dict):
         return None
@@ -544,7 +533,7 @@ def _kept_state(job: Any, name: str) -> dict[str, Any] | None:
                         set(changes.xids_of(conn, info, written))
                         | set(changes.at_or_after(before, local, now))
                     )
-                elif own_txids(job, name) and name not in _in_subtransactions(job):
+                elif own_txids(job, name) and not own_txids(job, name).subtransactions:
                     # Every row this run wrote carries one of its writers' ids.
                     own = sorted({x % changes.WRAP for x in own_txids(job, name)})
                 else:

@@ -24,6 +24,16 @@ from shared.data.schema import TableInfo
 from shared.state.models import STRATEGIES
 
 
+class Writes(set[int]):
+    """Ids of the transactions that wrote a table's rows (PostgreSQL).
+
+    ``subtransactions``: some rows may carry the id of a savepoint inside
+    one of them instead, which this set does not hold.
+    """
+
+    subtransactions: bool = False
+
+
 class Writer:
     """Apply pages to one table with one conflict strategy."""
 
@@ -32,10 +42,7 @@ class Writer:
         self.strategy = strategy
         # Ids of the transactions that wrote here (PostgreSQL), for the next
         # delta run to tell this site's own writes from local changes.
-        self.txids: set[int] = set()
-        # Whether a page may have written in a sub-transaction (a savepoint),
-        # whose rows carry an id that ``txids`` does not hold.
-        self.subtransactions = False
+        self.txids = Writes()
 
     def apply(
         self, conn: Connection, page: Page, *, direct: bool = False
@@ -56,8 +63,11 @@ class Writer:
                     ).scalar_one()
                 )
             )
-        if not isinstance(page, BulkPage) and direct and self.strategy != "append":
-            self.subtransactions = True  # copy_in.import_rows tries a savepoint
+        if not (isinstance(page, BulkPage) and direct):
+            # Staged pages apply in a savepoint (copy_in.CopyApplier), and
+            # direct JSON pages try one: only a direct COPY writes as the
+            # transaction whose id is noted above.
+            self.txids.subtransactions = True
         if isinstance(page, BulkPage):
             return bulk_in.apply_page(
                 conn,
