@@ -387,9 +387,11 @@ def _remote(job: Any, name: str) -> tuple[Any, delta.Remote]:
 
 
 def prefetch(job: Any, name: str) -> None:
-    """Ask the sender for ``name``'s whole-table print as the last page of
-    its full pull arrives, so the sender's scan runs while this site still
-    writes that page; ``verify_table`` then compares with it.
+    """Ask the sender for ``name``'s whole-table print as the last page but
+    one of its full pull arrives (by the rows list-tables counted; else the
+    last), so the sender's scan runs while this site still writes; the
+    comparison (``verify_table``) is then with the sender as of that
+    moment, as it would be with any moment near the pull's end.
 
     Not after a pull whose delete pass (mirror-deletes) writes on: the print
     must be of the sender as this site's rows last followed it.
