@@ -141,22 +141,7 @@ def known_tables(job: Any, requested: list[str], all_tables: bool) -> list[str] 
     run does not know the row counts ahead (rows_expected empty)."""
     if all_tables or not requested or options(job)["mode"] != "delta":
         return None
-    with job.site.db.session() as session:
-        me = session.get_one(Transfer, job.transfer_id)
-        if me.connection_id is None:
-            return None
-        last = session.scalars(
-            select(Transfer)
-            .where(
-                Transfer.connection_id == me.connection_id,
-                Transfer.direction == "receive",
-                Transfer.id != me.id,
-                Transfer.created_at <= me.created_at,
-            )
-            .order_by(Transfer.created_at.desc())
-            .limit(1)
-        ).first()
-        meta = dict(last.meta or {}) if last is not None else {}
+    meta = _last_meta(job) or {}
     tables = meta.get("tables")
     kept = meta.get("sync_state") or {}
     if (
@@ -200,27 +185,31 @@ def _marks(job: Any) -> dict[str, str | None]:
     return found
 
 
-def _previous_state(job: Any, name: str) -> dict[str, Any] | None:
+def _last_meta(job: Any, table: str | None = None) -> dict[str, Any] | None:
+    """The metadata of this connection's last receive transfer before this
+    one (that pulled ``table``, when named)."""
     with job.site.db.session() as session:
         me = session.get_one(Transfer, job.transfer_id)
         if me.connection_id is None:
             return None
+        query = select(Transfer).where(
+            Transfer.connection_id == me.connection_id,
+            Transfer.direction == "receive",
+            Transfer.id != me.id,
+            Transfer.created_at <= me.created_at,
+        )
+        if table is not None:
+            query = query.join(
+                TransferTable, TransferTable.transfer_id == Transfer.id
+            ).where(TransferTable.table_name == table)
         last = session.scalars(
-            select(Transfer)
-            .join(TransferTable, TransferTable.transfer_id == Transfer.id)
-            .where(
-                Transfer.connection_id == me.connection_id,
-                Transfer.direction == "receive",
-                Transfer.id != me.id,
-                Transfer.created_at <= me.created_at,
-                TransferTable.table_name == name,
-            )
-            .order_by(Transfer.created_at.desc())
-            .limit(1)
+            query.order_by(Transfer.created_at.desc()).limit(1)
         ).first()
-        if last is None:
-            return None
-        found = ((last.meta or {}).get("sync_state") or {}).get(name)
+        return None if last is None else dict(last.meta or {})
+
+
+def _previous_state(job: Any, name: str) -> dict[str, Any] | None:
+    found = ((_last_meta(job, name) or {}).get("sync_state") or {}).get(name)
     return found if isinstance(found, dict) else None
 
 

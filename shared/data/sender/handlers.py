@@ -668,12 +668,11 @@ def _hashing(site: Site, info: Any, data: Mapping[str, Any]) -> fingerprints.Has
         raise bad_request(
             "Field text_columns must be a list of names", field="text_columns"
         )
-    have = {c.name for c in info.columns}
-    unknown = sorted(set(listed) - have)
-    if unknown:
-        raise bad_request(
-            f"unknown column(s): {', '.join(unknown)}"[:200], field="text_columns"
-        )
+    if listed:
+        try:
+            fingerprints.check_columns(info, listed)
+        except fingerprints.Unsupported as ex:
+            raise bad_request(str(ex), field="text_columns") from None
     if algorithm == fingerprints.ALGORITHM:
         return fingerprints.TEXT_HASHING
     return fingerprints.typed_hashing(site.db.data_engine, listed)
