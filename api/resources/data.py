@@ -70,6 +70,23 @@ class PullData(DataCall):
         )
 
 
+class PullKeys(DataCall):
+    """pull-keys: a JSON page, or COPY data (read whole) with its metadata in
+    headers."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self._site.settings.max_body_bytes)
+        ip = remote_ip(req, self._site.settings)
+        page = self._handler(req.context.session, self._site, body, ip)
+        if not isinstance(page, copy_out.KeysCopy):
+            resp.media = page
+            return
+        resp.content_type = page.content_type
+        for name, value in page.headers.items():
+            resp.set_header(name, value)
+        resp.data = page.body
+
+
 def routes(site: Site) -> dict[str, object]:
     return {
         "list-tables": DataCall(site, data_api.list_tables),
@@ -77,5 +94,5 @@ def routes(site: Site) -> dict[str, object]:
         "table-records": DataCall(site, data_api.table_records),
         "pull-data": PullData(site, data_api.pull_data),
         "table-fingerprints": DataCall(site, data_api.table_fingerprints),
-        "pull-keys": DataCall(site, data_api.pull_keys),
+        "pull-keys": PullKeys(site, data_api.pull_keys),
     }

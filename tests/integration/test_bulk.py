@@ -25,7 +25,7 @@ from api.app import create_app
 from shared.context import Site
 from shared.control.peer import PeerClient, RateLimited
 from shared.data import copy_format
-from shared.data.receiver import bulk_in, checkpoints, pulls, writer
+from shared.data.receiver import bulk_in, checkpoints, delta, pulls, sources, writer
 from shared.data.receiver import copy_in as copyin
 from shared.data.sender import copy_out
 from shared.data.sender.offer import Catalog
@@ -930,6 +930,137 @@ def test_the_pull_format_setting_is_checked() -> None:
     with pytest.raises(SettingsError, match="SYNC_PULL_FORMAT"):
         Settings.from_env({"SYNC_PULL_FORMAT": "csv"})
     assert Settings.from_env({"SYNC_BULK_PAGE_ROWS": "5000"}).bulk_page_rows == 5000
+
+
+# --- pull-keys as COPY data (delta runs) ----------------------------------------
+
+
+def _pull_keys(pair: Pair, **body: Any) -> testing.Result:
+    body = {"auth_token_hash": TOKEN_HASH, "table_name": "t", **body}
+    return pair.http.simulate_post(f"{API}/pull-keys", json=body)
+
+
+@pytest.mark.parametrize("wire_format", [copy_format.BINARY, copy_format.TEXT])
+def test_pull_keys_answers_the_rows_of_the_keys_as_copy_data(
+    pair: Pair, wire_format: str
+) -> None:
+    run(pair.src, *TARGET, "DELETE FROM t", SOURCE)
+    run(pair.dst, *TARGET, "DELETE FROM t")
+    got = _pull_keys(pair, keys=[[5], [2], [99]], format=wire_format)
+    assert got.status_code == 200, got.text
+    assert got.headers["content-type"] == copy_format.MEDIA_TYPES[wire_format]
+    page = bulk_in.read_headers(
+        got.headers, got.headers["content-type"], "t", wire_format
+    )
+    assert page == bulk_in.IncomingPage(
+        wire_format, ["id", "name", "qty", "note"], 2, False, None
+    )
+    assert (
+        copy_into(pair.dst, "t", got.content, copy_format.COPY_FORMATS[wire_format])
+        == 2
+    )
+    assert rows(pair.dst) == [(2, "B2", None, "y2"), (5, "E", 5, "n5b")]
+    conn = pair.sender_connection()
+    assert (conn.records_downloaded, conn.downloads_used) == (2, 0)
+
+    # No key found: an empty page, still COPY data.
+    none = _pull_keys(pair, keys=[[99]], format=wire_format)
+    assert (none.status_code, none.headers["x-sync-count"]) == (200, "0")
+    # A format this site does not know: the JSON page.
+    plain = _pull_keys(pair, keys=[[4]], format="pg_copy_csv")
+    assert (plain.status_code, plain.json["data"]) == (
+        200,
+        [{"id": 4, "name": "d", "qty": 4, "note": None}],
+    )
+    bad = _pull_keys(pair, keys=[["x"]], format=wire_format)
+    assert bad.status_code == 400 and bad.json["error"].startswith("Invalid key:")
+
+
+def _settler(pair: Pair, keys_format: str | None, mirror: bool) -> delta.RowSettler:
+    sender = sources.Sender(pair.peer(), SENDER_URL, TOKEN_HASH)
+    info = pair.receiver.catalog().describe("t")
+    remote = delta.Remote(
+        sender, "t", ["id", "name", "qty", "note"], keys_format=keys_format
+    )
+    return delta.RowSettler(
+        remote, pair.dst, info, "overwrite", mirror, delta.Outcome()
+    )
+
+
+@pytest.mark.parametrize("keys_format", [copy_format.BINARY, copy_format.TEXT, None])
+def test_a_delta_batch_fetches_rows_by_key_and_applies_them_exactly(
+    pair: Pair, keys_format: str | None
+) -> None:
+    run(pair.src, *TARGET, "DELETE FROM t", SOURCE)
+    run(pair.dst, *TARGET)
+    settler = _settler(pair, keys_format, mirror=True)
+    done = settler.prefetch([2, 3, 4, 5])
+    done()
+    expected = delta.BulkPage if keys_format else delta.JsonPage
+    assert isinstance(settler.prefetched, expected)
+    settler.wanted, settler.extra = [2, 3, 4, 5], [1]
+    settler.flush()
+    assert rows(pair.dst) == [
+        (2, "B2", None, "y2"),
+        (3, "c", 30, None),
+        (4, "d", 4, None),
+        (5, "E", 5, "n5b"),
+    ]
+    out = settler.outcome
+    assert (out.rows_pulled, out.deleted, out.result.created, out.result.updated) == (
+        4,
+        1,
+        2,
+        2,
+    )
+    # One call: the batch took the rows fetched ahead.
+    assert settler.remote.requests == 1
+
+
+def test_copy_data_fetched_ahead_for_other_keys_is_not_applied(pair: Pair) -> None:
+    run(pair.src, *TARGET, "DELETE FROM t", SOURCE)
+    run(pair.dst, *TARGET)
+    settler = _settler(pair, copy_format.BINARY, mirror=False)
+    settler.prefetch([2, 3, 4])()
+    settler.wanted = [4]  # 2 and 3 turned out equal: only 4 is written
+    settler.flush()
+    assert rows(pair.dst) == [
+        (1, "a", 1, "x"),
+        (2, "b", 2, "y"),
+        (3, "c", None, "z"),
+        (4, "d", 4, None),
+    ]
+    assert (settler.outcome.rows_pulled, settler.remote.requests) == (1, 2)
+
+
+def test_binary_rows_by_key_this_database_refuses_come_again_as_text(
+    pair: Pair,
+) -> None:
+    # The receiver's qty is text: binary int4 data does not fit it.
+    run(pair.src, *TARGET, "DELETE FROM t", SOURCE)
+    run(
+        pair.dst,
+        "CREATE TABLE t (id integer PRIMARY KEY, name text, qty text, note text)",
+    )
+    settler = _settler(pair, copy_format.BINARY, mirror=False)
+    settler.wanted = [4, 5]
+    settler.flush()
+    assert rows(pair.dst) == [(4, "d", "4", None), (5, "E", "5", "n5b")]
+    assert settler.remote.keys_format == copy_format.TEXT
+    assert settler.remote.requests == 2
+
+
+def test_a_sender_that_answers_rows_by_key_as_json_is_understood(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older dbsync sender ignores ``format`` and answers JSON.
+    monkeypatch.setattr(copy_out, "keys_copy", lambda *a, **k: None)
+    run(pair.src, *TARGET, "DELETE FROM t", SOURCE)
+    run(pair.dst, *TARGET, "DELETE FROM t")
+    settler = _settler(pair, copy_format.BINARY, mirror=False)
+    settler.wanted = [6]
+    settler.flush()
+    assert rows(pair.dst) == [(6, "f", 6, "f")]
 
 
 # --- cursor mode -------------------------------------------------------------------

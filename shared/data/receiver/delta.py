@@ -25,18 +25,25 @@ leaves the two tables identical.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, text
 
-from shared.control.peer import PeerRefused, PeerResponse
-from shared.data import wire
+from shared.control.peer import PeerRefused, PeerResponse, PeerStream
+from shared.data import copy_format, wire
 from shared.data.keyset import Keyset, decode_cursor
-from shared.data.receiver import drift, sources
-from shared.data.receiver.pages import ImportRefused, JsonPage, PageResult
+from shared.data.receiver import bulk_in, drift, sources
+from shared.data.receiver.copy_in import BrokeOff, Rejected
+from shared.data.receiver.pages import (
+    BulkPage,
+    ImportRefused,
+    JsonPage,
+    Page,
+    PageResult,
+)
 from shared.data.receiver.writer import Writer, Writes
 from shared.data.schema import TableInfo, quote_text
 from shared.data.sender import changes, fingerprints
@@ -79,11 +86,14 @@ class Remote:
         table: str,
         columns: list[str],
         hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
+        keys_format: str | None = None,
     ):
         self.sender = sender
         self.table = table
         self.columns = columns
         self.hashing = hashing
+        # The COPY format rows fetched by key are asked in (None: JSON).
+        self.keys_format = keys_format
         self.requests = 0
         self.leaf_counts: dict[str, int] = {}  # the sender's rows in each leaf
 
@@ -195,6 +205,17 @@ def shared_columns(info: TableInfo, schema: Any) -> list[str]:
     if isinstance(schema, dict) and isinstance(schema.get("columns"), list):
         theirs = {c.get("name") for c in schema["columns"] if isinstance(c, dict)}
     return sorted(c.name for c in info.columns if c.name in theirs)
+
+
+def keys_format(
+    engine: Engine, info: TableInfo, schema: Any, strategy: str
+) -> str | None:
+    """The COPY format to fetch rows by key in (bulk_in.plan), None: JSON."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        plan = bulk_in.plan(conn, info, schema, strategy)
+    return None if plan is None else plan.wire_format
 
 
 def hashing_for(engine: Engine, info: TableInfo, schema: Any) -> fingerprints.Hashing:
@@ -417,7 +438,11 @@ def sync_table(
     ``txids`` collects the ids of the transactions that wrote rows here."""
     check_local(engine, info)
     remote = Remote(
-        sender, name, shared_columns(info, schema), hashing_for(engine, info, schema)
+        sender,
+        name,
+        shared_columns(info, schema),
+        hashing_for(engine, info, schema),
+        keys_format(engine, info, schema, strategy),
     )
     outcome = Outcome()
     with engine.connect() as conn:
@@ -551,9 +576,11 @@ class RowSettler:
         self.step = remote.sender.client.settings.json_page_cap
         self.wanted: list[Any] = []
         self.extra: list[Any] = []
-        # Rows fetched ahead (``prefetch``): the first batch takes its rows
-        # from them when they hold every key it wants.
-        self.prefetched: JsonPage | None = None
+        # Rows fetched ahead (``prefetch``), with the keys asked: the first
+        # batch takes its rows from them when they hold every key it wants
+        # (COPY data: when it wants exactly the keys asked).
+        self.prefetched: Page | None = None
+        self.prefetched_keys: set[str] = set()
 
     def prefetch(self, keys: list[Any], parts: int = 1) -> Any:
         """Start fetching the rows of ``keys`` (at most one batch) in
@@ -572,13 +599,17 @@ class RowSettler:
                 pages = [p.result() for p in pending]
             finally:
                 pool.shutdown()
-            if pages:
+            json_pages = [p for p in pages if isinstance(p, JsonPage)]
+            if len(pages) == 1:
+                self.prefetched = pages[0]
+            elif pages and len(json_pages) == len(pages):
                 self.prefetched = JsonPage(
-                    [r for p in pages for r in p.rows],
+                    [r for p in json_pages for r in p.rows],
                     None,
                     False,
-                    sum(p.size for p in pages),
+                    sum(p.size for p in json_pages),
                 )
+            self.prefetched_keys = {wire.canonical_json(k) for k in keys}
 
         return done
 
@@ -606,17 +637,36 @@ class RowSettler:
         if self.prefetched is not None and batch:
             wanted = {wire.canonical_json(k) for k in batch}
             ahead, self.prefetched = self.prefetched, None
-            rows = [r for r in ahead.rows if _row_key(r, self.info) in wanted]
-            if len(rows) == len(wanted):  # else not all there: ask for them
-                page = JsonPage(rows, None, False, ahead.size)
+            if isinstance(ahead, JsonPage):
+                rows = [r for r in ahead.rows if _row_key(r, self.info) in wanted]
+                if len(rows) == len(wanted):  # else not all there: ask for them
+                    page = JsonPage(rows, None, False, ahead.size)
+            elif wanted == self.prefetched_keys:  # COPY data holds what was asked
+                page = ahead
         if page is None and batch:
             page = _fetch_keys(self.remote, batch, self.strategy)
+        try:
+            self._write(page, gone)
+        except Rejected as ex:
+            # COPY data this database refused as sent (binary): the batch
+            # again as text COPY data, or as JSON.
+            text_asked = self.remote.keys_format == copy_format.TEXT
+            self.remote.keys_format = (
+                copy_format.TEXT if ex.as_text and not text_asked else None
+            )
+            log.info("%s: rows by key asked again (%s)", self.remote.table, ex)
+            self._write(_fetch_keys(self.remote, batch, self.strategy), gone)
+        if self.wanted or self.extra:
+            self.flush(most)
+
+    def _write(self, page: Page | None, gone: list[Any]) -> None:
+        """Apply ``page`` and delete the keys ``gone``, in one transaction."""
         pk = self.info.pk_columns[0]
         with self.engine.begin() as conn:
             if page is not None:
                 try:
                     result = self.writer.apply(conn, page)
-                except ImportRefused as ex:
+                except (ImportRefused, BrokeOff) as ex:
                     raise Failed(f"{self.remote.table}: {ex}") from None
                 _add(self.outcome, result)
                 self.outcome.rows_pulled += page.count
@@ -642,29 +692,38 @@ class RowSettler:
                     {"keys": keys},
                 )
                 self.outcome.deleted += int(deleted.rowcount or 0)
-        if self.wanted or self.extra:
-            self.flush(most)
 
 
 def _row_key(row: dict[str, Any], info: TableInfo) -> str:
     return wire.canonical_json(row.get(info.pk_columns[0].name))
 
 
-def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Any:
+def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Page:
+    """The sender's rows of ``keys``: COPY data read whole when
+    ``remote.keys_format`` asks for it and the sender sends it, else a JSON
+    page."""
     settings = remote.sender.client.settings
-    body = {
+    body: dict[str, Any] = {
         "table_name": remote.table,
         "keys": [[k] for k in keys],
         "conflict_strategy": strategy,
     }
+    if remote.keys_format is not None:
+        body["format"] = remote.keys_format
     try:
         with remote.sender.open(
             "pull-keys", body, len(keys) * settings.pull_json_row_bytes
         ) as resp:
+            if resp.status == 200 and copy_format.is_bulk(resp.media_type):
+                page = _held_copy(remote, resp, len(keys))
+                remote.requests += 1
+                return page
             content = resp.read()
             status, size = resp.status, resp.bytes_read
     except PeerRefused as ex:
         raise Failed(f"{remote.table}: {ex}") from None
+    except sources.BadAnswer as ex:
+        raise Failed(f"{remote.table}: pull-keys: {ex}") from None
     remote.requests += 1
     if status in (404, 405):
         raise NotAvailable("the sender does not offer pull-keys")
@@ -672,6 +731,47 @@ def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Any:
         return sources.json_page(PeerResponse.parse(status, content), size)
     except sources.BadAnswer as ex:
         raise Failed(f"{remote.table}: pull-keys: {ex}") from None
+
+
+@dataclass
+class _Held:
+    """A COPY body read whole, to be applied later."""
+
+    chunks: list[bytes]
+    bytes_read: int
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+
+def _held_copy(remote: Remote, resp: PeerStream, asked: int) -> BulkPage:
+    """A pull-keys answer of COPY data, checked as a pull-data page's
+    (sources.CopySource) and read whole."""
+    assert remote.keys_format is not None
+    try:
+        incoming = bulk_in.read_headers(
+            resp.headers, resp.media_type, remote.table, remote.keys_format
+        )
+    except bulk_in.BadPage as ex:
+        raise sources.BadAnswer(f"Invalid response from remote site ({ex})") from None
+    if incoming.count > asked or incoming.has_more:
+        raise sources.BadAnswer(
+            f"Invalid response from remote site ({incoming.count} rows for"
+            f" {asked} keys)"
+        )
+    settings = remote.sender.client.settings
+    row_max = settings.pull_row_max_bytes
+    resp.max_bytes = min(
+        settings.pull_page_max_bytes,
+        max(incoming.count, 1) * row_max + sources.COPY_FRAMING,
+    )
+    body: Any = (
+        sources.TextRows(resp, row_max, remote.table)
+        if incoming.format == copy_format.TEXT
+        else resp
+    )
+    chunks = list(body.iter_bytes())
+    return BulkPage(incoming, _Held(chunks, resp.bytes_read))
 
 
 def _add(outcome: Outcome, result: PageResult) -> None:

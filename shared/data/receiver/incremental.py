@@ -125,12 +125,14 @@ def run(
     hashing: fingerprints.Hashing = fingerprints.TEXT_HASHING,
     tracked: bool = False,
     columns_mark: str | None = None,
+    keys_format: str | None = None,
 ) -> Run:
     """The steps of the module docstring; Run.outcome None: compare whole.
 
     ``tracked``: this site logs the table's changes (shared.data.sender.tracking).
     ``columns_mark``: the mark of the schema the caller took from the last
     run; when the sender's differs, nothing is done (Run.schema_moved).
+    ``keys_format``: the COPY format to fetch rows by key in (None: JSON).
     """
     delta.check_local(engine, info)
     if not changes.keyed_by_int(info):
@@ -227,6 +229,7 @@ def run(
             local_rows,
             outcome,
             clock,
+            keys_format,
         )
     if local_print is None or not isinstance(theirs.get("key_print"), list):
         with engine.connect() as conn:
@@ -255,7 +258,7 @@ def run(
             extra |= gone
         clock.mark("keys")
     outcome.equal_before = not wanted and not extra and their_print == local_print
-    remote = delta.Remote(sender, name, columns, hashing)
+    remote = delta.Remote(sender, name, columns, hashing, keys_format)
     settler = delta.RowSettler(remote, engine, info, strategy, mirror, outcome)
     settler.writer.txids = txids
     settler.wanted = sorted(wanted)
@@ -332,6 +335,7 @@ def _from_logs(
     local_rows: list[list[Any]],
     outcome: delta.Outcome,
     clock: _Clock,
+    keys_format: str | None,
 ) -> Run:
     """Both sides listed their changes from their logs: every other key is
     unchanged on both since the last verified run, so only these are
@@ -347,7 +351,7 @@ def _from_logs(
         except (KeyError, TypeError, ValueError):
             raise delta.Failed("table-fingerprints: the hashes are malformed") from None
         their_rows.update({k: listed.get(k) for k in only_here})
-    remote = delta.Remote(sender, name, columns, hashing)
+    remote = delta.Remote(sender, name, columns, hashing, keys_format)
     settler = delta.RowSettler(remote, engine, info, strategy, mirror, outcome)
     # The rows the sender listed are nearly always the ones that differ:
     # they are fetched while this site's hashes are read.

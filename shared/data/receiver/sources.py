@@ -32,7 +32,7 @@ from shared.data.receiver import bulk_in
 from shared.data.receiver.pages import BulkPage, JsonPage, Page
 
 RATE_LIMIT_WAITS = 120  # answers of 429 waited out for one request
-_COPY_FRAMING = 64  # binary COPY's header and trailer, with room to spare
+COPY_FRAMING = 64  # binary COPY's header and trailer, with room to spare
 FETCH_SWITCH_INTERVAL = 0.0005  # seconds
 
 T = TypeVar("T")
@@ -415,7 +415,7 @@ class CopySource:
                 row_max = settings.pull_row_max_bytes
                 resp.max_bytes = min(
                     settings.pull_page_max_bytes,
-                    max(incoming.count, 1) * row_max + _COPY_FRAMING,
+                    max(incoming.count, 1) * row_max + COPY_FRAMING,
                 )
                 checked = (
                     TextRows(resp, row_max, self._table)

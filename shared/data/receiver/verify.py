@@ -240,6 +240,7 @@ def _from_xmin(job: Any, name: str) -> bool:
             delta.hashing_for(engine, info, _schema(job, name)),
             tracked,
             _marks(job).get(name),
+            delta.keys_format(engine, info, _schema(job, name), job.strategy),
         )
     except (incremental.Skip, delta.NotAvailable) as ex:
         log.info("delta %s: not from xmin (%s)", name, ex)

@@ -16,11 +16,13 @@ The receiver's half is shared.data.receiver.bulk_in.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -195,12 +197,14 @@ class CopyPage:
             since["X-Sync-Since"] = json.dumps(self.since, separators=(",", ":"))
         return {
             **since,
-            "X-Sync-Table": self.table,
-            "X-Sync-Format": self.format,
-            "X-Sync-Columns": json.dumps(self.columns),
-            "X-Sync-Count": str(self.count),
-            "X-Sync-Has-More": "true" if self.has_more else "false",
-            "X-Sync-Next-Cursor": json.dumps(self.next_cursor, separators=(",", ":")),
+            **_page_headers(
+                self.table,
+                self.format,
+                self.columns,
+                self.count,
+                self.has_more,
+                self.next_cursor,
+            ),
         }
 
     def __iter__(self) -> Iterator[bytes]:
@@ -270,6 +274,96 @@ class CopyPage:
             conn.close()
         except Exception as ex:
             log.warning("releasing the COPY connection failed: %s", ex)
+
+
+def _page_headers(
+    table: str,
+    wire_format: str,
+    columns: list[str],
+    count: int,
+    has_more: bool,
+    next_cursor: Any,
+) -> dict[str, str]:
+    """A bulk page's metadata, as the receiver's bulk_in.read_headers reads it."""
+    return {
+        "X-Sync-Table": table,
+        "X-Sync-Format": wire_format,
+        "X-Sync-Columns": json.dumps(columns),
+        "X-Sync-Count": str(count),
+        "X-Sync-Has-More": "true" if has_more else "false",
+        "X-Sync-Next-Cursor": json.dumps(next_cursor, separators=(",", ":")),
+    }
+
+
+@dataclass(frozen=True)
+class KeysCopy:
+    """A ``pull-keys`` answer as COPY data, read whole: the rows of at most
+    one JSON page's worth of keys, held as bytes (smaller than those rows
+    as JSON would be)."""
+
+    table: str
+    format: str
+    columns: list[str]
+    count: int
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return _page_headers(
+            self.table, self.format, self.columns, self.count, False, None
+        )
+
+
+def keys_copy(
+    engine: Engine, info: TableInfo, keys: Any, wire_format: str
+) -> KeysCopy | None:
+    """The rows of ``keys`` (values of ``info``'s one key column, as the
+    driver binds them to an array of its type) in key order, as COPY data;
+    counted and copied on one snapshot. None when the page cannot travel
+    this way (a connection that is not UTF-8, a table name not ASCII)."""
+    if not info.name.isascii():
+        return None
+    col = info.pk_columns[0]
+    key = quote_text(col.name)
+    where = f"{key} = ANY(CAST(:keys AS {col.type}[]))"
+    with engine.connect() as conn:
+        if not utf8(conn):
+            return None
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            conn.exec_driver_sql(_SENDER_SETTINGS)
+            params = {"keys": keys}
+            count = int(
+                conn.execute(
+                    text(f"SELECT count(*) FROM {info.qualified_text} WHERE {where}"),
+                    params,
+                ).scalar_one()
+            )
+            select = (
+                f"SELECT {column_list(info.columns)} FROM {info.qualified_text}"
+                f" WHERE {where} ORDER BY {key}"
+            )
+            copy = text(
+                f"COPY ({select}) TO STDOUT (FORMAT {COPY_FORMATS[wire_format]})"
+            )
+            compiled = copy.compile(dialect=conn.dialect)
+            buffer = io.BytesIO()
+            cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # open connection
+            try:
+                sql = cur.mogrify(compiled.string, compiled.construct_params(params))
+                cur.copy_expert(bytes(sql).decode("utf-8"), buffer)
+                copied = cur.rowcount
+            finally:
+                cur.close()
+    if copied != count:  # one snapshot: never, unless the database is wrong
+        raise StreamAborted(f"COPY gave {copied} rows, {count} counted")
+    return KeysCopy(
+        info.name, wire_format, [c.name for c in info.columns], count, buffer.getvalue()
+    )
 
 
 _END = object()

@@ -792,15 +792,18 @@ KEYS_FIELDS = [
     TABLE,
     Field("keys", list, required=True),
     Field("conflict_strategy", str, max_length=32),
+    Field("format", str, max_length=32),
 ]
 
 
 def pull_keys(
     session: Session, site: Site, body: Mapping[str, Any], ip: str
-) -> dict[str, Any]:
+) -> dict[str, Any] | copy_out.KeysCopy:
     """The ``pull-keys`` extension: the rows of the keys named (a delta run's
     changed rows, which are rarely next to each other), as a JSON pull-data
-    page in key order; keys the table lacks are left out.
+    page in key order; keys the table lacks are left out. With a bulk
+    ``format`` (as pull-data's) the same rows as COPY data, with pull-data's
+    bulk headers (copy_out.KeysCopy), when the table can go so.
 
     Same controls as a pull-data call that continues no pull; its rows count
     against the connection's records, not as a download.
@@ -828,6 +831,18 @@ def pull_keys(
     params: dict[str, Any] = {"keys": [wire.pg_param(v, col.kind) for v in values]}
     if col.kind == "int":  # one literal: read far faster than 10,000 parameters
         params["keys"] = changes.int_array(params["keys"])
+    if data["format"] in copy_format.COPY_FORMATS and copy_out.can_serve(catalog, name):
+        try:
+            bulk = copy_out.keys_copy(
+                site.db.data_engine, info, params["keys"], data["format"]
+            )
+        except DataError:
+            raise bad_request(
+                "Invalid key: a key value is out of range for its column", field="keys"
+            ) from None
+        if bulk is not None:
+            access.count_page(session, conn, bulk.count, False, 0)
+            return bulk
     sql = (
         f"SELECT {pages.select_list(catalog, info)} FROM {info.qualified_text}"
         f" WHERE {quote_text(col.name)} = ANY(CAST(:keys AS {col.type}[]))"
