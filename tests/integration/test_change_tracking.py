@@ -145,3 +145,66 @@ def test_tables_it_cannot_track(scratch_db_factory: ScratchDatabases) -> None:
     info = Tables(engine, schema="public").describe("u")
     assert tracking.trackable(engine, info) is False
     assert tracking.ensure(engine, info) is False
+
+
+def test_a_key_column_of_any_name_is_logged_by_its_own_function(
+    scratch_db_factory: ScratchDatabases,
+) -> None:
+    engine = scratch_db_factory.engine()
+    run(
+        engine,
+        'CREATE TABLE odd ("Row Id" integer PRIMARY KEY, "it\'s" text)',
+        "INSERT INTO odd SELECT g, 'v' FROM generate_series(1, 5) g",
+        "CREATE TABLE plain (id bigint PRIMARY KEY, v text)",
+    )
+    tables = Tables(engine, schema="public")
+    odd, plain = tables.describe("odd"), tables.describe("plain")
+    assert tracking.ensure(engine, odd) and tracking.ensure(engine, plain)
+    assert tracking.function_name(odd) != tracking.function_name(plain)
+    with engine.connect() as conn:
+        since = changes.state(conn, odd)
+    run(
+        engine,
+        """UPDATE odd SET "it's" = 'w' WHERE "Row Id" = 2""",
+        """UPDATE odd SET "Row Id" = 50 WHERE "Row Id" = 3""",
+        """DELETE FROM odd WHERE "Row Id" = 4""",
+        "INSERT INTO plain VALUES (7, 'x')",
+    )
+    with engine.connect() as conn:
+        logged = conn.execute(
+            text(
+                "SELECT table_oid::regclass::text, key FROM dbsync_change_log"
+                " WHERE xid >= CAST(:h AS text)::xid8 ORDER BY 1, 2"
+            ),
+            {"h": str(since["xid"])},
+        ).all()
+    assert [tuple(r) for r in logged] == [
+        ("odd", 2),
+        ("odd", 3),
+        ("odd", 4),
+        ("odd", 50),
+        ("plain", 7),
+    ]
+
+
+def test_triggers_of_an_earlier_function_are_made_again(engine: Engine) -> None:
+    # Earlier versions logged through one function that built its statements
+    # with EXECUTE; a table still on it is installed again (a new epoch).
+    info = _info(engine)
+    assert tracking.ensure(engine, info)
+    before = _state(engine, info)
+    run(
+        engine,
+        "CREATE FUNCTION dbsync_log_change() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RETURN NULL; END $$",
+        "DROP TRIGGER dbsync_track_insert ON t",
+        "CREATE TRIGGER dbsync_track_insert AFTER INSERT ON t"
+        " FOR EACH STATEMENT EXECUTE FUNCTION dbsync_log_change()",
+        "ALTER TABLE t ENABLE ALWAYS TRIGGER dbsync_track_insert",
+    )
+    assert _listed(engine, info, before) is None
+    assert tracking.ensure(engine, info)
+    after = _state(engine, info)
+    assert after["epoch"] != before["epoch"]
+    run(engine, "INSERT INTO t VALUES (500, 'new')")
+    assert [k for k, _ in _listed(engine, info, after) or []] == [500]
