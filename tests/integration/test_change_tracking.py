@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -208,3 +209,16 @@ def test_triggers_of_an_earlier_function_are_made_again(engine: Engine) -> None:
     assert after["epoch"] != before["epoch"]
     run(engine, "INSERT INTO t VALUES (500, 'new')")
     assert [k for k, _ in _listed(engine, info, after) or []] == [500]
+
+
+def test_an_install_behind_a_long_write_gives_up_without_holding_writers(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracking, "INSTALL_LOCK_TIMEOUT", "300ms")
+    info = _info(engine)
+    with engine.connect() as writer, writer.begin():
+        writer.execute(text("UPDATE t SET label = 'busy' WHERE id = 1"))
+        started = time.monotonic()
+        assert tracking.ensure(engine, info) is False
+        assert time.monotonic() - started < 5
+    assert tracking.ensure(engine, info) is True

@@ -74,6 +74,7 @@ TRIGGERS = {
     "dbsync_track_truncate": "AFTER TRUNCATE ON {t}",
 }
 PRUNE_DAYS = 7
+INSTALL_LOCK_TIMEOUT = "2s"  # the longest an install waits for a lock
 _PLAIN = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 
 _FUNCTION_SQL = """
@@ -180,6 +181,10 @@ def ensure(engine: Engine, info: TableInfo) -> bool:
 
 def _install(conn: Connection, info: TableInfo) -> None:
     s, t = _schema(info), info.qualified_text
+    # CREATE TRIGGER waits for the table's writers to finish and holds every
+    # new writer behind it meanwhile: it gives up soon instead (the run
+    # compares by xmin, the next one tries again).
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{INSTALL_LOCK_TIMEOUT}'")
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('dbsync_tracking'))"))
     if _installed(conn, info):
         return
