@@ -159,10 +159,11 @@ def _written_since(
     it has one, else the next id to assign when ``age()`` is first called in
     it; N is then the same for the rest of the transaction
     (GetStableLatestTransactionId). Let A = age(horizon), B = age(xmax),
-    span = xmax - horizon (64-bit; 0 <= span < MAX_SPAN by ``usable``). Both
-    ids are normal, so A = N - horizon and B = N - xmax modulo 2^32. When
-    A - B == span as plain integers and A < INT_MAX (checked here, or
-    Unsupported), for a normal id x:
+    span = xmax - horizon (64-bit; 0 <= span < MAX_SPAN by ``usable``, checked
+    again). A snapshot's xmin and xmax are normal ids (a horizon sent by a
+    peer that is not has age INT_MAX: refused below), so A = N - horizon and
+    B = N - xmax modulo 2^32. When A - B == span as plain integers and
+    A < INT_MAX (checked here, or Unsupported), for a normal id x:
 
         B < age(x) <= A  <=>  (x - horizon) mod 2^32 < span
 
