@@ -166,7 +166,8 @@ def run(
                         return now, listed, None, True
                     if not changes.usable(mine, now):
                         return now, None, None, False
-                    rows = changes.changed_rows(
+                    # One scan for both when no row changed here.
+                    rows, printed = changes.changed_and_print(
                         conn,
                         info,
                         mine,
@@ -177,7 +178,7 @@ def run(
                     )
                 except fingerprints.Unsupported:
                     return now, None, None, False
-                return now, rows, changes.key_print(conn, info), False
+                return now, rows, None if rows is None else printed, False
 
     ask: dict[str, Any] = {"since": since, "log": True}
     if log_here:

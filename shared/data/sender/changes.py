@@ -9,8 +9,10 @@ in that snapshot has an id at or above it), the table's file node and its
 vacuum counts. Given an earlier state, ``changed_rows`` lists ``[KEY,
 hash]`` of the rows whose ``xmin`` is at or after the earlier horizon: one
 sequential scan, only the changed rows hashed. The 32-bit ``xmin`` is
-compared modulo 2^32 against the span from the horizon to the snapshot's
-xmax, exact while that span is under 2^30.
+compared with ``age()``, modulo 2^32, against the span from the horizon to
+the snapshot's xmax (see ``_written_since``); the span stays under 2^30.
+``print_and_changed`` counts those rows in the scan that takes the key print
+(below), so a side with nothing changed scans its table once.
 
 An earlier state is *usable* only when nothing can have hidden a change
 from ``xmin``: same file node (no TRUNCATE, VACUUM FULL, CLUSTER, COPY
@@ -52,6 +54,7 @@ SHIFT = 6  # key >> SHIFT is key div BUCKET, rounded down
 MAX_CHANGED = 64_000  # changed rows one answer may list; more: compare whole
 MAX_SPAN = 1 << 30
 WRAP = 1 << 32
+INT_MAX = (1 << 31) - 1  # age() of a frozen or special id
 
 
 def columns_mark(schema: Any) -> str | None:
@@ -140,6 +143,71 @@ def usable(since: Any, now: dict[str, Any]) -> bool:
     return True
 
 
+def _written_since(
+    conn: Connection,
+    since: dict[str, Any],
+    now: dict[str, Any],
+    exclude: Sequence[int] = (),
+) -> tuple[str, dict[str, Any]]:
+    """The condition on ``xmin`` of the rows written by the transactions from
+    ``since``'s horizon up to ``now``'s snapshot xmax (``exclude``: 64-bit ids
+    of transactions whose rows to leave out), with its parameters.
+
+    It is run in the transaction that took ``now`` (as a scan from ``now``
+    must be). ``age(x)`` is ``(int32)(N - x)`` for a normal id, INT_MAX for a
+    frozen or special one (0, 1, 2), where N is the transaction's own id if
+    it has one, else the next id to assign when ``age()`` is first called in
+    it; N is then the same for the rest of the transaction
+    (GetStableLatestTransactionId). Let A = age(horizon), B = age(xmax),
+    span = xmax - horizon (64-bit; 0 <= span < MAX_SPAN by ``usable``, checked
+    again). A snapshot's xmin and xmax are normal ids (a horizon sent by a
+    peer that is not has age INT_MAX: refused below), so A = N - horizon and
+    B = N - xmax modulo 2^32. When A - B == span as plain integers and
+    A < INT_MAX (checked here, or Unsupported), for a normal id x:
+
+        B < age(x) <= A  <=>  (x - horizon) mod 2^32 < span
+
+    (=>: age(x) = A - d with 0 <= d < span, and age(x) = N - x modulo 2^32,
+    so x = horizon + d; <=: then N - x = A - d modulo 2^32 and A - d lies in
+    (B, A], inside the int32 range, so age(x) is A - d.) A frozen or special
+    id has age INT_MAX > A: not listed; such an xmin was never written after
+    the horizon. So the rows are exactly those whose xmin lies in [horizon,
+    xmax) modulo 2^32 (what ``(xmin::text::bigint - h) % 2^32 < span`` took,
+    at a fraction of its cost: no text conversion), with no assumption on N
+    but that one transaction. The check fails only when N is about 2^31
+    transactions past the horizon, which PostgreSQL's wraparound limits and
+    MAX_SPAN leave no room for; the caller then compares the whole table.
+
+    The lower bound (``age(x) > B``) is not there for speed: a one-sided
+    ``age(x) <= A`` also takes every id that 32-bit arithmetic puts after N,
+    i.e. frozen rows written more than 2^31 transactions ago (their raw xmin
+    is kept). Those extra rows would be fetched for nothing by a receiver
+    (``changed_rows``: it fetches every row it lists) or make a run
+    "too many rows changed" (the count of ``print_and_changed``), and
+    ``xids_since`` must have none: its ids are left out of the next run's
+    changes here, so an extra one outside [horizon, xmax) would hide a later
+    write by a transaction with that 32-bit id.
+    """
+    xid = int(since["xid"])
+    span = int(now["_xmax"]) - xid
+    params: dict[str, Any] = {
+        "h": str(xid % WRAP),
+        "x": str(int(now["_xmax"]) % WRAP),
+    }
+    row = conn.execute(
+        text("SELECT age(CAST(:h AS xid)), age(CAST(:x AS xid))"), params
+    ).one()
+    a, b = int(row[0]), int(row[1])
+    if not (0 <= span < MAX_SPAN and a - b == span and a < INT_MAX):
+        raise Unsupported("the horizon is too far from this transaction's ids")
+    where = "age(xmin) <= age(CAST(:h AS xid)) AND age(xmin) > age(CAST(:x AS xid))"
+    if exclude:
+        # xid equality is the 32-bit ids' (what xmin::text::bigint compared).
+        where += " AND NOT (xmin = ANY(CAST(:own AS xid[])))"
+        params["own"] = int_array(sorted({int(x) % WRAP for x in exclude}))
+    return where, params
+
+
 def changed_rows(
     conn: Connection,
     info: TableInfo,
@@ -160,42 +228,89 @@ def changed_rows(
     conn.exec_driver_sql(FINGERPRINT_SETTINGS)
     pk = info.pk_columns[0]
     encode = _pg_tuple_encoder(TableInfo(info.name, [pk], info.primary_key))
-    xid = int(since["xid"])
-    where = "((xmin::text::bigint - :h + :wrap) % :wrap) < :span"
-    params: dict[str, Any] = {
-        "h": xid % WRAP,
-        "wrap": WRAP,
-        "span": now["_xmax"] - xid,
-        "lim": limit + 1,
-    }
-    if exclude:
-        where += " AND NOT (xmin::text::bigint = ANY(CAST(:own AS bigint[])))"
-        params["own"] = int_array(sorted({int(x) % WRAP for x in exclude}))
+    where, params = _written_since(conn, since, now, exclude)
     rows = conn.execute(
         text(
             f"SELECT {_pg_select_expr(pk)}, {row_hash(info, names, hashing)}::text"
             f" FROM {info.qualified_text} WHERE {where} LIMIT :lim"
         ),
-        params,
+        {**params, "lim": limit + 1},
     ).all()
     if len(rows) > limit:
         raise Unsupported(f"more than {limit} rows changed")
     return [[encode((r[0],))[pk.name], str(r[1])] for r in rows]
 
 
+def print_and_changed(
+    conn: Connection,
+    info: TableInfo,
+    since: dict[str, Any],
+    now: dict[str, Any],
+    *,
+    exclude: Sequence[int] = (),
+) -> tuple[list[Any], int]:
+    """``key_print`` and how many rows ``changed_rows`` would list, from one
+    scan (in the transaction that took ``now``, as ``changed_rows``)."""
+    conn.exec_driver_sql(FINGERPRINT_SETTINGS)
+    where, params = _written_since(conn, since, now, exclude)
+    key = quote_text(info.pk_columns[0].name)
+    row = conn.execute(
+        text(
+            f"SELECT count(*), coalesce(sum(hashint8({key}::bigint)), 0)::text,"
+            f" count(*) FILTER (WHERE {where}) FROM {info.qualified_text}"
+        ),
+        params,
+    ).one()
+    return [int(row[0]), str(row[1])], int(row[2])
+
+
+def changed_and_print(
+    conn: Connection,
+    info: TableInfo,
+    since: dict[str, Any],
+    now: dict[str, Any],
+    columns: Sequence[str] | None,
+    *,
+    exclude: Sequence[int] = (),
+    limit: int = MAX_CHANGED,
+    hashing: Hashing = TEXT_HASHING,
+) -> tuple[list[list[Any]] | None, list[Any]]:
+    """``changed_rows`` (None when more than ``limit`` rows changed) and
+    ``key_print``: one scan, and a second that lists the rows only when some
+    changed (both in one snapshot: the count is the listing's length).
+
+    Unsupported as ``changed_rows`` otherwise (unknown columns, a horizon
+    ``_written_since`` refuses), before any scan.
+    """
+    check_columns(info, columns)
+    printed, count = print_and_changed(conn, info, since, now, exclude=exclude)
+    if count > limit:
+        return None, printed
+    if count == 0:
+        return [], printed
+    rows = changed_rows(
+        conn, info, since, now, columns, exclude=exclude, limit=limit, hashing=hashing
+    )
+    return rows, printed
+
+
 def xids_since(
     conn: Connection, info: TableInfo, since: dict[str, Any], limit: int = 20_000
 ) -> list[int] | None:
     """The (32-bit) ids of the transactions that wrote the rows changed since
-    ``since``'s horizon; None when more than ``limit``."""
+    ``since``'s horizon; None when more than ``limit`` (or ``_written_since``
+    refuses the horizon)."""
     now = state(conn, info)
-    xid = int(since["xid"])
+    try:
+        where, params = _written_since(conn, since, now)
+    except Unsupported:
+        return None
     rows = conn.execute(
         text(
             f"SELECT DISTINCT xmin::text::bigint FROM {info.qualified_text}"
-            " WHERE ((xmin::text::bigint - :h + :wrap) % :wrap) < :span LIMIT :lim"
+            f" WHERE {where} LIMIT :lim"
         ),
-        {"h": xid % WRAP, "wrap": WRAP, "span": now["_xmax"] - xid, "lim": limit + 1},
+        {**params, "lim": limit + 1},
     ).all()
     return None if len(rows) > limit else sorted(int(r[0]) for r in rows)
 

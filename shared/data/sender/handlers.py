@@ -760,8 +760,21 @@ def _changes(
                         from_log = True
                     except fingerprints.Unsupported:
                         pass
+                from_xmin = (
+                    not from_log and since is not None and changes.usable(since, now)
+                )
+                xmin_rows: list[list[Any]] | None = None
                 if keyed and (wants_print or not from_log):
-                    out["key_print"] = changes.key_print(db, info)
+                    if from_xmin:  # one scan for both when no row changed
+                        from_xmin = False  # (the same Unsupported as changed_rows)
+                        try:
+                            xmin_rows, out["key_print"] = changes.changed_and_print(
+                                db, info, since, now, columns, hashing=hashing
+                            )
+                        except fingerprints.Unsupported:
+                            out["key_print"] = changes.key_print(db, info)
+                    else:
+                        out["key_print"] = changes.key_print(db, info)
                     small = out["key_print"][0] <= changes.MAX_CHANGED * changes.BUCKET
                     if ask.get("buckets") is True and small:  # answer size bound
                         sums = ask.get("key_sums") is True
@@ -771,13 +784,15 @@ def _changes(
                                 changes.key_buckets(db, info, sums=sums).items()
                             )
                         ]
-                if not from_log and since is not None and changes.usable(since, now):
+                if from_xmin:
                     try:
-                        out["rows"] = changes.changed_rows(
+                        xmin_rows = changes.changed_rows(
                             db, info, since, now, columns, hashing=hashing
                         )
                     except fingerprints.Unsupported:
                         pass
+                if xmin_rows is not None:
+                    out["rows"] = xmin_rows
                 out["complete"] = "rows" in out
     except fingerprints.Unsupported as ex:
         raise bad_request(str(ex)) from None
