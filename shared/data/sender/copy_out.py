@@ -322,31 +322,23 @@ def keys_copy(
     engine: Engine, info: TableInfo, keys: Any, wire_format: str
 ) -> KeysCopy | None:
     """The rows of ``keys`` (values of ``info``'s one key column, as the
-    driver binds them to an array of its type) in key order, as COPY data;
-    counted and copied on one snapshot. None when the page cannot travel
-    this way (a connection that is not UTF-8, a table name not ASCII)."""
+    driver binds them to an array of its type) in key order, as COPY data
+    read whole: the count is the COPY's own. None when the page cannot
+    travel this way (a connection that is not UTF-8, a table name not
+    ASCII)."""
     if not info.name.isascii():
         return None
     col = info.pk_columns[0]
     key = quote_text(col.name)
-    where = f"{key} = ANY(CAST(:keys AS {col.type}[]))"
+    select = (
+        f"SELECT {column_list(info.columns)} FROM {info.qualified_text}"
+        f" WHERE {key} = ANY(CAST(:keys AS {col.type}[])) ORDER BY {key}"
+    )
     with engine.connect() as conn:
         if not utf8(conn):
             return None
-        conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             conn.exec_driver_sql(_SENDER_SETTINGS)
-            params = {"keys": keys}
-            count = int(
-                conn.execute(
-                    text(f"SELECT count(*) FROM {info.qualified_text} WHERE {where}"),
-                    params,
-                ).scalar_one()
-            )
-            select = (
-                f"SELECT {column_list(info.columns)} FROM {info.qualified_text}"
-                f" WHERE {where} ORDER BY {key}"
-            )
             copy = text(
                 f"COPY ({select}) TO STDOUT (FORMAT {COPY_FORMATS[wire_format]})"
             )
@@ -354,13 +346,13 @@ def keys_copy(
             buffer = io.BytesIO()
             cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # open connection
             try:
-                sql = cur.mogrify(compiled.string, compiled.construct_params(params))
-                cur.copy_expert(bytes(sql).decode("utf-8"), buffer)
-                copied = cur.rowcount
+                params = compiled.construct_params({"keys": keys})
+                cur.copy_expert(
+                    bytes(cur.mogrify(compiled.string, params)).decode(), buffer
+                )
+                count = int(cur.rowcount)
             finally:
                 cur.close()
-    if copied != count:  # one snapshot: never, unless the database is wrong
-        raise StreamAborted(f"COPY gave {copied} rows, {count} counted")
     return KeysCopy(
         info.name, wire_format, [c.name for c in info.columns], count, buffer.getvalue()
     )
