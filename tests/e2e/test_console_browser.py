@@ -124,14 +124,21 @@ def text(driver: WebDriver, css: str) -> str:
 
 
 def submit(driver: WebDriver, form_xpath: str) -> None:
+    """Submit the form and wait until the next page has replaced this one
+    (read at once, this page may still be the old one)."""
+    driver.execute_script("window.dbsyncOldPage = true")
     driver.find_element(By.XPATH, f"{form_xpath}//button[@type='submit']").click()
+    _wait_for_next_page(driver)
 
 
 def click_and_load(driver: WebDriver, css: str) -> None:
     """Click a submit button and wait until the next page has replaced this one."""
     driver.execute_script("window.dbsyncOldPage = true")
     driver.find_element(By.CSS_SELECTOR, css).click()
+    _wait_for_next_page(driver)
 
+
+def _wait_for_next_page(driver: WebDriver) -> None:
     def loaded(d: WebDriver) -> bool:
         try:
             return bool(
