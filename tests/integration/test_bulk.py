@@ -1063,6 +1063,52 @@ def test_a_sender_that_answers_rows_by_key_as_json_is_understood(
     assert rows(pair.dst) == [(6, "f", 6, "f")]
 
 
+@pytest.mark.parametrize(
+    ("keys_format", "headers", "error"),
+    [
+        # COPY data to a receiver that asked for JSON: not read as COPY data.
+        (None, {"x-sync-count": "1"}, "pull-keys: "),
+        # More rows announced than keys asked.
+        (copy_format.BINARY, {"x-sync-count": "3"}, "3 rows for 2 keys"),
+        # Another table's rows.
+        (copy_format.BINARY, {"x-sync-table": "other"}, "answer for another table"),
+    ],
+)
+def test_rows_by_key_that_do_not_fit_the_ask_fail_the_table(
+    pair: Pair, keys_format: str | None, headers: dict[str, str], error: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            headers={
+                "content-type": copy_format.MEDIA_TYPES[copy_format.BINARY],
+                "x-sync-table": "t",
+                "x-sync-format": copy_format.BINARY,
+                "x-sync-columns": '["id", "name", "qty", "note"]',
+                "x-sync-count": "1",
+                "x-sync-has-more": "false",
+                "x-sync-next-cursor": "null",
+                **headers,
+            },
+            content=b"PGCOPY\n\xff\r\n\x00",
+        )
+
+    run(pair.dst, *TARGET)
+    peer = PeerClient(pair.receiver.settings, transport=httpx.MockTransport(handler))
+    sender = sources.Sender(peer, SENDER_URL, TOKEN_HASH)
+    info = pair.receiver.catalog().describe("t")
+    remote = delta.Remote(
+        sender, "t", ["id", "name", "qty", "note"], keys_format=keys_format
+    )
+    settler = delta.RowSettler(
+        remote, pair.dst, info, "overwrite", False, delta.Outcome()
+    )
+    settler.wanted = [4, 5]
+    with pytest.raises(delta.Failed, match=error):
+        settler.flush()
+    assert rows(pair.dst) == [(1, "a", 1, "x"), (2, "b", 2, "y"), (3, "c", None, "z")]
+
+
 # --- cursor mode -------------------------------------------------------------------
 
 STAMPED = (

@@ -714,7 +714,8 @@ def _fetch_keys(remote: Remote, keys: list[Any], strategy: str) -> Page:
         with remote.sender.open(
             "pull-keys", body, len(keys) * settings.pull_json_row_bytes
         ) as resp:
-            if resp.status == 200 and copy_format.is_bulk(resp.media_type):
+            bulk = remote.keys_format is not None and resp.status == 200
+            if bulk and copy_format.is_bulk(resp.media_type):
                 page = _held_copy(remote, resp, len(keys))
                 remote.requests += 1
                 return page
@@ -747,10 +748,9 @@ class _Held:
 def _held_copy(remote: Remote, resp: PeerStream, asked: int) -> BulkPage:
     """A pull-keys answer of COPY data, checked as a pull-data page's
     (sources.CopySource) and read whole."""
-    assert remote.keys_format is not None
     try:
         incoming = bulk_in.read_headers(
-            resp.headers, resp.media_type, remote.table, remote.keys_format
+            resp.headers, resp.media_type, remote.table, str(remote.keys_format)
         )
     except bulk_in.BadPage as ex:
         raise sources.BadAnswer(f"Invalid response from remote site ({ex})") from None
