@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import falcon
 import orjson
@@ -24,7 +25,10 @@ class DataCall:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._site.settings.max_body_bytes)
         ip = remote_ip(req, self._site.settings)
-        resp.media = self._handler(req.context.session, self._site, body, ip)
+        self._answer(resp, self._handler(req.context.session, self._site, body, ip))
+
+    def _answer(self, resp: falcon.Response, result: Any) -> None:
+        resp.media = result
 
 
 class PullData(DataCall):
@@ -74,10 +78,7 @@ class PullKeys(DataCall):
     """pull-keys: a JSON page, or COPY data (read whole) with its metadata in
     headers."""
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req, self._site.settings.max_body_bytes)
-        ip = remote_ip(req, self._site.settings)
-        page = self._handler(req.context.session, self._site, body, ip)
+    def _answer(self, resp: falcon.Response, page: Any) -> None:
         if not isinstance(page, copy_out.KeysCopy):
             resp.media = page
             return

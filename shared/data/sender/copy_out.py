@@ -145,11 +145,18 @@ def _copy_out_sql(
     # LIMIT on the snapshot the extent was counted on gives exactly its rows
     # (none for an empty extent: LIMIT 0 reads nothing).
     select = keyset.select(column_list(info.columns), limit=extent.count)
+    return _bound_copy(conn, select, copy_format, keyset.params)
+
+
+def _bound_copy(
+    conn: Connection, select: str, copy_format: str, params: dict[str, Any]
+) -> str:
+    """``COPY (select) TO STDOUT`` with ``params`` bound in by psycopg2."""
     copy = text(f"COPY ({select}) TO STDOUT (FORMAT {copy_format})")
     compiled = copy.compile(dialect=conn.dialect)
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # None only once closed
     try:
-        sql = cur.mogrify(compiled.string, compiled.construct_params(keyset.params))
+        sql = cur.mogrify(compiled.string, compiled.construct_params(params))
     finally:
         cur.close()
     return bytes(sql).decode("utf-8")
@@ -339,17 +346,11 @@ def keys_copy(
             return None
         with conn.begin():
             conn.exec_driver_sql(_SENDER_SETTINGS)
-            copy = text(
-                f"COPY ({select}) TO STDOUT (FORMAT {COPY_FORMATS[wire_format]})"
-            )
-            compiled = copy.compile(dialect=conn.dialect)
+            sql = _bound_copy(conn, select, COPY_FORMATS[wire_format], {"keys": keys})
             buffer = io.BytesIO()
             cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]  # open connection
             try:
-                params = compiled.construct_params({"keys": keys})
-                cur.copy_expert(
-                    bytes(cur.mogrify(compiled.string, params)).decode(), buffer
-                )
+                cur.copy_expert(sql, buffer)
                 count = int(cur.rowcount)
             finally:
                 cur.close()

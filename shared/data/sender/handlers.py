@@ -764,9 +764,10 @@ def _changes(
                     not from_log and since is not None and changes.usable(since, now)
                 )
                 xmin_rows: list[list[Any]] | None = None
+                listed = False  # xmin asked (Unsupported: no rows, as before)
                 if keyed and (wants_print or not from_log):
                     if from_xmin:  # one scan for both when no row changed
-                        from_xmin = False  # (the same Unsupported as changed_rows)
+                        listed = True
                         try:
                             xmin_rows, out["key_print"] = changes.changed_and_print(
                                 db, info, since, now, columns, hashing=hashing
@@ -784,7 +785,7 @@ def _changes(
                                 changes.key_buckets(db, info, sums=sums).items()
                             )
                         ]
-                if from_xmin:
+                if from_xmin and not listed:
                     try:
                         xmin_rows = changes.changed_rows(
                             db, info, since, now, columns, hashing=hashing
