@@ -13,7 +13,7 @@ is sampled during each run.
 
     .venv/bin/python -m bench.delta                 # 1,000,000 rows
     .venv/bin/python -m bench.delta --rows 100000
-    .venv/bin/python -m bench.delta --tracking      # SYNC_CHANGE_TRACKING on both sites
+    .venv/bin/python -m bench.delta --no-tracking   # SYNC_CHANGE_TRACKING=off on both sites
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 state_db=f"dbsync_bench_{tag}_{name}_dstate",
                 data_db_url=pg.url(db),
                 queue_prefix=f"bench-{tag}-{name}-",
-                extra_env={"SYNC_CHANGE_TRACKING": T} if args.tracking else {},
+                # Default settings (change tracking on) unless --no-tracking.
+                extra_env={} if args.tracking else {"SYNC_CHANGE_TRACKING": "off"},
             )
             sites.append(site)
             site.cli("db", "upgrade")
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = (
             Path(__file__).parent
             / "results"
-            / f"delta-{args.rows}{'-tracked' if args.tracking else ''}-{tag}.json"
+            / f"delta-{args.rows}{'' if args.tracking else '-untracked'}-{tag}.json"
         )
         out.write_text(json.dumps(result, indent=2))
         print(
@@ -208,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument(
-        "--tracking",
-        action="store_true",
-        help="both sites log changes by triggers (SYNC_CHANGE_TRACKING)",
+        "--no-tracking",
+        dest="tracking",
+        action="store_false",
+        help="both sites compare by xmin scans (SYNC_CHANGE_TRACKING=off)",
     )
     p.add_argument(
         "--pg-url",

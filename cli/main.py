@@ -17,6 +17,7 @@ from cli.commands import (
     settings,
     status,
     syncs,
+    tracking,
     transfers,
 )
 
@@ -41,6 +42,7 @@ for command in (
     data.pull,
     transfers.transfers,
     syncs.syncs,
+    tracking.tracking,
     audit.audit,
     admin.admin,
 ):

@@ -201,9 +201,10 @@ class Settings:
     send_idle_seconds: int = 3600
     checksum_row_limit: int = 100_000
     json_page_cap: int = 10_000
-    # Delta runs: the tables (names, or "*" for every one) whose changes this
-    # site logs by triggers (shared.data.sender.tracking) instead of scanning.
-    change_tracking: tuple[str, ...] = ()
+    # Delta runs: the tables (names, or "*" for every one; none: "off") whose
+    # changes this site logs by triggers (shared.data.sender.tracking)
+    # instead of scanning.
+    change_tracking: tuple[str, ...] = ("*",)
     # The furthest table-records (a preview, paged by offset) may skip: each
     # call scans that many rows.
     preview_max_offset: int = 10_000
@@ -313,9 +314,12 @@ class Settings:
             values["trust_forwarded"] = _bool(
                 "SYNC_TRUST_FORWARDED", env["SYNC_TRUST_FORWARDED"]
             )
-        if env.get("SYNC_CHANGE_TRACKING"):
-            values["change_tracking"] = tuple(
-                t.strip() for t in env["SYNC_CHANGE_TRACKING"].split(",") if t.strip()
+        if "SYNC_CHANGE_TRACKING" in env:
+            listed = env["SYNC_CHANGE_TRACKING"].strip()
+            values["change_tracking"] = (
+                ()
+                if listed.lower() in ("", "off", "none")
+                else tuple(t.strip() for t in listed.split(",") if t.strip())
             )
         if env.get("SYNC_SECRET_KEY"):
             key = env["SYNC_SECRET_KEY"].strip()

@@ -221,4 +221,100 @@ def test_an_install_behind_a_long_write_gives_up_without_holding_writers(
         started = time.monotonic()
         assert tracking.ensure(engine, info) is False
         assert time.monotonic() - started < 5
+    # Not tried again for RETRY_AFTER: a receiver's calls cannot make it
+    # stall the table's writers over and over.
+    assert tracking.ensure(engine, info) is False
+    assert _leftovers(engine)["triggers"] == 0
+    monkeypatch.setattr(tracking, "RETRY_AFTER", 0)
     assert tracking.ensure(engine, info) is True
+
+
+def _leftovers(engine: Engine) -> dict[str, Any]:
+    """What of change tracking is in the database."""
+    with engine.connect() as conn:
+        return {
+            "triggers": conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'dbsync_track%'"
+                )
+            ).scalar_one(),
+            "functions": conn.execute(
+                text("SELECT count(*) FROM pg_proc WHERE proname LIKE 'dbsync_log%'")
+            ).scalar_one(),
+            "tables": sorted(
+                conn.execute(
+                    text(
+                        "SELECT relname FROM pg_class WHERE relkind = 'r'"
+                        " AND relname LIKE 'dbsync_change%'"
+                    )
+                ).scalars()
+            ),
+        }
+
+
+def test_remove_takes_every_trace_off(engine: Engine) -> None:
+    run(engine, "CREATE TABLE u (uid bigint PRIMARY KEY)", "INSERT INTO u VALUES (1)")
+    info = _info(engine)
+    other = Tables(engine, schema="public").describe("u")
+    assert tracking.ensure(engine, info) and tracking.ensure(engine, other)
+    run(engine, "UPDATE t SET label = 'x' WHERE id = 1", "DELETE FROM u")
+    assert [(e["table"], e["readers"]) for e in tracking.tracked_tables(engine)] == [
+        ("t", {}),
+        ("u", {}),
+    ]
+    assert tracking.remove(engine, "public", "t") is True
+    # u keeps its triggers, its function, its mark and its log rows.
+    assert _leftovers(engine) == {
+        "triggers": 4,
+        "functions": 1,
+        "tables": ["dbsync_change_log", "dbsync_change_tracking"],
+    }
+    with engine.connect() as conn:
+        logged = conn.execute(
+            text("SELECT table_oid::regclass::text, key FROM dbsync_change_log")
+        ).all()
+    assert [tuple(r) for r in logged] == [("u", 1)]
+    assert tracking.remove(engine, "public", "t") is False  # not tracked now
+    run(engine, "UPDATE t SET label = 'y' WHERE id = 2")  # no trigger: no log
+    assert tracking.remove(engine, "public", "u") is True
+    assert _leftovers(engine) == {"triggers": 0, "functions": 0, "tables": []}
+    assert tracking.tracked_tables(engine) == []
+    assert tracking.remove(engine, "public", "u") is False
+    # And it goes on again as new.
+    assert tracking.ensure(engine, info) is True
+    assert _leftovers(engine)["triggers"] == 4
+
+
+def test_tidy_takes_tracking_off_what_nobody_reads(engine: Engine) -> None:
+    run(
+        engine,
+        "CREATE TABLE u (id bigint PRIMARY KEY)",
+        "CREATE TABLE w (id bigint PRIMARY KEY)",
+        "CREATE TABLE gone (id bigint PRIMARY KEY)",
+    )
+    tables = Tables(engine, schema="public")
+    for name in ("t", "u", "w", "gone"):
+        assert tracking.ensure(engine, tables.describe(name)) is True
+    old = int(time.time()) - (tracking.PRUNE_DAYS + 1) * 86_400
+    recent = int(time.time()) - 3600
+    # t: installed long ago, its only reader gone for longer than PRUNE_DAYS.
+    # u: installed long ago, read an hour ago. w: installed just now, unread.
+    run(
+        engine,
+        "UPDATE dbsync_change_tracking SET installed_at = now() - interval '8 days'"
+        " WHERE table_oid IN ('t'::regclass, 'u'::regclass)",
+        "UPDATE dbsync_change_tracking SET readers = jsonb_build_object("
+        f"'receiver:a', jsonb_build_array(1, {old})) WHERE table_oid = 't'::regclass",
+        "UPDATE dbsync_change_tracking SET readers = jsonb_build_object("
+        f"'receiver:b', jsonb_build_array(1, {recent})) WHERE table_oid = 'u'::regclass",
+        "DROP TABLE gone",
+    )
+    assert tracking.tidy(engine, lambda name: True) == ["t"]
+    assert [e["table"] for e in tracking.tracked_tables(engine)] == ["u", "w"]
+    assert _leftovers(engine)["triggers"] == 8
+    # A table the site no longer names (SYNC_CHANGE_TRACKING) goes at once.
+    assert tracking.tidy(engine, lambda name: name == "u") == ["w"]
+    assert [e["table"] for e in tracking.tracked_tables(engine)] == ["u"]
+    assert tracking.tidy(engine, lambda name: False) == ["u"]
+    assert _leftovers(engine) == {"triggers": 0, "functions": 0, "tables": []}
+    assert tracking.tidy(engine, lambda name: False) == []

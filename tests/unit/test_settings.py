@@ -37,3 +37,25 @@ def test_values_are_typed_and_checked() -> None:
         Settings.from_env({"SYNC_VERIFY_INTERVAL_SECONDS": "soon"})
     with pytest.raises(SettingsError, match="SYNC_ALLOW_PRIVATE_URLS"):
         Settings.from_env({"SYNC_ALLOW_PRIVATE_URLS": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("value", "tracked"),
+    [
+        (None, ("*",)),
+        ("off", ()),
+        ("OFF", ()),
+        ("none", ()),
+        ("", ()),
+        ("orders, items", ("orders", "items")),
+        ("*", ("*",)),
+    ],
+)
+def test_change_tracking_is_on_unless_turned_off(
+    value: str | None, tracked: tuple[str, ...]
+) -> None:
+    env = {} if value is None else {"SYNC_CHANGE_TRACKING": value}
+    s = Settings.from_env(env)
+    assert s.change_tracking == tracked
+    assert s.tracks_changes("orders") is bool(tracked)
+    assert s.tracks_changes("other") is (tracked == ("*",))

@@ -6,6 +6,7 @@ from shared import dispatch
 from shared.control import healing, health, notices
 from shared.data.receiver import pulls
 from shared.data.sender import handlers as sender_handlers
+from shared.data.sender import tracking
 from workers.base import SiteTask
 from workers.celery_app import app
 from workers.tasks.pull import take_up_orphans
@@ -65,5 +66,7 @@ def expire_connections(self: SiteTask) -> int:
         sender_handlers.close_stale_send_transfers(
             session, site.settings.send_idle_seconds
         )
+    # Change tracking no reader uses any more, or the site no longer wants.
+    tracking.tidy(site.db.data_engine, site.settings.tracks_changes)
     health.record(site.db, self.name)
     return expired

@@ -691,6 +691,8 @@ class _Job:
             except ImportRefused as ex:
                 raise PullFailed(str(ex)) from None
         cp = checkpoints.load(self.site.db.data_engine, str(self.transfer_id), name)
+        if cp.pages == 0 and not cp.done:
+            verify.before_full(self, name, info)
         self._progress(name, cp, status="running")
         writer = Writer(info, self.strategy)
         writer.txids = verify.own_txids(self, name)

@@ -24,8 +24,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from shared.data.receiver import checkpoints, delta, drift, incremental
+from shared.data.receiver import bulk_in, checkpoints, delta, drift, incremental
 from shared.data.receiver.writer import Writes
+from shared.data.schema import TableInfo
 from shared.data.sender import changes, tracking
 from shared.state.models import Transfer, TransferTable
 
@@ -349,6 +350,24 @@ def _source(job: Any, name: str) -> str:
     """``log`` when both sides listed their changes from change logs."""
     note = getattr(job, "_xmin_notes", {}).get(name, {})
     return "log" if note.get("there") == note.get("here") == "log" else "xmin"
+
+
+def before_full(job: Any, name: str, info: TableInfo) -> None:
+    """Before a full pull into an empty table tracked here: its triggers come
+    off, so the pull's rows are not logged one by one (1M keys for a 1M-row
+    table). They go on again before the verification
+    (``_track_before_verifying``) with a new epoch: a reader of this table's
+    log then compares it whole once, as it must after a refill."""
+    engine = job.site.db.data_engine
+    if engine.dialect.name != "postgresql" or not tracking.trackable(engine, info):
+        return
+    with engine.connect() as conn:
+        if tracking.epoch(conn, info) is None or not bulk_in.table_is_empty(conn, info):
+            return
+    if tracking.remove(engine, info.schema or "public", info.name):
+        states = _states(job).get(name) or {}
+        (states.get("local") or {}).pop("epoch", None)
+        states.pop("local_log", None)
 
 
 def after_full(job: Any, name: str) -> None:

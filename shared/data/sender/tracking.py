@@ -1,7 +1,8 @@
 """Change tracking by triggers: the keys each write touches, logged by PostgreSQL.
 
-Opt-in (SYNC_CHANGE_TRACKING): a site that has it installs, on each table a
-delta run reads from it (sender) or writes into it (receiver), four
+On by default (SYNC_CHANGE_TRACKING: ``*``, a list of tables, or ``off``): a
+site installs, on each table a delta run reads from it (sender) or writes
+into it (receiver), four
 statement-level triggers (AFTER INSERT, UPDATE and DELETE with transition
 tables, AFTER TRUNCATE). They log the key of every row a statement touched,
 with the writing transaction's top-level id (``pg_current_xact_id()``, the
@@ -33,6 +34,11 @@ The trigger function runs as its owner (SECURITY DEFINER), so other roles
 writing the table need no rights on the log. The log is pruned below the
 oldest horizon a reader of the last PRUNE_DAYS asked from; a reader whose
 horizon is older than what is left compares by ``xmin`` instead.
+
+``tidy`` (beat's expire job) takes the triggers, the log's rows and the mark
+off a table that no reader asked about for PRUNE_DAYS (or that the site no
+longer tracks), and the two tables and the functions off a schema when no
+table is tracked in it any more: nothing of it is left behind.
 """
 
 from __future__ import annotations
@@ -75,6 +81,12 @@ TRIGGERS = {
 }
 PRUNE_DAYS = 7
 INSTALL_LOCK_TIMEOUT = "2s"  # the longest an install waits for a lock
+# When an install last failed in this process, by table: the next try waits
+# RETRY_AFTER seconds (a try behind a long write holds the table's new
+# writers for up to INSTALL_LOCK_TIMEOUT; a receiver's calls must not repeat
+# that at will).
+_FAILED: dict[str, float] = {}  # by database URL and table
+RETRY_AFTER = 600
 _PLAIN = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 
 _FUNCTION_SQL = """
@@ -166,15 +178,25 @@ def ensure(engine: Engine, info: TableInfo) -> bool:
     False when it cannot be (the reason is logged)."""
     if not trackable(engine, info):
         return False
+    which = f"{engine.url.render_as_string(hide_password=True)} {info.qualified_text}"
+    failed = _FAILED.get(which)
     try:
         with engine.connect() as conn:
             if _installed(conn, info):
                 return True
+        if failed is not None and time.monotonic() - failed < RETRY_AFTER:
+            return False  # not tried again so soon: it may stall the table's writers
         with engine.begin() as conn:
             _install(conn, info)
     except (SQLAlchemyError, Unsupported) as ex:
-        log.warning("change tracking of %s not installed: %s", info.name, ex)
+        # Warned once a table and process: a role that may not add triggers
+        # would otherwise warn at every run (the runs compare by xmin).
+        _FAILED[which] = time.monotonic()
+        (log.info if failed is not None else log.warning)(
+            "change tracking of %s not installed: %s", info.name, ex
+        )
         return False
+    _FAILED.pop(which, None)
     log.info("change tracking installed on %s", info.name)
     return True
 
@@ -199,7 +221,12 @@ def _install(conn: Connection, info: TableInfo) -> None:
     conn.exec_driver_sql(
         f"CREATE TABLE IF NOT EXISTS {s}.{MARK_TABLE} (table_oid oid PRIMARY KEY,"
         " epoch text NOT NULL, complete_since xid8 NOT NULL,"
-        " readers jsonb NOT NULL DEFAULT '{}')"
+        " readers jsonb NOT NULL DEFAULT '{}',"
+        " installed_at timestamptz NOT NULL DEFAULT now())"
+    )
+    conn.exec_driver_sql(  # (marks made before installed_at was kept)
+        f"ALTER TABLE {s}.{MARK_TABLE} ADD COLUMN IF NOT EXISTS"
+        " installed_at timestamptz NOT NULL DEFAULT now()"
     )
     function = function_name(info)
     body = _FUNCTION_SQL.format(
@@ -220,7 +247,8 @@ def _install(conn: Connection, info: TableInfo) -> None:
             f"INSERT INTO {s}.{MARK_TABLE} (table_oid, epoch, complete_since)"
             " VALUES (CAST(:t AS regclass), pg_current_xact_id()::text, '1')"
             " ON CONFLICT (table_oid) DO UPDATE SET epoch = EXCLUDED.epoch,"
-            " complete_since = EXCLUDED.complete_since, readers = '{}'"
+            " complete_since = EXCLUDED.complete_since, readers = '{}',"
+            " installed_at = now()"
         ),
         {"t": t},
     )
@@ -353,6 +381,154 @@ def note_reader(engine: Engine, info: TableInfo, reader: str, horizon: int) -> N
                 )
     except SQLAlchemyError as ex:  # pruning can wait for the next call
         log.info("change log of %s not pruned: %s", info.name, ex)
+
+
+def remove(engine: Engine, schema: str, table: str) -> bool:
+    """Take change tracking off ``schema.table``: its triggers, its mark and
+    its log's rows (and the schema's tables and functions when no other
+    table is tracked there). True when it was tracked; False also when it
+    could not be done now (the reason is logged; the next call tries again).
+    """
+    if not _PLAIN.match(schema):
+        return False
+    s = quote_text(schema)
+    qualified = f"{s}.{quote_text(table)}"
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{INSTALL_LOCK_TIMEOUT}'")
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext('dbsync_tracking'))")
+            )
+            if conn.execute(
+                text("SELECT to_regclass(:m) IS NULL"), {"m": f"{s}.{MARK_TABLE}"}
+            ).scalar_one():
+                return False
+            oid = conn.execute(
+                text("SELECT to_regclass(:t)::oid"), {"t": qualified}
+            ).scalar_one()
+            if oid is not None:
+                for name in TRIGGERS:
+                    conn.exec_driver_sql(
+                        f"DROP TRIGGER IF EXISTS {name} ON {qualified}"
+                    )
+            was = _forget(conn, schema, oid)
+        log.info("change tracking removed from %s", table)
+        return was
+    except SQLAlchemyError as ex:
+        log.warning("change tracking of %s not removed: %s", table, ex)
+        return False
+
+
+def _forget(conn: Connection, schema: str, oid: int | None) -> bool:
+    """Delete the mark and log rows of the table ``oid`` and drop the trigger
+    functions no trigger uses; with no mark left in the schema, drop its log
+    and mark tables too."""
+    s = quote_text(schema)
+    gone = conn.execute(
+        text(f"DELETE FROM {s}.{MARK_TABLE} WHERE table_oid = :o"), {"o": oid}
+    ).rowcount
+    conn.execute(text(f"DELETE FROM {s}.{LOG_TABLE} WHERE table_oid = :o"), {"o": oid})
+    unused: Sequence[str] = (
+        conn.execute(
+            text(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE n.nspname = :n AND left(p.proname, length(:f)) = :f"
+                " AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgfoid = p.oid)"
+            ),
+            {"n": schema, "f": FUNCTION},
+        )
+        .scalars()
+        .all()
+    )
+    for function in unused:
+        conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {function}")
+    if conn.execute(
+        text(f"SELECT NOT EXISTS (SELECT 1 FROM {s}.{MARK_TABLE})")
+    ).scalar_one():
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {s}.{LOG_TABLE}, {s}.{MARK_TABLE}")
+    return bool(gone)
+
+
+def tracked_tables(engine: Engine) -> list[dict[str, Any]]:
+    """Each table tracked in the data database: schema, table (None when it
+    was dropped), the epoch, when installed, and its readers."""
+    if engine.dialect.name != "postgresql":
+        return []
+    out: list[dict[str, Any]] = []
+    with engine.connect() as conn:
+        schemas: Sequence[str] = (
+            conn.execute(
+                text(
+                    "SELECT n.nspname FROM pg_class c"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE c.relname = :m AND c.relkind = 'r' ORDER BY 1"
+                ),
+                {"m": MARK_TABLE},
+            )
+            .scalars()
+            .all()
+        )
+        for schema in schemas:
+            if not _PLAIN.match(schema):
+                continue
+            rows = conn.execute(
+                text(
+                    "SELECT m.table_oid, c.relname, m.epoch, m.readers,"
+                    " m.installed_at, extract(epoch FROM now() - m.installed_at)"
+                    f" FROM {quote_text(schema)}.{MARK_TABLE} m"
+                    " LEFT JOIN pg_class c ON c.oid = m.table_oid ORDER BY 2"
+                )
+            ).all()
+            out.extend(
+                {
+                    "schema": schema,
+                    "table": r[1],
+                    "oid": int(r[0]),
+                    "epoch": str(r[2]),
+                    "readers": dict(r[3] or {}),
+                    "installed_at": r[4].isoformat(),
+                    "age_seconds": float(r[5]),
+                }
+                for r in rows
+            )
+    return out
+
+
+def tidy(engine: Engine, wanted: Any) -> list[str]:
+    """Take tracking off each table no reader asked about for PRUNE_DAYS
+    (installed at least that long ago), off each table ``wanted(name)`` no
+    longer names, and forget tables that were dropped. The names taken off."""
+    now, limit = time.time(), PRUNE_DAYS * 86_400
+    removed: list[str] = []
+    try:
+        entries = tracked_tables(engine)
+    except SQLAlchemyError as ex:  # the next call tries again
+        log.info("change tracking not tidied: %s", ex)
+        return removed
+    for entry in entries:
+        name = entry["table"]
+        if name is None:  # the table was dropped: its triggers went with it
+            try:
+                with engine.begin() as conn:
+                    conn.execute(
+                        text(
+                            "SELECT pg_advisory_xact_lock(hashtext('dbsync_tracking'))"
+                        )
+                    )
+                    _forget(conn, entry["schema"], entry["oid"])
+            except SQLAlchemyError as ex:
+                log.info("change tracking of a dropped table not forgotten: %s", ex)
+            continue
+        heard = [
+            int(v[1])
+            for v in entry["readers"].values()
+            if isinstance(v, list) and len(v) > 1
+        ]
+        idle = entry["age_seconds"] >= limit and all(now - t >= limit for t in heard)
+        if (idle or not wanted(name)) and remove(engine, entry["schema"], name):
+            removed.append(name)
+    return removed
 
 
 def _json(value: Any) -> str:
