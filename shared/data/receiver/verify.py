@@ -359,9 +359,7 @@ def before_full(job: Any, name: str, info: TableInfo) -> None:
     (``_track_before_verifying``) with a new epoch: a reader of this table's
     log then compares it whole once, as it must after a refill."""
     engine = job.site.db.data_engine
-    if engine.dialect.name != "postgresql" or not tracking.trackable(engine, info):
-        return
-    with engine.connect() as conn:
+    with engine.connect() as conn:  # (epoch: None where it cannot be tracked)
         if tracking.epoch(conn, info) is None or not bulk_in.table_is_empty(conn, info):
             return
     if tracking.remove(engine, info.schema or "public", info.name):

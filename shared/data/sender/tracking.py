@@ -48,7 +48,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -207,7 +207,7 @@ def _install(conn: Connection, info: TableInfo) -> None:
     # new writer behind it meanwhile: it gives up soon instead (the run
     # compares by xmin, the next one tries again).
     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{INSTALL_LOCK_TIMEOUT}'")
-    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('dbsync_tracking'))"))
+    _lock(conn)
     if _installed(conn, info):
         return
     conn.exec_driver_sql(
@@ -396,9 +396,7 @@ def remove(engine: Engine, schema: str, table: str) -> bool:
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{INSTALL_LOCK_TIMEOUT}'")
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext('dbsync_tracking'))")
-            )
+            _lock(conn)
             if conn.execute(
                 text("SELECT to_regclass(:m) IS NULL"), {"m": f"{s}.{MARK_TABLE}"}
             ).scalar_one():
@@ -412,11 +410,17 @@ def remove(engine: Engine, schema: str, table: str) -> bool:
                         f"DROP TRIGGER IF EXISTS {name} ON {qualified}"
                     )
             was = _forget(conn, schema, oid)
-        log.info("change tracking removed from %s", table)
+        if was:
+            log.info("change tracking removed from %s", table)
         return was
     except SQLAlchemyError as ex:
         log.warning("change tracking of %s not removed: %s", table, ex)
         return False
+
+
+def _lock(conn: Connection) -> None:
+    """Installs and removals of this database, one at a time (until commit)."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('dbsync_tracking'))"))
 
 
 def _forget(conn: Connection, schema: str, oid: int | None) -> bool:
@@ -495,7 +499,7 @@ def tracked_tables(engine: Engine) -> list[dict[str, Any]]:
     return out
 
 
-def tidy(engine: Engine, wanted: Any) -> list[str]:
+def tidy(engine: Engine, wanted: Callable[[str], bool]) -> list[str]:
     """Take tracking off each table no reader asked about for PRUNE_DAYS
     (installed at least that long ago), off each table ``wanted(name)`` no
     longer names, and forget tables that were dropped. The names taken off."""
@@ -511,11 +515,7 @@ def tidy(engine: Engine, wanted: Any) -> list[str]:
         if name is None:  # the table was dropped: its triggers went with it
             try:
                 with engine.begin() as conn:
-                    conn.execute(
-                        text(
-                            "SELECT pg_advisory_xact_lock(hashtext('dbsync_tracking'))"
-                        )
-                    )
+                    _lock(conn)
                     _forget(conn, entry["schema"], entry["oid"])
             except SQLAlchemyError as ex:
                 log.info("change tracking of a dropped table not forgotten: %s", ex)
